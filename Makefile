@@ -1,0 +1,39 @@
+# MobileNet Forge. The two commands a new user needs: `make conformance` and `make test`.
+# Both set up .venv on first use (idempotent: a stamp file records the inputs it was built from).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+PIP_VERSION := 26.3
+
+.PHONY: setup generate check-generated test test-all conformance conformance-quick clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+generate: $(STAMP)
+	$(PY) -m generators.generate
+
+check-generated: $(STAMP)
+	$(PY) -m generators.generate --check
+
+test: check-generated
+	$(PY) -m pytest
+
+test-all: check-generated
+	$(PY) -m pytest -m "slow or not slow"
+
+conformance: $(STAMP)
+	$(VENV)/bin/mnforge conform --all --report reports/
+
+conformance-quick: $(STAMP)
+	$(VENV)/bin/mnforge conform --quick
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache

@@ -1,0 +1,162 @@
+"""The checks of a conformance run: what the workers measured against the spec and against each other.
+
+Tolerances are anchored in float64: PyTorch runs each variant in float64 as the reference, and each
+float32 run is measured against it as relative error = max|a - b| / max|reference|. Logits of every
+framework must be within OUTPUT_TOLERANCE of the reference and of every other framework, with the
+same top-1. A real bug (wrong epsilon, padding or layout) shows as 1e-2 or more.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+
+from conformance.runner import REFERENCE, RunResult
+from conformance.weights import expected_tensors, is_state
+from spec import describe
+from spec.loader import LoadedSpec
+
+OUTPUT_TOLERANCE = 1e-4
+REFERENCE_KEY = f"{REFERENCE[0]}:{REFERENCE[1]}"
+
+
+@dataclass
+class Check:
+    variant: str
+    name: str  # build, structure, params, round_trip, shapes, macs, outputs
+    subject: str  # a framework, a pair "a~b", or "spec"
+    ok: bool
+    summary: str
+    figures: dict = field(default_factory=dict)
+
+
+def relative_error(a: np.ndarray, b: np.ndarray, reference: np.ndarray) -> float:
+    scale = float(np.max(np.abs(reference))) or 1.0
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) / scale
+
+
+def evaluate(loaded: LoadedSpec, run: RunResult) -> list[Check]:
+    checks: list[Check] = []
+    crashed = {r.worker.key: r for r in run.workers if r.returncode != 0 or r.timed_out}
+    keys = [r.worker.key for r in run.workers]
+    for variant in run.variants:
+        desc = describe(loaded, variant, run.flavor, run.resolution, run.num_classes)
+        usable = []
+        for key in keys:
+            result = run.results.get((variant, key))
+            if result is None or "error" in result:
+                checks.append(Check(variant, "build", key, False, _failure(key, result, crashed)))
+                continue
+            checks.append(Check(variant, "build", key, True, f"built in {result['timings'].get('build', 0):.1f} s"))
+            usable.append(key)
+            checks += _structure_checks(variant, key, result, desc)
+        checks += _mac_checks(variant, run, usable, desc)
+        checks += _output_checks(variant, run, usable, desc)
+    return checks
+
+
+def _failure(key: str, result: dict | None, crashed: dict) -> str:
+    if result is not None:
+        return result["error"]
+    worker = crashed.get(key)
+    if worker is None:
+        return "no result written"
+    how = "timed out" if worker.timed_out else f"exited with code {worker.returncode}"
+    return f"worker {how}; stderr tail:\n{worker.stderr_tail}"
+
+
+def _structure_checks(variant: str, key: str, result: dict, desc) -> list[Check]:
+    checks = []
+    error = result.get("structure_error")
+    checks.append(Check(variant, "structure", key, error is None,
+                        error or f"{len(result['tensor_shapes'])} tensors, names and shapes as the spec"))
+    per_layer: dict[str, int] = defaultdict(int)
+    for tensor, count in result["trainable"].items():
+        per_layer[tensor.rsplit(".", 1)[0]] += count
+    state = sum(int(np.prod(shape)) for name, shape in result["tensor_shapes"].items() if is_state(name))
+    spec_layers = desc.params_by_layer()
+    differing = sorted(set(per_layer) ^ set(spec_layers) | {n for n in per_layer if per_layer[n] != spec_layers.get(n)})
+    total = sum(per_layer.values())
+    ok = not differing and total == desc.params and state == desc.state
+    summary = (f"{total:,} params, {state:,} BN state (spec {desc.params:,} / {desc.state:,})"
+               + (f"; layers differing: {differing[:5]}" if differing else ""))
+    checks.append(Check(variant, "params", key, ok, summary, {"params": total, "state": state}))
+    if "round_trip" in result:
+        rt = result["round_trip"]
+        checks.append(Check(variant, "round_trip", key, rt["differing_count"] == 0,
+                            f"{rt['tensors']} tensors bit-exact" if rt["differing_count"] == 0
+                            else f"{rt['differing_count']} tensors changed: {rt['differing']}"))
+    if "block_shapes" in result:
+        batch = next(iter(result["block_shapes"].values()))[0]
+        expected = {name: [batch, shape[0]] if name in ("pool", "fc", "classifier") else [batch, *shape]
+                    for name, shape in desc.block_shapes.items()}
+        wrong = [f"{n}: {result['block_shapes'].get(n)} (spec {s})" for n, s in expected.items()
+                 if result["block_shapes"].get(n) != s]
+        extra = sorted(set(result["block_shapes"]) - set(expected))
+        checks.append(Check(variant, "shapes", key, not wrong and not extra,
+                            f"{len(expected)} block outputs as the spec" if not wrong and not extra
+                            else f"differing: {wrong[:3]} extra: {extra[:3]}"))
+    return checks
+
+
+def _mac_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[Check]:
+    checks = []
+    for key in keys:
+        macs = run.results[(variant, key)].get("macs")
+        if not macs:
+            continue
+        expected, rule = desc.macs, "equal to the spec"
+        if "padding_taps" in macs:  # XLA skips kernel taps that fall into padding
+            expected, rule = desc.macs - macs["padding_taps"], "spec minus taps in padding"
+        ok = macs["macs"] == expected
+        checks.append(Check(variant, "macs", key, ok,
+                            f"{macs['macs']:,} MACs by {macs['counter']}; {rule}: {expected:,}",
+                            {"macs": macs["macs"], "spec": desc.macs}))
+    return checks
+
+
+def _output_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[Check]:
+    outputs = {key: run.outputs(variant, key) for key in keys}
+    outputs = {key: value for key, value in outputs.items() if value is not None}
+    reference = outputs.get(REFERENCE_KEY)
+    if reference is None:
+        return [Check(variant, "outputs", "spec", False, "no float64 reference output")]
+    checks = []
+    floats = [key for key in outputs if key != REFERENCE_KEY]
+    reference_top1 = np.argmax(reference["classifier"], axis=-1)
+    for key in floats:
+        checks.append(_compare(variant, key, outputs[key], reference, reference, reference_top1))
+    for a, b in combinations(floats, 2):
+        checks.append(_compare(variant, f"{a}~{b}", outputs[a], outputs[b], reference, reference_top1))
+    return checks
+
+
+def _compare(variant, subject, a, b, reference, reference_top1) -> Check:
+    per_block = {}
+    first_bad = None
+    for block, ref in reference.items():
+        if block not in a or block not in b or a[block].shape != b[block].shape:
+            per_block[block] = {"abs": float("inf"), "rel": float("inf")}
+        else:
+            diff = float(np.max(np.abs(a[block].astype(np.float64) - b[block].astype(np.float64))))
+            per_block[block] = {"abs": diff, "rel": diff / (float(np.max(np.abs(ref))) or 1.0)}
+        if first_bad is None and per_block[block]["rel"] > OUTPUT_TOLERANCE:
+            first_bad = block
+    logits = per_block["classifier"]["rel"]
+    same_top1 = (np.array_equal(np.argmax(a["classifier"], -1), reference_top1)
+                 and np.array_equal(np.argmax(b["classifier"], -1), reference_top1))
+    ok = logits <= OUTPUT_TOLERANCE and same_top1
+    summary = f"logits rel. error {logits:.2e} (tolerance {OUTPUT_TOLERANCE:.0e}), top-1 {'same' if same_top1 else 'DIFFERS'}"
+    if first_bad is not None:
+        summary += f"; first diverging block: {first_bad} (rel. error {per_block[first_bad]['rel']:.2e})"
+    max_block = max(v["rel"] for v in per_block.values())
+    return Check(variant, "outputs", subject, ok, summary,
+                 {"logits_rel": logits, "logits_abs": per_block["classifier"]["abs"], "max_block_rel": max_block,
+                  "first_diverging": first_bad, "blocks": per_block})
+
+
+def expected_tensor_count(loaded: LoadedSpec, variant: str, flavor: str) -> int:
+    return len(expected_tensors(describe(loaded, variant, flavor)))

@@ -1,0 +1,188 @@
+"""`mnforge`: list, describe, generate and conform MobileNet variants."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from conformance.console import console
+from spec import SpecError, UnknownName, describe, load_spec
+from spec.loader import DEFAULT_SPEC
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mnforge", description="MobileNet Forge: one spec, three frameworks.")
+    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="spec file (default: the bundled one)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("list", help="list every variant")
+    p.add_argument("--json", action="store_true")
+
+    p = commands.add_parser("describe", help="layer table of one variant: shapes, params, BN state, MACs")
+    p.add_argument("variant")
+    p.add_argument("--resolution", type=_resolution, default=None, help="R or HxW (default: 224 or the family's)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--flavor", default=None, help="numeric conventions (default: the spec's default_flavor)")
+    p.add_argument("--json", action="store_true")
+
+    p = commands.add_parser("generate", help="render generated/ from the spec (same as `make generate`)")
+    p.add_argument("--check", action="store_true", help="write nothing; fail if generated/ is stale")
+
+    p = commands.add_parser("conform", help="build every variant in every framework and prove them equal")
+    p.add_argument("variants", nargs="*")
+    p.add_argument("--all", action="store_true", help="every variant in the spec")
+    p.add_argument("--quick", action="store_true", help="one variant per architecture")
+    p.add_argument("--frameworks", default="torch,keras,keras-jax,keras-torch,flax",
+                   help="comma-separated: torch, keras (TensorFlow backend), keras-jax, keras-torch, flax")
+    p.add_argument("--flavor", default=None)
+    p.add_argument("--resolution", type=_resolution, default=(224, 192), help="R or HxW (default 224x192)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--report", type=Path, default=None, help="write report.md, report.json and junit.xml here")
+    p.add_argument("--work", type=Path, default=None, help="keep weights, inputs and outputs in this folder")
+    p.add_argument("--parallel", type=int, default=None, help="workers at a time (default: number of cores)")
+    p.add_argument("--json", action="store_true")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            from generators.generate import main as generate_main
+
+            return generate_main(["--spec", str(args.spec)] + (["--check"] if args.check else []))
+        loaded = load_spec(args.spec)
+        if args.command == "list":
+            return _list(loaded, args)
+        if args.command == "describe":
+            return _describe(loaded, args)
+        return _conform(loaded, args)
+    except (SpecError, UnknownName, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected R or HxW, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 32:
+        raise argparse.ArgumentTypeError(f"expected R or HxW with sizes of at least 32, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _list(loaded, args) -> int:
+    rows = []
+    for name in loaded.spec.variants():
+        desc = describe(loaded, name)
+        family = loaded.spec.families[desc.family]
+        rows.append({"variant": name, "family": desc.family, "width": desc.width, "params": desc.params,
+                     "macs": desc.macs, "resolutions": family.resolutions})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} variants ({loaded.spec.default_flavor} flavor, 224x224, 1000 classes)")
+    for column in ("variant", "family", "width", "params", "MACs", "resolutions"):
+        table.add_column(column, justify="right" if column in ("width", "params", "MACs") else "left")
+    for r in rows:
+        table.add_row(r["variant"], r["family"], f"{r['width']}", f"{r['params']:,}", f"{r['macs'] / 1e6:.1f} M",
+                      " ".join(map(str, r["resolutions"])))
+    console().print(table)
+    return 0
+
+
+def _describe(loaded, args) -> int:
+    desc = describe(loaded, args.variant, args.flavor, args.resolution, args.num_classes)
+    if args.json:
+        print(json.dumps({
+            "variant": desc.variant, "family": desc.family, "flavor": desc.flavor, "width": desc.width,
+            "resolution": list(desc.resolution), "num_classes": desc.num_classes,
+            "params": desc.params, "state": desc.state, "macs": desc.macs,
+            "layers": [{"name": l.name, "kind": l.kind, "in": l.in_channels, "out": l.out_channels,
+                        "kernel": l.kernel, "stride": l.stride, "groups": l.groups, "bias": l.bias,
+                        "shape": list(l.out_shape), "params": l.params, "state": l.state, "macs": l.macs}
+                       for l in desc.layers],
+        }, indent=1))
+        return 0
+    from rich.table import Table
+
+    h, w = desc.resolution
+    table = Table(title=f"{desc.variant}: {desc.flavor} flavor, {h}x{w} input, {desc.num_classes} classes",
+                  caption="params: trainable; state: BatchNorm running statistics; MACs: convs and linears")
+    for column in ("layer", "kind", "in → out", "k/s/g", "output (C, H, W)", "params", "state", "MACs"):
+        table.add_column(column, justify="right" if column in ("params", "state", "MACs") else "left")
+    for l in desc.layers:
+        table.add_row(l.name, l.kind, f"{l.in_channels} → {l.out_channels}",
+                      f"{l.kernel}/{l.stride}/{l.groups}" if l.kind not in ("batch_norm", "pool", "linear") else "",
+                      "×".join(map(str, l.out_shape)), f"{l.params:,}" if l.params else "",
+                      f"{l.state:,}" if l.state else "", f"{l.macs:,}" if l.macs else "")
+    table.add_section()
+    table.add_row("total", "", "", "", "", f"{desc.params:,}", f"{desc.state:,}", f"{desc.macs:,}")
+    console().print(table)
+    return 0
+
+
+def _conform(loaded, args) -> int:
+    from conformance.checks import evaluate
+    from conformance.report import print_summary, write_reports
+    from conformance.runner import run
+
+    variants = _select(loaded, args)
+    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    from conformance.frameworks import FRAMEWORKS
+
+    unknown = [f for f in frameworks if f not in FRAMEWORKS]
+    if unknown:
+        raise ValueError(f"unknown framework(s) {unknown}; expected some of {', '.join(FRAMEWORKS)}")
+    flavor = args.flavor or loaded.spec.default_flavor
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console_ = console(stderr=True)
+    start = time.perf_counter()
+    total = len(variants) * (len(frameworks) + 1)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console_, transient=not console_.is_terminal) as progress:
+        task = progress.add_task(f"conform {len(variants)} variants x {len(frameworks) + 1} runs", total=total)
+
+        def advance(worker: str, variant: str) -> None:
+            progress.update(task, advance=1, description=f"{worker}: {variant}")
+
+        result = run(loaded, variants, frameworks, flavor, args.resolution, args.num_classes, work=args.work,
+                     parallel=args.parallel, progress=advance)
+    checks = evaluate(loaded, result)
+    failed = [c for c in checks if not c.ok]
+    if args.report:
+        write_reports(args.report, loaded, result, checks)
+    if args.json:
+        print(json.dumps({"failed": len(failed), "checks": [c.__dict__ for c in checks]}, indent=1, default=str))
+    else:
+        print_summary(loaded, result, checks, time.perf_counter() - start)
+    return 1 if failed else 0
+
+
+def _select(loaded, args) -> list[str]:
+    names = list(loaded.spec.variants())
+    if args.all:
+        return names
+    if args.quick:
+        seen, chosen = set(), []
+        for name, (family, arch) in loaded.spec.variants().items():
+            if arch not in seen:  # the first variant of each architecture
+                seen.add(arch)
+                chosen.append(name)
+        return chosen
+    if not args.variants:
+        raise ValueError("name variants, or use --all or --quick")
+    for name in args.variants:
+        if name not in names:
+            raise UnknownName(f"unknown variant {name!r}; `mnforge list` shows them")
+    return args.variants
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Keras 3: generated/keras3, on whichever backend KERAS_BACKEND names (set by the worker).
+
+Layouts: Conv2D kernel (kh, kw, in, out), DepthwiseConv2D kernel (kh, kw, C, 1), Dense kernel (in, out),
+BatchNormalization gamma / beta / moving_mean / moving_variance.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from conformance.weights import WeightError
+
+# Keras variable name -> neutral tensor name, per layer class.
+BN_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
+
+
+class Adapter:
+    channels_last = True
+
+    def __init__(self):
+        import keras
+
+        self.keras = keras
+        self.name = "keras" if keras.backend.backend() == "tensorflow" else f"keras-{keras.backend.backend()}"
+        self._block_models: dict[int, object] = {}
+
+    def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
+              dtype: str = "float32"):
+        if dtype != "float32":
+            raise ValueError("the Keras adapter runs float32 only; the float64 reference is PyTorch")
+        self.module = importlib.import_module(f"generated.keras3.{family}")
+        return self.module.VARIANTS[variant](num_classes=num_classes, flavor=flavor, input_shape=(*resolution, 3))
+
+    def _to_neutral(self, layer, variable_name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
+        layers = self.keras.layers
+        if isinstance(layer, layers.BatchNormalization):
+            return BN_NAMES[variable_name], value
+        if variable_name == "bias":
+            return "bias", value
+        if isinstance(layer, layers.DepthwiseConv2D):
+            return "weight", value.transpose(2, 3, 0, 1)  # (kh, kw, C, 1) -> (C, 1, kh, kw)
+        if isinstance(layer, layers.Conv2D):
+            return "weight", value.transpose(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
+        if isinstance(layer, layers.Dense):
+            return "weight", value.T  # (in, out) -> (out, in)
+        raise WeightError(f"{layer.name}: no neutral layout for {type(layer).__name__}.{variable_name}")
+
+    def _from_neutral(self, layer, variable_name: str, value: np.ndarray) -> np.ndarray:
+        layers = self.keras.layers
+        if isinstance(layer, layers.BatchNormalization) or variable_name == "bias":
+            return value
+        if isinstance(layer, layers.DepthwiseConv2D):
+            return value.transpose(2, 3, 0, 1)  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+        if isinstance(layer, layers.Conv2D):
+            return value.transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)
+        return value.T
+
+    def _variables(self, model):
+        """(canonical tensor name, layer, keras variable) for every weight of the model."""
+        for layer in model.layers:
+            for variable in layer.weights:
+                neutral, _ = self._to_neutral(layer, variable.name, np.zeros((1, 1, 1, 1)))
+                yield f"{layer.name}.{neutral}", layer, variable
+
+    def tensors(self, model) -> dict[str, np.ndarray]:
+        return {name: self._to_neutral(layer, var.name, np.asarray(self.keras.ops.convert_to_numpy(var.value)))[1]
+                for name, layer, var in self._variables(model)}
+
+    def trainable(self, model) -> dict[str, int]:
+        return {name: int(np.prod(var.shape)) for name, _, var in self._variables(model) if var.trainable}
+
+    def load(self, model, tensors: dict[str, np.ndarray]) -> None:
+        for name, layer, variable in self._variables(model):
+            value = self._from_neutral(layer, variable.name, np.asarray(tensors[name], dtype=np.float32))
+            if tuple(value.shape) != tuple(variable.shape):
+                raise WeightError(f"{name}: shape {value.shape} in Keras layout, the layer has {tuple(variable.shape)}")
+            variable.assign(value)
+
+    def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:
+        key = id(model)
+        if key not in self._block_models:  # built once per model, its predict function compiled once
+            self._block_models[key] = self.module.forward_blocks_model(model)
+        outputs = self._block_models[key].predict_on_batch(images_nchw.transpose(0, 2, 3, 1))
+        return {name: _to_nchw(np.asarray(value)) for name, value in outputs.items()}
+
+    def logits(self, model, images_nchw: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict_on_batch(images_nchw.transpose(0, 2, 3, 1)))
+
+    def count_macs(self, model, resolution: tuple[int, int]) -> dict:
+        """MACs from Keras' own layer objects: each Conv2D / DepthwiseConv2D / Dense layer's kernel size
+        times the number of output positions Keras computed for it (its symbolic output shape)."""
+        layers = self.keras.layers
+        macs = 0
+        for layer in model.layers:
+            if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)):
+                # kernel: kh * kw * in * out (conv), kh * kw * C * 1 (depthwise), in * out (dense)
+                positions = int(np.prod(layer.output.shape[1:-1])) if len(layer.output.shape) > 2 else 1
+                macs += positions * int(np.prod(layer.kernel.shape))
+        return {"counter": "Keras layer kernels x output positions", "macs": macs}
+
+
+def _to_nchw(value: np.ndarray) -> np.ndarray:
+    return value.transpose(0, 3, 1, 2) if value.ndim == 4 else value

@@ -1,0 +1,68 @@
+"""PyTorch: generated/pytorch. The neutral layout is PyTorch's own, so tensors move unchanged."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from conformance.weights import WeightError
+
+
+class Adapter:
+    name = "torch"
+    channels_last = False
+
+    def __init__(self):
+        import torch
+
+        torch.set_num_threads(1)
+        self.torch = torch
+
+    def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
+              dtype: str = "float32"):
+        module = importlib.import_module(f"generated.pytorch.{family}")
+        model = module.VARIANTS[variant](num_classes=num_classes, flavor=flavor).eval()
+        return model.double() if dtype == "float64" else model
+
+    def tensors(self, model) -> dict[str, np.ndarray]:
+        return {name: value.detach().cpu().numpy().copy() for name, value in model.state_dict().items()
+                if not name.endswith("num_batches_tracked")}
+
+    def trainable(self, model) -> dict[str, int]:
+        return {name: p.numel() for name, p in model.named_parameters()}
+
+    def load(self, model, tensors: dict[str, np.ndarray]) -> None:
+        own = self.tensors(model)
+        for name, value in tensors.items():
+            if own[name].shape != value.shape:
+                raise WeightError(f"{name}: shape {value.shape}, the model has {own[name].shape}")
+        state = {name: self.torch.from_numpy(np.asarray(value)) for name, value in tensors.items()}
+        dtype = next(model.parameters()).dtype
+        state = {name: value.to(dtype) for name, value in state.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [m for m in missing if not m.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise WeightError(f"PyTorch model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:
+        dtype = next(model.parameters()).dtype
+        with self.torch.no_grad():
+            outputs = model.forward_blocks(self.torch.from_numpy(images_nchw).to(dtype))
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    def logits(self, model, images_nchw: np.ndarray) -> np.ndarray:
+        dtype = next(model.parameters()).dtype
+        with self.torch.no_grad():
+            return model(self.torch.from_numpy(images_nchw).to(dtype)).numpy()
+
+    def count_macs(self, model, resolution: tuple[int, int]) -> dict:
+        """FlopCounterMode counts 2 FLOPs per multiply-accumulate of convolutions and matmuls."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        x = self.torch.zeros(1, 3, *resolution, dtype=next(model.parameters()).dtype)
+        with FlopCounterMode(display=False) as counter, self.torch.no_grad():
+            model(x)
+        flops = counter.get_total_flops()
+        return {"counter": "torch.utils.flop_counter.FlopCounterMode (FLOPs / 2)", "macs": flops // 2,
+                "raw": flops}

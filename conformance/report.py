@@ -1,0 +1,119 @@
+"""Conformance reports: the terminal table, report.md, report.json and JUnit XML."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+from conformance.checks import Check
+from conformance.console import console
+from conformance.runner import RunResult
+from spec import describe
+
+CHECKS = ("build", "structure", "params", "round_trip", "shapes", "macs", "outputs")
+
+
+def _rows(loaded, run: RunResult, checks: list[Check]) -> list[dict]:
+    by_variant: dict[str, dict[str, list[Check]]] = defaultdict(lambda: defaultdict(list))
+    for c in checks:
+        by_variant[c.variant][c.name].append(c)
+    rows = []
+    for variant in run.variants:
+        desc = describe(loaded, variant, run.flavor, run.resolution, run.num_classes)
+        cells = {}
+        for name in CHECKS:
+            group = by_variant[variant].get(name, [])
+            cells[name] = "–" if not group else ("ok" if all(c.ok for c in group) else "FAIL")
+        outputs = [c for c in by_variant[variant].get("outputs", []) if "logits_rel" in c.figures]
+        worst = max((c.figures["logits_rel"] for c in outputs), default=float("nan"))
+        rows.append({"variant": variant, "params": desc.params, "state": desc.state, "macs": desc.macs,
+                     "cells": cells, "worst_logits_rel": worst})
+    return rows
+
+
+def print_summary(loaded, run: RunResult, checks: list[Check], seconds: float) -> None:
+    from rich.table import Table
+
+    console_ = console()
+    h, w = run.resolution
+    table = Table(title=f"Conformance: {len(run.variants)} variants, {run.flavor} flavor, {h}x{w} input, "
+                        f"frameworks {', '.join(r.worker.key for r in run.workers)}")
+    table.add_column("variant")
+    for column in ("params", "BN state", "MACs"):
+        table.add_column(column, justify="right")
+    for name in CHECKS:
+        table.add_column(name, justify="center")
+    table.add_column("max logits err", justify="right")
+    for row in _rows(loaded, run, checks):
+        cells = [f"[green]{v}[/]" if v == "ok" else f"[red]{v}[/]" if v == "FAIL" else v for v in row["cells"].values()]
+        table.add_row(row["variant"], f"{row['params']:,}", f"{row['state']:,}", f"{row['macs'] / 1e6:.2f} M",
+                      *cells, f"{row['worst_logits_rel']:.1e}")
+    console_.print(table)
+    failed = [c for c in checks if not c.ok]
+    for c in failed[:30]:
+        console_.print(f"[red]FAIL[/] {c.variant} {c.name} [{c.subject}]: {c.summary}")
+    if len(failed) > 30:
+        console_.print(f"... and {len(failed) - 30} more failures (see the report)")
+    workers = ", ".join(f"{r.worker.key} {r.seconds:.0f} s" for r in run.workers)
+    console_.print(f"{len(checks) - len(failed)}/{len(checks)} checks passed in {seconds:.0f} s "
+                  f"(spec and weights {run.spec_seconds:.1f} s; workers: {workers})")
+
+
+def write_reports(folder: Path, loaded, run: RunResult, checks: list[Check]) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = _rows(loaded, run, checks)
+    _atomic(folder / "report.json", json.dumps({
+        "flavor": run.flavor, "resolution": list(run.resolution), "num_classes": run.num_classes,
+        "seconds": run.seconds,
+        "workers": [{"worker": r.worker.key, "seconds": r.seconds, "returncode": r.returncode,
+                     "timed_out": r.timed_out} for r in run.workers],
+        "variants": rows,
+        "checks": [c.__dict__ for c in checks],
+    }, indent=1, default=str))
+    _atomic(folder / "report.md", _markdown(run, rows, checks))
+    _atomic(folder / "junit.xml", _junit(checks))
+
+
+def _markdown(run: RunResult, rows: list[dict], checks: list[Check]) -> str:
+    h, w = run.resolution
+    lines = [f"# Conformance report", "",
+             f"{len(run.variants)} variants, flavor `{run.flavor}`, input {h}x{w}, {run.num_classes} classes; "
+             f"workers: {', '.join(f'{r.worker.key} ({r.seconds:.0f} s)' for r in run.workers)}; "
+             f"total {run.seconds:.0f} s.", "",
+             "| variant | params | BN state | MACs | " + " | ".join(CHECKS) + " | max logits rel. error |",
+             "|---|---:|---:|---:|" + "---|" * len(CHECKS) + "---:|"]
+    for row in rows:
+        lines.append(f"| {row['variant']} | {row['params']:,} | {row['state']:,} | {row['macs']:,} | "
+                     + " | ".join(row["cells"].values()) + f" | {row['worst_logits_rel']:.2e} |")
+    failed = [c for c in checks if not c.ok]
+    lines += ["", f"## Failures ({len(failed)})", ""]
+    lines += [f"- `{c.variant}` {c.name} [{c.subject}]: {c.summary}" for c in failed] or ["None."]
+    lines += ["", "## Output errors per block (relative to max |float64 reference|)", ""]
+    for c in checks:
+        if c.name == "outputs" and "blocks" in c.figures:
+            worst = max(c.figures["blocks"].items(), key=lambda item: item[1]["rel"])
+            lines.append(f"- `{c.variant}` {c.subject}: logits {c.figures['logits_rel']:.2e} "
+                         f"(abs {c.figures['logits_abs']:.2e}); worst block {worst[0]} {worst[1]['rel']:.2e}")
+    return "\n".join(lines) + "\n"
+
+
+def _junit(checks: list[Check]) -> str:
+    failures = sum(not c.ok for c in checks)
+    cases = []
+    for c in checks:
+        name = quoteattr(f"{c.name}[{c.subject}]")
+        body = "" if c.ok else f"<failure message={quoteattr(c.summary[:200])}>{escape(c.summary)}</failure>"
+        cases.append(f'  <testcase classname={quoteattr(c.variant)} name={name}>{body}</testcase>')
+    return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="mnforge-conformance" tests="{len(checks)}" '
+            f'failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+
+
+def _atomic(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)

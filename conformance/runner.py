@@ -1,0 +1,160 @@
+"""The conformance matrix: variants x frameworks, each framework in its own worker process.
+
+1. From the spec alone: each variant's description, random neutral weights (with random BatchNorm
+   statistics) and one shared non-square input batch.
+2. Workers, at most `parallel` at a time (one per core), each with a timeout: PyTorch float64 (the
+   reference), PyTorch, Keras on TensorFlow, JAX and PyTorch backends, Flax NNX.
+3. Checks (conformance/checks.py) on what the workers wrote.
+A worker that crashes or hangs becomes that framework's failure, with the tail of its stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from conformance import weights as neutral
+from spec import describe
+from spec.loader import LoadedSpec
+
+ALL_FRAMEWORKS = ("torch", "keras", "keras-jax", "keras-torch", "flax")
+REFERENCE = ("torch", "float64")
+
+
+@dataclass(frozen=True)
+class Worker:
+    framework: str
+    dtype: str = "float32"
+
+    @property
+    def key(self) -> str:
+        return f"{self.framework}:{self.dtype}" if self.dtype != "float32" else self.framework
+
+
+@dataclass
+class WorkerRun:
+    worker: Worker
+    returncode: int | None = None
+    seconds: float = 0.0
+    stderr_tail: str = ""
+    timed_out: bool = False
+
+
+@dataclass
+class RunResult:
+    variants: list[str]
+    flavor: str
+    resolution: tuple[int, int]
+    num_classes: int
+    workers: list[WorkerRun]
+    results: dict[tuple[str, str], dict]  # (variant, worker key) -> worker's JSON
+    outputs_dir: Path
+    seconds: float
+    spec_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def outputs(self, variant: str, worker_key: str) -> dict[str, np.ndarray] | None:
+        framework, _, dtype = worker_key.partition(":")
+        path = self.outputs_dir / f"{variant}.{framework}.{dtype or 'float32'}.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as data:
+            return {name: data[name] for name in data.files}
+
+
+def prepare(loaded: LoadedSpec, variants: list[str], flavor: str, resolution: tuple[int, int], num_classes: int,
+            work: Path, seed: int = 0, batch: int = 2) -> None:
+    """Weights per variant and the shared input batch (NCHW; workers transpose to their layout)."""
+    (work / "weights").mkdir(parents=True, exist_ok=True)
+    for variant in variants:
+        desc = describe(loaded, variant, flavor, resolution, num_classes)
+        tensors = neutral.random_weights(desc, seed)
+        neutral.save(work / "weights" / f"{variant}.safetensors", tensors,
+                     {"variant": variant, "flavor": flavor, "num_classes": str(num_classes)})
+    rng = np.random.default_rng(seed + 1)
+    images = rng.normal(0.0, 1.0, (batch, 3, *resolution)).astype(np.float32)
+    np.savez(work / "inputs.npz", images=images)
+
+
+def run(loaded: LoadedSpec, variants: list[str], frameworks: list[str], flavor: str,
+        resolution: tuple[int, int], num_classes: int = 1000, work: Path | None = None, parallel: int | None = None,
+        timeout_per_variant: float = 240.0, progress: Callable[[str, str], None] | None = None) -> RunResult:
+    start = time.perf_counter()
+    work = Path(work or tempfile.mkdtemp(prefix="mnforge-conform-"))
+    prepare(loaded, variants, flavor, resolution, num_classes, work)
+    spec_seconds = time.perf_counter() - start
+    workers = [Worker(*REFERENCE)] + [Worker(f) for f in frameworks]
+    runs = _run_workers(loaded, workers, variants, flavor, resolution, num_classes, work,
+                        parallel or os.cpu_count() or 1, timeout_per_variant, progress)
+    results = {}
+    for w in workers:
+        for variant in variants:
+            path = work / "out" / f"{variant}.{w.framework}.{w.dtype}.json"
+            if path.exists():
+                results[(variant, w.key)] = json.loads(path.read_text())
+    return RunResult(variants, flavor, resolution, num_classes, runs, results, work / "out",
+                     time.perf_counter() - start, spec_seconds)
+
+
+def _run_workers(loaded, workers, variants, flavor, resolution, num_classes, work, parallel, timeout_per_variant,
+                 progress) -> list[WorkerRun]:
+    pending = list(workers)
+    running: list[tuple[WorkerRun, subprocess.Popen, float, object]] = []
+    done: list[WorkerRun] = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false"),
+           "OMP_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+    timeout = 120 + timeout_per_variant * len(variants)
+    while pending or running:
+        while pending and len(running) < parallel:
+            worker = pending.pop(0)
+            request = work / f"request.{worker.key.replace(':', '-')}.json"
+            request.write_text(json.dumps({
+                "framework": worker.framework, "spec": str(loaded.path), "out": str(work / "out"),
+                "inputs": str(work / "inputs.npz"),
+                "jobs": [{"variant": v, "flavor": flavor, "resolution": list(resolution), "num_classes": num_classes,
+                          "dtype": worker.dtype, "weights": str(work / "weights" / f"{v}.safetensors"),
+                          "count_macs": worker.dtype == "float32"} for v in variants],
+            }))
+            stderr = open(work / f"stderr.{worker.key.replace(':', '-')}.log", "w+")
+            proc = subprocess.Popen([sys.executable, "-m", "conformance.worker", str(request)],
+                                    stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+            os.set_blocking(proc.stdout.fileno(), False)
+            running.append((WorkerRun(worker), proc, time.perf_counter(), stderr))
+        time.sleep(0.1)
+        for item in list(running):
+            run_, proc, started, stderr = item
+            for line in _read_lines(proc):
+                if progress and line.endswith(" done"):
+                    progress(run_.worker.key, line.split()[1])
+            elapsed = time.perf_counter() - started
+            if proc.poll() is None and elapsed < timeout:
+                continue
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+                run_.timed_out = True
+            run_.returncode, run_.seconds = proc.returncode, elapsed
+            stderr.seek(0)
+            run_.stderr_tail = "\n".join(stderr.read().splitlines()[-20:])
+            stderr.close()
+            running.remove(item)
+            done.append(run_)
+    return done
+
+
+def _read_lines(proc: subprocess.Popen) -> list[str]:
+    try:
+        data = proc.stdout.read()
+    except (BlockingIOError, TypeError):
+        return []
+    return [line.strip() for line in (data or "").splitlines() if line.strip()]

@@ -1,0 +1,133 @@
+"""The framework-neutral weight file: safetensors keyed by the spec's canonical layer names.
+
+Layouts (PyTorch's, so a generated PyTorch state dict *is* the neutral form):
+  conv (incl. depthwise and squeeze-excite)  `<layer>.weight`  (out, in / groups, kh, kw), `<layer>.bias` (out,)
+  linear (fc, classifier)                    `<layer>.weight`  (out, in), `<layer>.bias` (out,)
+  batch norm                                 `<layer>.weight` (scale), `<layer>.bias` (shift),
+                                             `<layer>.running_mean`, `<layer>.running_var`
+Every file carries metadata: variant, flavor, num_classes, format version. The expected tensors of a
+variant come from the spec's analytic description, so a file is checked against the spec, not against
+whatever a framework happens to build.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from spec.resolve import Description
+
+FORMAT = "mnforge-neutral-1"
+BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
+class WeightError(ValueError):
+    """A weight file or tensor set that does not fit the variant: names the layer and both shapes."""
+
+
+def expected_tensors(desc: Description) -> dict[str, tuple[int, ...]]:
+    """Canonical tensor name -> shape in the neutral layout, for every tensor of the variant."""
+    tensors: dict[str, tuple[int, ...]] = {}
+    for layer in desc.layers:
+        if layer.kind in ("conv", "depthwise_conv"):
+            tensors[f"{layer.name}.weight"] = (layer.out_channels, layer.in_channels // layer.groups,
+                                               layer.kernel, layer.kernel)
+            if layer.bias:
+                tensors[f"{layer.name}.bias"] = (layer.out_channels,)
+        elif layer.kind == "linear":
+            tensors[f"{layer.name}.weight"] = (layer.out_channels, layer.in_channels)
+            tensors[f"{layer.name}.bias"] = (layer.out_channels,)
+        elif layer.kind == "batch_norm":
+            for tensor in BN_TENSORS:
+                tensors[f"{layer.name}.{tensor}"] = (layer.out_channels,)
+    return tensors
+
+
+def is_state(name: str) -> bool:
+    """BatchNorm running statistics: state, not trainable parameters."""
+    return name.endswith((".running_mean", ".running_var"))
+
+
+def check_tensors(tensors: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], what: str) -> None:
+    """Every tensor accounted for: raise WeightError naming missing, extra, misshapen, non-float or NaN ones."""
+    problems = []
+    missing = [name for name in expected if name not in tensors]
+    extra = [name for name in tensors if name not in expected]
+    if missing:
+        problems.append(_listing("missing", [f"{n} (expected {expected[n]})" for n in missing]))
+    if extra:
+        problems.append(_listing("unexpected", [f"{n} {tuple(tensors[n].shape)}" for n in extra]))
+    for name, shape in expected.items():
+        if name not in tensors:
+            continue
+        array = tensors[name]
+        if tuple(array.shape) != shape:
+            problems.append(f"{name}: shape {tuple(array.shape)}, expected {shape}")
+        elif array.dtype.kind != "f":
+            problems.append(f"{name}: dtype {array.dtype}, expected a floating-point tensor")
+        elif not np.all(np.isfinite(array)):
+            problems.append(f"{name}: {int(np.sum(~np.isfinite(array)))} NaN or infinite values")
+        elif name.endswith(".running_var") and np.any(array < 0):
+            problems.append(f"{name}: negative running variance")
+    if problems:
+        raise WeightError(f"{what}: " + "; ".join(problems))
+
+
+def _listing(label: str, items: list[str], first: int = 5) -> str:
+    more = f" and {len(items) - first} more" if len(items) > first else ""
+    return f"{len(items)} {label} tensor(s): {', '.join(items[:first])}{more}"
+
+
+def random_weights(desc: Description, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 weights with non-trivial BatchNorm statistics (defaults would hide epsilon and layout bugs).
+
+    Scales keep activations of order one through the whole network, so that relative errors measure
+    the arithmetic and not an exploding or vanishing signal.
+    """
+    rng = np.random.default_rng(seed)
+    weights: dict[str, np.ndarray] = {}
+    for name, shape in expected_tensors(desc).items():
+        if name.endswith(".running_mean"):
+            value = rng.normal(0.0, 0.5, shape)
+        elif name.endswith(".running_var"):
+            value = rng.uniform(0.5, 2.0, shape)
+        elif len(shape) > 1:
+            fan_in = int(np.prod(shape[1:]))
+            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+        elif name.endswith(".bn.weight"):
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.normal(0.0, 0.1, shape)
+        weights[name] = value.astype(np.float32)
+    return weights
+
+
+def save(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write atomically: a temporary file in the same folder, then a rename."""
+    from safetensors.numpy import save as to_bytes
+
+    path = Path(path)
+    data = to_bytes({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata={"format": FORMAT, **metadata})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+
+
+def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a neutral file (no code is executed: safetensors is data only)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightError(f"{path}: not a readable safetensors file ({exc})") from None
+    if metadata.get("format") != FORMAT:
+        raise WeightError(f"{path}: metadata format is {metadata.get('format')!r}, expected {FORMAT!r}")
+    return tensors, metadata

@@ -1,0 +1,118 @@
+"""One framework in one process: `python -m conformance.worker REQUEST.json`.
+
+The runner (conformance/runner.py) writes a request naming the framework and the variants; the worker
+builds each generated model once, then for each variant: counts its parameters per layer, checks its
+tensors against the spec, loads the neutral weights and exports them again (bit-exact round trip),
+runs every block on the shared input, counts MACs with the framework's own counter, and writes one
+JSON result and one .npz of block outputs per variant (atomically), so that a crash loses only the
+variant it happened in. Imports of a framework happen here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    request = json.loads(Path(argv[0]).read_text())
+    framework = request["framework"]
+    from conformance.frameworks import FRAMEWORKS
+
+    backend = FRAMEWORKS[framework][1]
+    if backend:
+        os.environ["KERAS_BACKEND"] = backend  # before keras is imported, in this process only
+
+    import numpy as np
+
+    from conformance import weights as neutral
+    from conformance.frameworks import adapter as get_adapter
+    from spec import describe, load_spec
+
+    start = time.perf_counter()
+    adapter = get_adapter(framework)
+    loaded = load_spec(request["spec"])
+    out = Path(request["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    images = np.load(request["inputs"])["images"] if request.get("inputs") else None
+    import_s = time.perf_counter() - start
+    for job in request["jobs"]:
+        result = {"framework": framework, "variant": job["variant"], "flavor": job["flavor"],
+                  "dtype": job.get("dtype", "float32"), "import_s": import_s, "timings": {}}
+        timings = result["timings"]
+        try:
+            desc = describe(loaded, job["variant"], job["flavor"], tuple(job["resolution"]), job["num_classes"])
+            t = time.perf_counter()
+            model = adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, desc.resolution,
+                                  job.get("dtype", "float32"))
+            timings["build"] = time.perf_counter() - t
+            t = time.perf_counter()
+            own = adapter.tensors(model)
+            result["tensor_shapes"] = {name: list(value.shape) for name, value in own.items()}
+            result["trainable"] = adapter.trainable(model)
+            expected = neutral.expected_tensors(desc)
+            result["structure_error"] = _error_text(neutral.check_tensors, own, expected, f"{framework} model")
+            if job.get("weights"):
+                weights, _ = neutral.load(job["weights"])
+                adapter.load(model, weights)
+                exported = adapter.tensors(model)
+                result["round_trip"] = _round_trip(weights, exported, job.get("dtype", "float32"))
+            timings["weights"] = time.perf_counter() - t
+            if images is not None:
+                t = time.perf_counter()
+                blocks = adapter.forward_blocks(model, images)
+                timings["forward"] = time.perf_counter() - t
+                result["block_shapes"] = {name: list(value.shape) for name, value in blocks.items()}
+                _save_npz(out / f"{job['variant']}.{framework}.{result['dtype']}.npz", blocks)
+            if job.get("count_macs"):
+                t = time.perf_counter()
+                result["macs"] = adapter.count_macs(model, desc.resolution)
+                timings["macs"] = time.perf_counter() - t
+        except Exception as exc:  # reported per variant; the worker goes on with the next one
+            result["error"] = f"{type(exc).__name__}: {exc}"
+            result["traceback"] = traceback.format_exc(limit=6)
+        _write_json(out / f"{job['variant']}.{framework}.{result['dtype']}.json", result)
+        print(f"{framework} {job['variant']} done", flush=True)
+    return 0
+
+
+def _error_text(check, *args) -> str | None:
+    from conformance.weights import WeightError
+
+    try:
+        check(*args)
+    except WeightError as exc:
+        return str(exc)
+    return None
+
+
+def _round_trip(weights: dict, exported: dict, dtype: str) -> dict:
+    """Neutral -> framework -> neutral must give the same bits (a float64 model: the same values)."""
+    import numpy as np
+
+    differing = [name for name, value in weights.items()
+                 if name not in exported or exported[name].shape != value.shape
+                 or not np.array_equal(exported[name].astype(value.dtype), value)]
+    return {"tensors": len(weights), "differing": differing[:10], "differing_count": len(differing)}
+
+
+def _save_npz(path: Path, arrays: dict) -> None:
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

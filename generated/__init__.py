@@ -1,0 +1,1 @@
+"""Generated model code. Do not edit: run `make generate`."""

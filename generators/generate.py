@@ -1,0 +1,146 @@
+"""Render generated/ from the spec: `make generate` and `make check-generated`.
+
+One Jinja template set per framework (generators/templates/<framework>/), one output file per family
+and framework. The spec is validated and every width resolved (spec/resolve.py) before anything is
+rendered; files are formatted with ruff and written through a temporary file and a rename, so a
+failure leaves generated/ as it was. Output is deterministic: no dates, no paths from this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from generators.context import FRAMEWORKS, family_context
+from spec import SpecError, load_spec
+from spec.loader import DEFAULT_SPEC, LoadedSpec
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+DEFAULT_OUT = REPO / "generated"
+RUFF_OPTIONS = ["--isolated", "--line-length", "110", "--target-version", "py310"]
+
+
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["py"] = _literal
+    return env
+
+
+def _literal(value) -> str:
+    """Python literal of a spec value, deterministic, strings in double quotes like ruff's style."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        items = ", ".join(_literal(v) for v in value)
+        return f"[{items}]" if isinstance(value, list) else f"({items}{',' if len(value) == 1 else ''})"
+    return repr(value)
+
+
+def render_all(loaded: LoadedSpec) -> dict[str, str]:
+    """Relative path under generated/ -> file text, for the whole spec."""
+    env = _environment()
+    files: dict[str, str] = {"__init__.py": '"""Generated model code. Do not edit: run `make generate`."""\n'}
+    for framework, package in FRAMEWORKS.items():
+        names = []
+        for family in loaded.spec.families:
+            context = family_context(loaded, family, framework)
+            text = env.get_template(f"{framework}/model.py.j2").render(**context)
+            files[f"{package}/{family}.py"] = text
+            names.append(family)
+        files[f"{package}/__init__.py"] = env.get_template("package_init.py.j2").render(
+            framework=framework, families=names, spec_sha256=loaded.sha256
+        )
+    return {path: _format(text, path) for path, text in sorted(files.items())}
+
+
+def _format(text: str, path: str) -> str:
+    result = subprocess.run(
+        [_ruff(), "format", *RUFF_OPTIONS, "--stdin-filename", path, "-"],
+        input=text, capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"ruff could not format {path} (a template bug):\n{result.stderr}")
+    return result.stdout
+
+
+def _ruff() -> str:
+    candidate = Path(sys.executable).with_name("ruff")
+    return str(candidate) if candidate.exists() else "ruff"
+
+
+def stale_files(rendered: dict[str, str], out: Path) -> list[str]:
+    """Files under `out` that differ from, are missing from, or are not part of the rendering."""
+    stale = [path for path, text in rendered.items() if _read(out / path) != text]
+    existing = {p.relative_to(out).as_posix() for p in out.rglob("*.py")} if out.exists() else set()
+    stale += sorted(existing - set(rendered))
+    return sorted(stale)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def write(rendered: dict[str, str], out: Path) -> list[str]:
+    """Write what changed (temporary file, then rename) and delete files no longer generated."""
+    changed = stale_files(rendered, out)
+    for path in changed:
+        target = out / path
+        if path not in rendered:
+            target.unlink()
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, delete=False,
+                                         prefix=f".{target.name}.", suffix=".tmp") as tmp:
+            tmp.write(rendered[path])
+        os.replace(tmp.name, target)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mnforge generate", description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="spec file (default: spec/mobilenets.yaml)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: generated/)")
+    parser.add_argument("--check", action="store_true", help="write nothing; fail if the output folder is stale")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        loaded = load_spec(args.spec)
+        rendered = render_all(loaded)
+    except SpecError as exc:
+        print(f"error: {exc}\nnothing was written.", file=sys.stderr)
+        return 2
+    if args.check:
+        stale = stale_files(rendered, args.out)
+        if stale:
+            print(f"{args.out} is stale; run `make generate`. Stale files:", file=sys.stderr)
+            for path in stale:
+                print(f"  {args.out / path}", file=sys.stderr)
+            return 1
+        print(f"{args.out}: {len(rendered)} files up to date ({time.perf_counter() - start:.2f} s)")
+        return 0
+    changed = write(rendered, args.out)
+    print(f"{args.out}: {len(rendered)} files, {len(changed)} changed ({time.perf_counter() - start:.2f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""Load `spec/mobilenets.yaml` safely and validate it, with errors that name file, line and field.
+
+YAML is parsed once into a node tree (`yaml.compose` with the safe loader: no tags, no code), which
+keeps the line of every value; the same tree is turned into plain data, stage tables are rewritten
+from `columns` + `rows` into one mapping per row, and the data is validated by `spec.model.Spec`.
+A validation error is traced back through the node tree to the line of the offending value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from spec.model import Spec, StageTable
+
+DEFAULT_SPEC = Path(__file__).resolve().parent / "mobilenets.yaml"
+
+
+class SpecError(ValueError):
+    """A spec that does not validate: where (file, line, field) and what was expected."""
+
+    def __init__(self, path: Path, line: int | None, field: str, message: str):
+        self.path, self.line, self.field, self.message = path, line, field, message
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {field or '<document>'}: {message}")
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    spec: Spec
+    path: Path
+    sha256: str
+
+
+def load_spec(path: Path | str = DEFAULT_SPEC) -> LoadedSpec:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(path, None, "", f"cannot read the spec: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(path, None, "", f"the spec is not UTF-8 text ({exc.reason})") from None
+    return LoadedSpec(parse_spec(text, path), path, hashlib.sha256(text.encode()).hexdigest())
+
+
+def parse_spec(text: str, path: Path) -> Spec:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        context, opened = getattr(exc, "context", None) or "", getattr(exc, "context_mark", None)
+        if mark and opened and context.startswith("while parsing a flow") and opened.line != mark.line:
+            # An unclosed [ or {: the parser notices on a later line; the defect is where it opens.
+            problem = f"{problem} on line {mark.line + 1}, {context} that starts here (a bracket not closed?)"
+            mark = opened
+        raise SpecError(path, mark.line + 1 if mark else None, "", f"not valid YAML: {problem}") from None
+    if root is None:
+        raise SpecError(path, 1, "", "the spec is empty; expected a mapping with spec_version, rounding, flavors, families")
+    _reject_duplicate_keys(root, path, ())
+    try:
+        data = yaml.SafeLoader(text).get_single_data()  # the same document as plain data, still safe
+    except (yaml.YAMLError, ValueError) as exc:  # a tag such as !!python/object, a bad !!float or date
+        node, where = _unconstructible(root, ()) or (root, ())
+        problem = getattr(exc, "problem", None) or str(exc)
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            problem += "; the spec allows plain YAML values only, no tags"
+        field = ".".join(map(str, where))
+        raise SpecError(path, node.start_mark.line + 1, field, f"not a valid value: {problem}") from None
+    nodes: dict[tuple, yaml.Node] = {}
+    data = _rows_to_mappings(data, root, (), nodes, path)
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        error = _most_helpful(exc.errors(include_url=False))
+        loc = tuple(error["loc"])
+        node, field_path = _locate(nodes, _where(error, loc, data))
+        line = node.start_mark.line + 1 if node is not None else None
+        raise SpecError(path, line, field_path, _explain(error, loc)) from None
+
+
+def _most_helpful(errors: list[dict]) -> dict:
+    """The first error, except that a misspelt field beats the "missing" error its typo causes."""
+    first = errors[0]
+    if first["type"] == "missing":
+        parent = tuple(first["loc"])[:-1]
+        for error in errors:
+            if error["type"] == "extra_forbidden" and tuple(error["loc"])[:-1] == parent:
+                return error
+    return first
+
+
+def _where(error: dict, loc: tuple, data) -> tuple:
+    """The location to point at, which is not always pydantic's: the key for a bad name, the
+    `columns` entry for a bad column, the `type` for an unknown block type, the offending entry
+    for a failed cross-reference between sections."""
+    kind = error["type"]
+    row = len(loc) >= 3 and loc[-3] == "rows" and isinstance(loc[-2], int)
+    if row and kind in ("extra_forbidden", "missing"):
+        return (*loc[:-3], "columns", loc[-1])  # row mappings are made from `columns`
+    if kind == "extra_forbidden":
+        return (*loc, "[key]")
+    if kind == "union_tag_invalid":
+        return (*loc, error["ctx"]["discriminator"].strip("'"))
+    if kind == "value_error" and loc == ():
+        return _cross_reference(data)
+    return loc
+
+
+def _cross_reference(data: dict) -> tuple:
+    """Where `Spec._cross_references` failed (it runs only once every section validated, and its
+    message says what is wrong; this finds the entry to point at, checking in the same order)."""
+    flavors, families = data["flavors"], data["families"]
+    if data["default_flavor"] not in flavors:
+        return ("default_flavor",)
+    for flavor_name, flavor in flavors.items():
+        for family in flavor.get("families") or {}:
+            if family not in families:
+                return ("flavors", flavor_name, "families", family, "[key]")
+    seen: set = set()
+    for family_name, family in families.items():
+        for arch_name, arch in family["architectures"].items():
+            for variant in arch["variants"]:
+                if variant in seen:
+                    return ("families", family_name, "architectures", arch_name, "variants", variant, "[key]")
+                seen.add(variant)
+    return ()
+
+
+def _reject_duplicate_keys(node: yaml.Node, path: Path, where: tuple) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                field = ".".join(map(str, (*where, key)))
+                raise SpecError(
+                    path, key_node.start_mark.line + 1, field,
+                    f"duplicate key {key!r} (first at line {seen[key]}); each name may appear once",
+                )
+            seen[key] = key_node.start_mark.line + 1
+            _reject_duplicate_keys(value_node, path, (*where, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _reject_duplicate_keys(item, path, (*where, i))
+
+
+def _unconstructible(node: yaml.Node, where: tuple) -> tuple[yaml.Node, tuple] | None:
+    """The innermost node (and its path) that the safe loader cannot turn into data, if any."""
+    try:
+        yaml.SafeLoader("").construct_object(node, deep=True)
+        return None
+    except (yaml.YAMLError, ValueError):
+        pass
+    if isinstance(node, yaml.MappingNode):
+        children = [c for k, v in node.value for c in ((k, (*where, k.value)), (v, (*where, k.value)))]
+    elif isinstance(node, yaml.SequenceNode):
+        children = [(child, (*where, i)) for i, child in enumerate(node.value)]
+    else:
+        children = []
+    for child, child_where in children:
+        found = _unconstructible(child, child_where)
+        if found:
+            return found
+    return node, where
+
+
+def _rows_to_mappings(data, node: yaml.Node, where: tuple, nodes: dict, path: Path):
+    """Record the node of every value; rewrite each stage table's rows as column -> value mappings."""
+    nodes[where] = node
+    if isinstance(data, dict) and isinstance(node, yaml.MappingNode):
+        values = {k.value: v for k, v in node.value}
+        keys = {k.value: k for k, v in node.value}
+        out = {}
+        for key, value in data.items():
+            child = values.get(str(key))
+            if str(key) in keys:
+                nodes[(*where, key, "[key]")] = keys[str(key)]
+            out[key] = _rows_to_mappings(value, child, (*where, key), nodes, path) if child is not None else value
+        if isinstance(out.get("columns"), list) and isinstance(out.get("rows"), list):
+            out["rows"] = _table_rows(out["columns"], out["rows"], where, nodes, path)
+        return out
+    if isinstance(data, list) and isinstance(node, yaml.SequenceNode):
+        return [_rows_to_mappings(v, n, (*where, i), nodes, path) for i, (v, n) in enumerate(zip(data, node.value))]
+    return data
+
+
+def _table_rows(columns: list, rows: list, where: tuple, nodes: dict, path: Path) -> list:
+    field = ".".join(map(str, (*where, "columns")))
+    for column in columns:
+        if not isinstance(column, str):
+            raise SpecError(path, _line(nodes, (*where, "columns")), field, f"column {column!r} is not a name")
+    if len(set(columns)) != len(columns):
+        raise SpecError(path, _line(nodes, (*where, "columns")), field, f"duplicate column in {columns}")
+    mapped = []
+    for i, row in enumerate(rows):
+        row_where = (*where, "rows", i)
+        if not isinstance(row, list) or len(row) != len(columns):
+            got = f"{len(row)} values" if isinstance(row, list) else f"{type(row).__name__} {row!r}"
+            raise SpecError(
+                path, _line(nodes, row_where), ".".join(map(str, row_where)),
+                f"expected a list of {len(columns)} values for the columns {columns}, got {got}",
+            )
+        for j, column in enumerate(columns):
+            nodes[(*row_where, column)] = nodes[(*row_where, j)]
+            nodes.setdefault((*where, "columns", column), nodes.get((*where, "columns", j)))
+        mapped.append(dict(zip(columns, row)))
+    return mapped
+
+
+def _line(nodes: dict, where: tuple) -> int | None:
+    node = nodes.get(where)
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def _locate(nodes: dict, loc: tuple) -> tuple[yaml.Node | None, str]:
+    """The deepest recorded node along a pydantic error location, skipping union tags."""
+    data_path: tuple = ()
+    best = nodes.get(())
+    matched = 0  # how much of `loc` the recorded nodes cover (union tags in it have no node)
+    for i, item in enumerate(loc):
+        if nodes.get((*data_path, item)) is not None:
+            data_path = (*data_path, item)
+            best = nodes[data_path]
+            matched = i + 1
+    # Keep the names pydantic gave past the last node we know (a missing field, for example).
+    tail = [str(item) for item in loc[matched:] if _is_field_name(item, loc)]
+    return best, ".".join([*(str(item) for item in data_path if item != "[key]"), *tail])
+
+
+def _is_field_name(item, loc) -> bool:
+    # Discriminated unions and function validators add their tag to `loc`; those are not fields.
+    # "[key]" marks an error in a mapping's key; the key itself is already in the path.
+    return (
+        isinstance(item, str)
+        and item not in (*_block_types(), "[key]")
+        and not item.startswith(("function-", "list[", "dict["))
+    )
+
+
+def _explain(error: dict, loc: tuple) -> str:
+    kind, message = error["type"], error["msg"]
+    row = len(loc) >= 3 and loc[-3] == "rows" and isinstance(loc[-2], int)
+    what = "column" if row else "field"
+    if kind == "missing":
+        return f"required {what} {loc[-1]!r} is missing; the {what}s here are {_model_at(loc[:-1])}"
+    if kind == "extra_forbidden":
+        allowed = _fields_at(loc[:-1])
+        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+        return f"unknown {what} {loc[-1]!r}{hint}" + (f"; expected one of {allowed}" if allowed else "")
+    if kind == "union_tag_invalid":  # an unknown block `type`
+        ctx = error["ctx"]
+        discriminator = ctx["discriminator"].strip("'")
+        return f"unknown {discriminator} {ctx['tag']!r}; expected one of {ctx['expected_tags']}"
+    if kind == "string_pattern_mismatch":
+        return (
+            f"{error['input']!r} is not a valid name: names become Python identifiers, expected "
+            "lower-case letters, digits and underscores, starting with a letter"
+        )
+    if kind in ("value_error", "assertion_error"):
+        return message.removeprefix("Value error, ")
+    return f"{message} (got {error.get('input')!r})"
+
+
+def _walk_models(loc: tuple):
+    """Follow a pydantic location through the model classes; yields the model class at the end."""
+    annotation: object = Spec
+    for item in loc:
+        annotation = _step(annotation, item)
+        if annotation is None:
+            return None
+    return _unwrap_model(annotation, None)
+
+
+def _step(annotation, item):
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _step(typing.get_args(annotation)[0], item)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            tag = _tag(arg)
+            if tag == item:
+                return arg
+        models = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _step(models[0], item) if len(models) == 1 else None
+    if origin in (list, tuple):
+        return typing.get_args(annotation)[0]
+    if origin is dict:
+        return typing.get_args(annotation)[1]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        for name, field in annotation.model_fields.items():
+            if item in (name, field.alias):
+                return field.annotation
+    return None
+
+
+def _block_types() -> tuple[str, ...]:
+    """The tags of the stage-table union (the block vocabulary); pydantic puts them in error locations."""
+    union = typing.get_args(StageTable)[0]
+    return tuple(tag for tag in map(_tag, typing.get_args(union)) if tag)
+
+
+def _tag(model) -> str | None:
+    model = _unwrap_model(model, None)
+    if model is not None and "type" in model.model_fields:
+        args = typing.get_args(model.model_fields["type"].annotation)
+        return args[0] if args else None
+    return None
+
+
+def _unwrap_model(annotation, default):
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap_model(typing.get_args(annotation)[0], default)
+    if origin in (typing.Union, types.UnionType):
+        models = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(models) == 1:
+            return _unwrap_model(models[0], default)
+    return default
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    model = _walk_models(loc)
+    if model is None:
+        return []
+    names = {field.alias or name for name, field in model.model_fields.items()}
+    if model.model_config.get("populate_by_name"):
+        names |= set(model.model_fields)
+    return sorted(names)
+
+
+def _model_at(loc: tuple) -> str:
+    fields = _fields_at(loc)
+    return str(fields) if fields else "the enclosing mapping"

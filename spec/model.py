@@ -1,0 +1,286 @@
+"""Typed model of `spec/mobilenets.yaml`: what each field means and which values it takes.
+
+Validation only: no widths are computed here (spec/resolve.py does that). Every name that ends up
+as a Python identifier in generated code is checked against `IDENTIFIER`, so a spec cannot inject code.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+IDENTIFIER = r"^[a-z][a-z0-9_]*$"
+Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER, max_length=64)]
+PositiveInt = Annotated[int, Field(gt=0, strict=True)]
+Stride = Literal[1, 2]
+Kernel = Literal[1, 3, 5, 7]
+Activation = Literal["relu", "relu6", "hard_swish", "identity"]
+Width = Annotated[float, Field(gt=0, le=4)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Rounding(Strict):
+    """make_divisible: nearest multiple of `divisor`, at least `divisor`, at most 10% below."""
+
+    divisor: PositiveInt
+    min_ratio: Annotated[float, Field(gt=0, le=1)]
+
+
+class WidthRule(Strict):
+    """How the width multiplier applies to one width outside the block table."""
+
+    scale: Literal["scaled", "fixed", "at_least_base"]
+    fixed_below: Annotated[float, Field(gt=0)] | None = None
+
+
+def _width_rule_shorthand(value: Any) -> Any:
+    return {"scale": value} if isinstance(value, str) else value
+
+
+class WidthRules(Strict):
+    stem: WidthRule | None = None
+    expansion: Literal["ratio", "absolute"] | None = None
+    last_conv: WidthRule | None = None
+    fc: WidthRule | None = None
+
+    _shorthand = field_validator("stem", "last_conv", "fc", mode="before")(
+        lambda cls, v: _width_rule_shorthand(v)
+    )
+
+    def merged(self, override: WidthRules | None) -> WidthRules:
+        if override is None:
+            return self
+        merged = self.model_dump(exclude_none=True)
+        merged.update(override.model_dump(exclude_none=True))
+        return WidthRules.model_validate(merged)
+
+
+class BatchNorm(Strict):
+    epsilon: Annotated[float, Field(gt=0, lt=1)]
+    momentum: Annotated[float, Field(gt=0, lt=1)]  # PyTorch convention
+
+
+FcLayout = Literal["linear", "conv1x1"]
+
+
+class FcLayouts(Strict):
+    """Storage layout of the layers after global pooling, per layer."""
+
+    fc: FcLayout
+    classifier: FcLayout
+
+
+def _fc_layout_shorthand(value: Any) -> Any:
+    return {"fc": value, "classifier": value} if isinstance(value, str) else value
+
+
+class FlavorValues(Strict):
+    """The numeric conventions of one reference implementation (all fields explicit)."""
+
+    padding: Literal["symmetric", "same"]
+    batch_norm: BatchNorm
+    hard_sigmoid: Literal["relu6(x+3)/6"]
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+    fc_layout: FcLayouts
+
+    _fc = field_validator("fc_layout", mode="before")(lambda cls, v: _fc_layout_shorthand(v))
+
+
+class FlavorOverride(Strict):
+    """What a flavor changes for one family; unset fields keep the flavor's value."""
+
+    padding: Literal["symmetric", "same"] | None = None
+    batch_norm: BatchNorm | None = None
+    hard_sigmoid: Literal["relu6(x+3)/6"] | None = None
+    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    fc_layout: FcLayouts | None = None
+    width_rules: WidthRules | None = None
+
+    _fc = field_validator("fc_layout", mode="before")(lambda cls, v: _fc_layout_shorthand(v))
+
+
+class Flavor(FlavorValues):
+    description: str
+    families: dict[Identifier, FlavorOverride] = {}
+
+    def values_for(self, family: str) -> tuple[FlavorValues, WidthRules | None]:
+        override = self.families.get(family)
+        base = FlavorValues(**{k: getattr(self, k) for k in FlavorValues.model_fields})
+        if override is None:
+            return base, None
+        changes = {k: v for k, v in override.model_dump(exclude_none=True).items() if k != "width_rules"}
+        return base.model_copy(update={k: getattr(override, k) for k in changes}), override.width_rules
+
+
+class Stem(Strict):
+    out: PositiveInt
+    kernel: Kernel
+    stride: Stride
+    activation: Activation
+
+
+class ConvHead(Strict):
+    out: PositiveInt
+    activation: Activation
+
+
+class Head(Strict):
+    """After the blocks: [1x1 conv + BN + act] -> global average pool -> [fc + act] -> classifier."""
+
+    last_conv: ConvHead | None = None
+    fc: ConvHead | None = None
+
+
+# ---- block rows ------------------------------------------------------------------------------------
+# A stage table is `columns` + `rows` in the YAML; the loader turns each row into a mapping from column
+# name to value before validation, so an error points at the cell. Column names are the papers'
+# (aliases: t, c, n, s, k, exp, se, nl) or the field names.
+
+
+class Row(Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DepthwiseSeparableRow(Row):
+    out: PositiveInt = Field(alias="c")
+    repeats: PositiveInt = Field(1, alias="n")
+    stride: Stride = Field(alias="s")
+
+
+class InvertedResidualRow(Row):
+    """One row of an inverted-residual table: give `expansion` (t, a ratio) or `expanded` (exp)."""
+
+    kernel: Kernel | None = Field(None, alias="k")
+    expansion: Annotated[float, Field(ge=1, le=16)] | None = Field(None, alias="t")
+    expanded: PositiveInt | None = Field(None, alias="exp")
+    out: PositiveInt = Field(alias="c")
+    repeats: PositiveInt = Field(1, alias="n")
+    squeeze_excite: bool = Field(False, alias="se")
+    activation: Activation | None = Field(None, alias="nl")
+    stride: Stride = Field(alias="s")
+
+    @model_validator(mode="after")
+    def _one_expansion(self) -> InvertedResidualRow:
+        if (self.expansion is None) == (self.expanded is None):
+            raise ValueError("give exactly one of `t` (expansion ratio) or `exp` (expanded width)")
+        return self
+
+
+class DepthwiseSeparableTable(Strict):
+    type: Literal["depthwise_separable"]
+    kernel: Kernel
+    activation: Activation
+    columns: list[str] = Field(min_length=1)
+    rows: list[DepthwiseSeparableRow] = Field(min_length=1)
+
+
+class InvertedResidualTable(Strict):
+    type: Literal["inverted_residual"]
+    kernel: Kernel | None = None  # default kernel of the rows
+    activation: Activation | None = None  # default activation of the rows
+    columns: list[str] = Field(min_length=1)
+    rows: list[InvertedResidualRow] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _defaults_cover_rows(self) -> InvertedResidualTable:
+        if self.kernel is None and any(r.kernel is None for r in self.rows):
+            raise ValueError("a row has no kernel (`k`) and the table gives no default `kernel`")
+        if self.activation is None and any(r.activation is None for r in self.rows):
+            raise ValueError("a row has no activation (`nl`) and the table gives no default `activation`")
+        return self
+
+
+StageTable = Annotated[Union[DepthwiseSeparableTable, InvertedResidualTable], Field(discriminator="type")]
+
+
+class Variant(Strict):
+    width: Width
+    minimalistic: bool = False
+
+
+class Architecture(Strict):
+    stem: Stem
+    blocks: StageTable
+    head: Head
+    variants: dict[Identifier, Variant] = Field(min_length=1)
+
+
+class SqueezeExcite(Strict):
+    ratio: Annotated[float, Field(gt=0, le=1)]
+    activation: Activation
+    gate: Literal["hard_sigmoid"]
+
+
+class Minimalistic(Strict):
+    kernel: Kernel
+    squeeze_excite: Literal[False]
+    activation: Activation
+
+
+class Family(Strict):
+    title: str
+    paper: str
+    resolutions: list[Annotated[int, Field(ge=32, le=1024, strict=True)]] = Field(min_length=1)
+    width_rules: WidthRules
+    squeeze_excite: SqueezeExcite | None = None
+    minimalistic: Minimalistic | None = None
+    architectures: dict[Identifier, Architecture] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Family:
+        for arch_name, arch in self.architectures.items():
+            rows = arch.blocks.rows
+            if any(getattr(r, "squeeze_excite", False) for r in rows) and self.squeeze_excite is None:
+                raise ValueError(f"{arch_name} uses squeeze-excite but the family has no `squeeze_excite`")
+            for name, variant in arch.variants.items():
+                if variant.minimalistic and self.minimalistic is None:
+                    raise ValueError(f"variant {name} is minimalistic but the family has no `minimalistic` rule")
+            if arch.head.last_conv and self.width_rules.last_conv is None:
+                raise ValueError(f"{arch_name} has head.last_conv but width_rules has no `last_conv`")
+            if arch.head.fc and self.width_rules.fc is None:
+                raise ValueError(f"{arch_name} has head.fc but width_rules has no `fc`")
+            if arch.blocks.type == "inverted_residual" and self.width_rules.expansion is None:
+                raise ValueError(f"{arch_name} has inverted residuals but width_rules has no `expansion`")
+        if self.width_rules.stem is None:
+            raise ValueError("width_rules needs `stem`")
+        return self
+
+
+class Spec(Strict):
+    spec_version: Literal[1]
+    rounding: Rounding
+    default_flavor: Identifier
+    flavors: dict[Identifier, Flavor] = Field(min_length=1)
+    families: dict[Identifier, Family] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Spec:
+        if self.default_flavor not in self.flavors:
+            raise ValueError(f"default_flavor {self.default_flavor!r} is not one of the flavors {sorted(self.flavors)}")
+        for flavor_name, flavor in self.flavors.items():
+            for family in flavor.families:
+                if family not in self.families:
+                    raise ValueError(
+                        f"flavor {flavor_name!r} overrides unknown family {family!r}; expected one of {sorted(self.families)}"
+                    )
+        seen: dict[str, str] = {}
+        for family_name, family in self.families.items():
+            for arch_name, arch in family.architectures.items():
+                for variant in arch.variants:
+                    if variant in seen:
+                        raise ValueError(f"variant {variant!r} is defined twice ({seen[variant]} and {arch_name})")
+                    seen[variant] = arch_name
+        return self
+
+    def variants(self) -> dict[str, tuple[str, str]]:
+        """Variant name -> (family, architecture), in spec order."""
+        return {
+            variant: (family_name, arch_name)
+            for family_name, family in self.families.items()
+            for arch_name, arch in family.architectures.items()
+            for variant in arch.variants
+        }

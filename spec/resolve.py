@@ -1,0 +1,314 @@
+"""Resolve a variant under a flavor into literal numbers, and describe it analytically.
+
+`resolve_architecture` computes every width once (the only caller of spec/rounding.py): the result is
+what the generators print as a table of plain numbers. `describe` walks that architecture for one
+resolution and number of classes and lists every layer with its canonical name, output shape,
+trainable parameters, BatchNorm state and MACs.
+
+Counting conventions (also in the README):
+  * params: trainable parameters only (conv/linear weights and biases, BatchNorm scale and shift).
+    BatchNorm running mean and variance are "state", counted apart.
+  * MACs: multiply-accumulates of convolutions and fully connected layers, for one image:
+    conv = Hout * Wout * Cout * (Cin / groups) * kh * kw; linear = in * out; squeeze-excite's two
+    1x1 convolutions act on the pooled 1x1 map and count as Cin * Cout each. Biases, BatchNorm,
+    activations, pooling, residual additions and the squeeze-excite multiplication count zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from spec.loader import LoadedSpec
+from spec.model import Family, FlavorValues, InvertedResidualRow, Spec, WidthRules
+from spec.rounding import apply_width_rule, make_divisible, scaled_width
+
+Padding = Literal["symmetric", "same"]
+
+
+class UnknownName(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+# ---- resolved architecture: what the generators print ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    out: int
+    kernel: int
+    stride: int
+    activation: str
+
+
+@dataclass(frozen=True)
+class DepthwiseSeparable:
+    in_channels: int
+    out: int
+    kernel: int
+    stride: int
+    activation: str
+    stage: int
+
+
+@dataclass(frozen=True)
+class InvertedResidual:
+    in_channels: int
+    expanded: int  # == in_channels: no expand conv
+    out: int
+    kernel: int
+    stride: int
+    squeeze: int  # squeeze-excite bottleneck width; 0: no squeeze-excite
+    activation: str
+    stage: int
+
+    @property
+    def has_expand(self) -> bool:
+        return self.expanded != self.in_channels
+
+    @property
+    def residual(self) -> bool:
+        return self.stride == 1 and self.in_channels == self.out
+
+
+Block = DepthwiseSeparable | InvertedResidual
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Every width resolved: identical for all flavors that share the family's width rules."""
+
+    block_type: str
+    stem: ConvSpec
+    blocks: tuple[Block, ...]
+    last_conv: ConvSpec | None
+    fc: ConvSpec | None
+    squeeze_excite_activation: str | None = None
+
+    @property
+    def features(self) -> int:
+        """Width of the pooled features that the fc / classifier sees."""
+        last = self.last_conv.out if self.last_conv else self.blocks[-1].out
+        return self.fc.out if self.fc else last
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    family: str
+    architecture_name: str
+    width: float
+    minimalistic: bool
+
+
+def variant_info(spec: Spec, name: str) -> Variant:
+    variants = spec.variants()
+    if name not in variants:
+        raise UnknownName(f"unknown variant {name!r}; known variants: {', '.join(variants)}")
+    family, arch_name = variants[name]
+    v = spec.families[family].architectures[arch_name].variants[name]
+    return Variant(name, family, arch_name, v.width, v.minimalistic)
+
+
+def flavor_values(spec: Spec, family: str, flavor: str) -> tuple[FlavorValues, WidthRules]:
+    if flavor not in spec.flavors:
+        raise UnknownName(f"unknown flavor {flavor!r}; known flavors: {', '.join(spec.flavors)}")
+    values, override = spec.flavors[flavor].values_for(family)
+    return values, spec.families[family].width_rules.merged(override)
+
+
+def resolve_architecture(spec: Spec, variant: str, flavor: str | None = None) -> Architecture:
+    info = variant_info(spec, variant)
+    family = spec.families[info.family]
+    arch = family.architectures[info.architecture_name]
+    _, rules = flavor_values(spec, info.family, flavor or spec.default_flavor)
+    rounding, width = spec.rounding, info.width
+    minimal = family.minimalistic if info.minimalistic else None
+
+    def activation(name: str) -> str:
+        return minimal.activation if minimal and name == "hard_swish" else name
+
+    stem = ConvSpec(
+        apply_width_rule(arch.stem.out, width, rules.stem, rounding),
+        arch.stem.kernel, arch.stem.stride, activation(arch.stem.activation),
+    )
+    table = arch.blocks
+    blocks: list[Block] = []
+    in_channels, base_in = stem.out, arch.stem.out
+    for stage, row in enumerate(table.rows, start=1):
+        out = scaled_width(row.out, width, rounding)
+        for repeat in range(row.repeats):
+            stride = row.stride if repeat == 0 else 1
+            if table.type == "depthwise_separable":
+                blocks.append(DepthwiseSeparable(in_channels, out, table.kernel, stride, table.activation, stage))
+            else:
+                blocks.append(_inverted_residual(row, table, family, rules, in_channels, base_in, out, stride, stage,
+                                                 width, rounding, minimal, activation))
+            in_channels, base_in = out, row.out
+    head = arch.head
+    last_conv = fc = None
+    if head.last_conv:
+        last_conv = ConvSpec(apply_width_rule(head.last_conv.out, width, rules.last_conv, rounding), 1, 1,
+                             activation(head.last_conv.activation))
+    if head.fc:
+        fc = ConvSpec(apply_width_rule(head.fc.out, width, rules.fc, rounding), 1, 1, activation(head.fc.activation))
+    se = family.squeeze_excite
+    return Architecture(table.type, stem, tuple(blocks), last_conv, fc, se.activation if se else None)
+
+
+def _inverted_residual(row: InvertedResidualRow, table, family: Family, rules: WidthRules, in_channels: int,
+                       base_in: int, out: int, stride: int, stage: int, width: float, rounding, minimal,
+                       activation) -> InvertedResidual:
+    if row.expansion is not None:  # V2's t: always a ratio of the actual input width
+        expanded = make_divisible(in_channels * row.expansion, rounding)
+    elif rules.expansion == "absolute":  # torchvision V3: the table's width, scaled like any other
+        expanded = scaled_width(row.expanded, width, rounding)
+    else:  # TF-slim, keras.applications, timm: the table's ratio applied to the rounded input width
+        expanded = make_divisible(in_channels * row.expanded / base_in, rounding)
+    use_se = row.squeeze_excite and not minimal
+    squeeze = make_divisible(expanded * family.squeeze_excite.ratio, rounding) if use_se else 0
+    kernel = minimal.kernel if minimal else (row.kernel or table.kernel)
+    return InvertedResidual(in_channels, expanded, out, kernel, stride, squeeze,
+                            activation(row.activation or table.activation), stage)
+
+
+# ---- analytic description --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer with weights (or the pooling), as every framework names it."""
+
+    name: str
+    kind: str  # conv, depthwise_conv, batch_norm, linear, pool
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    groups: int
+    bias: bool
+    out_shape: tuple[int, int, int]  # (C, H, W)
+    params: int
+    state: int
+    macs: int
+    block: str  # the block it belongs to: stem, blocks.3, last_conv, fc, classifier
+
+
+@dataclass(frozen=True)
+class Description:
+    variant: str
+    family: str
+    flavor: str
+    width: float
+    resolution: tuple[int, int]
+    num_classes: int
+    flavor_values: FlavorValues
+    architecture: Architecture
+    layers: tuple[Layer, ...]
+    block_shapes: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # output (C, H, W) per block
+
+    @property
+    def params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def state(self) -> int:
+        return sum(layer.state for layer in self.layers)
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    def params_by_layer(self) -> dict[str, int]:
+        return {layer.name: layer.params for layer in self.layers if layer.params}
+
+    def state_by_layer(self) -> dict[str, int]:
+        return {layer.name: layer.state for layer in self.layers if layer.state}
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: Padding) -> int:
+    if padding == "same":
+        return math.ceil(size / stride)
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+class _Walker:
+    def __init__(self, padding: Padding, channels: int, height: int, width: int):
+        self.padding, self.shape, self.layers = padding, (channels, height, width), []
+
+    def conv(self, name: str, block: str, out: int, kernel: int = 1, stride: int = 1, depthwise: bool = False,
+             bias: bool = False, batch_norm: bool = True, spatial: bool = True) -> None:
+        c, h, w = self.shape
+        if spatial:
+            h = conv_output_size(h, kernel, stride, self.padding)
+            w = conv_output_size(w, kernel, stride, self.padding)
+        groups = c if depthwise else 1
+        weights = out * (c // groups) * kernel * kernel
+        self.layers.append(Layer(
+            f"{name}.conv" if batch_norm else name, "depthwise_conv" if depthwise else "conv", c, out, kernel,
+            stride, groups, bias, (out, h, w), weights + (out if bias else 0), 0, weights * h * w, block))
+        if batch_norm:
+            self.layers.append(Layer(f"{name}.bn", "batch_norm", out, out, 1, 1, 1, True, (out, h, w),
+                                     2 * out, 2 * out, 0, block))
+        self.shape = (out, h, w)
+
+    def linear(self, name: str, out: int) -> None:
+        c = self.shape[0]
+        self.layers.append(Layer(name, "linear", c, out, 1, 1, 1, True, (out, 1, 1), c * out + out, 0, c * out, name))
+        self.shape = (out, 1, 1)
+
+    def pool(self) -> None:
+        c = self.shape[0]
+        self.layers.append(Layer("pool", "pool", c, c, 0, 1, 1, False, (c, 1, 1), 0, 0, 0, "pool"))
+        self.shape = (c, 1, 1)
+
+
+def describe(loaded: LoadedSpec | Spec, variant: str, flavor: str | None = None,
+             resolution: int | tuple[int, int] | None = None, num_classes: int = 1000) -> Description:
+    spec = loaded.spec if isinstance(loaded, LoadedSpec) else loaded
+    info = variant_info(spec, variant)
+    flavor = flavor or spec.default_flavor
+    values, _ = flavor_values(spec, info.family, flavor)
+    arch = resolve_architecture(spec, variant, flavor)
+    if resolution is None:
+        resolution = 224 if 224 in spec.families[info.family].resolutions else spec.families[info.family].resolutions[0]
+    height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
+    if min(height, width) < 32 or num_classes < 1:
+        raise ValueError(f"resolution must be at least 32 and num_classes at least 1, got {resolution}, {num_classes}")
+    walk = _Walker(values.padding, 3, height, width)
+    shapes: dict[str, tuple[int, int, int]] = {}
+    walk.conv("stem", "stem", arch.stem.out, arch.stem.kernel, arch.stem.stride)
+    shapes["stem"] = walk.shape
+    for i, block in enumerate(arch.blocks):
+        name = f"blocks.{i}"
+        if isinstance(block, DepthwiseSeparable):
+            walk.conv(f"{name}.depthwise", name, block.in_channels, block.kernel, block.stride, depthwise=True)
+            walk.conv(f"{name}.pointwise", name, block.out)
+        else:
+            if block.has_expand:
+                walk.conv(f"{name}.expand", name, block.expanded)
+            walk.conv(f"{name}.depthwise", name, block.expanded, block.kernel, block.stride, depthwise=True)
+            if block.squeeze:
+                spatial = walk.shape
+                walk.shape = (spatial[0], 1, 1)
+                walk.conv(f"{name}.squeeze_excite.reduce", name, block.squeeze, bias=True, batch_norm=False,
+                          spatial=False)
+                walk.conv(f"{name}.squeeze_excite.expand", name, block.expanded, bias=True, batch_norm=False,
+                          spatial=False)
+                walk.shape = spatial
+            walk.conv(f"{name}.project", name, block.out)
+        shapes[name] = walk.shape
+    if arch.last_conv:
+        walk.conv("last_conv", "last_conv", arch.last_conv.out)
+        shapes["last_conv"] = walk.shape
+    walk.pool()
+    shapes["pool"] = walk.shape
+    if arch.fc:
+        walk.linear("fc", arch.fc.out)
+        shapes["fc"] = walk.shape
+    walk.linear("classifier", num_classes)
+    shapes["classifier"] = walk.shape
+    return Description(variant, info.family, flavor, info.width, (height, width), num_classes, values, arch,
+                       tuple(walk.layers), shapes)
