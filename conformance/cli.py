@@ -165,17 +165,22 @@ def _conform(loaded, args) -> int:
     return 1 if failed else 0
 
 
+def quick_variants(spec) -> list[str]:
+    """One variant per architecture: its width-1.0 variant (the published default), else its first."""
+    chosen: dict[str, str] = {}
+    for family in spec.families.values():
+        for arch_name, arch in family.architectures.items():
+            names = [n for n, v in arch.variants.items() if v.width == 1.0 and not v.minimalistic]
+            chosen[arch_name] = (names or list(arch.variants))[0]
+    return list(chosen.values())
+
+
 def _select(loaded, args) -> list[str]:
     names = list(loaded.spec.variants())
     if args.all:
         return names
     if args.quick:
-        seen, chosen = set(), []
-        for name, (family, arch) in loaded.spec.variants().items():
-            if arch not in seen:  # the first variant of each architecture
-                seen.add(arch)
-                chosen.append(name)
-        return chosen
+        return quick_variants(loaded.spec)
     if not args.variants:
         raise ValueError("name variants, or use --all or --quick")
     for name in args.variants:

@@ -14,7 +14,7 @@ from conformance.console import console
 from conformance.runner import RunResult
 from spec import describe
 
-CHECKS = ("build", "structure", "params", "round_trip", "shapes", "macs", "outputs")
+CHECKS = ("build", "structure", "params", "round_trip", "shapes", "macs", "resolutions", "outputs")
 
 
 def _rows(loaded, run: RunResult, checks: list[Check]) -> list[dict]:

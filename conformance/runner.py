@@ -85,16 +85,27 @@ def prepare(loaded: LoadedSpec, variants: list[str], flavor: str, resolution: tu
     np.savez(work / "inputs.npz", images=images)
 
 
+@dataclass(frozen=True)
+class Options:
+    """What the workers do besides building and counting."""
+
+    outputs: bool = True  # run every block on the shared input; adds the float64 reference worker
+    count_macs: bool = True  # each framework's own MAC counter
+    logits_at: tuple[tuple[int, int], ...] = ()  # also run logits at these resolutions (shape check)
+    published_resolutions: bool = False  # ... and at each variant's published resolutions
+
+
 def run(loaded: LoadedSpec, variants: list[str], frameworks: list[str], flavor: str,
         resolution: tuple[int, int], num_classes: int = 1000, work: Path | None = None, parallel: int | None = None,
-        timeout_per_variant: float = 240.0, progress: Callable[[str, str], None] | None = None) -> RunResult:
+        timeout_per_variant: float = 240.0, progress: Callable[[str, str], None] | None = None,
+        options: Options = Options()) -> RunResult:
     start = time.perf_counter()
     work = Path(work or tempfile.mkdtemp(prefix="mnforge-conform-"))
     prepare(loaded, variants, flavor, resolution, num_classes, work)
     spec_seconds = time.perf_counter() - start
-    workers = [Worker(*REFERENCE)] + [Worker(f) for f in frameworks]
+    workers = ([Worker(*REFERENCE)] if options.outputs else []) + [Worker(f) for f in frameworks]
     runs = _run_workers(loaded, workers, variants, flavor, resolution, num_classes, work,
-                        parallel or os.cpu_count() or 1, timeout_per_variant, progress)
+                        parallel or os.cpu_count() or 1, timeout_per_variant, progress, options)
     results = {}
     for w in workers:
         for variant in variants:
@@ -106,7 +117,7 @@ def run(loaded: LoadedSpec, variants: list[str], frameworks: list[str], flavor: 
 
 
 def _run_workers(loaded, workers, variants, flavor, resolution, num_classes, work, parallel, timeout_per_variant,
-                 progress) -> list[WorkerRun]:
+                 progress, options: Options) -> list[WorkerRun]:
     pending = list(workers)
     running: list[tuple[WorkerRun, subprocess.Popen, float, object]] = []
     done: list[WorkerRun] = []
@@ -123,7 +134,9 @@ def _run_workers(loaded, workers, variants, flavor, resolution, num_classes, wor
                 "inputs": str(work / "inputs.npz"),
                 "jobs": [{"variant": v, "flavor": flavor, "resolution": list(resolution), "num_classes": num_classes,
                           "dtype": worker.dtype, "weights": str(work / "weights" / f"{v}.safetensors"),
-                          "count_macs": worker.dtype == "float32"} for v in variants],
+                          "forward": options.outputs, "count_macs": options.count_macs and worker.dtype == "float32",
+                          "logits_at": _logits_at(loaded, v, options) if worker.dtype == "float32" else []}
+                         for v in variants],
             }))
             stderr = open(work / f"stderr.{worker.key.replace(':', '-')}.log", "w+")
             proc = subprocess.Popen([sys.executable, "-m", "conformance.worker", str(request)],
@@ -150,6 +163,14 @@ def _run_workers(loaded, workers, variants, flavor, resolution, num_classes, wor
             running.remove(item)
             done.append(run_)
     return done
+
+
+def _logits_at(loaded: LoadedSpec, variant: str, options: Options) -> list[list[int]]:
+    sizes = list(options.logits_at)
+    if options.published_resolutions:
+        family = loaded.spec.variants()[variant][0]
+        sizes += [(r, r) for r in loaded.spec.families[family].resolutions]
+    return [list(size) for size in dict.fromkeys(sizes)]
 
 
 def _read_lines(proc: subprocess.Popen) -> list[str]:

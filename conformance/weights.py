@@ -51,22 +51,27 @@ def is_state(name: str) -> bool:
     return name.endswith((".running_mean", ".running_var"))
 
 
-def check_tensors(tensors: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], what: str) -> None:
-    """Every tensor accounted for: raise WeightError naming missing, extra, misshapen, non-float or NaN ones."""
+def check_shapes(shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], what: str) -> None:
+    """Every tensor accounted for: raise WeightError naming missing, extra and misshapen tensors."""
     problems = []
-    missing = [name for name in expected if name not in tensors]
-    extra = [name for name in tensors if name not in expected]
+    missing = [name for name in expected if name not in shapes]
+    extra = [name for name in shapes if name not in expected]
     if missing:
         problems.append(_listing("missing", [f"{n} (expected {expected[n]})" for n in missing]))
     if extra:
-        problems.append(_listing("unexpected", [f"{n} {tuple(tensors[n].shape)}" for n in extra]))
-    for name, shape in expected.items():
-        if name not in tensors:
-            continue
-        array = tensors[name]
-        if tuple(array.shape) != shape:
-            problems.append(f"{name}: shape {tuple(array.shape)}, expected {shape}")
-        elif array.dtype.kind != "f":
+        problems.append(_listing("unexpected", [f"{n} {tuple(shapes[n])}" for n in extra]))
+    problems += [f"{name}: shape {tuple(shapes[name])}, expected {shape}" for name, shape in expected.items()
+                 if name in shapes and tuple(shapes[name]) != shape]
+    if problems:
+        raise WeightError(f"{what}: " + "; ".join(problems))
+
+
+def check_tensors(tensors: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], what: str) -> None:
+    """check_shapes, then the values: floating point, finite, non-negative variances."""
+    check_shapes({name: tuple(array.shape) for name, array in tensors.items()}, expected, what)
+    problems = []
+    for name, array in tensors.items():
+        if array.dtype.kind != "f":
             problems.append(f"{name}: dtype {array.dtype}, expected a floating-point tensor")
         elif not np.all(np.isfinite(array)):
             problems.append(f"{name}: {int(np.sum(~np.isfinite(array)))} NaN or infinite values")

@@ -48,21 +48,22 @@ def main(argv: list[str]) -> int:
             desc = describe(loaded, job["variant"], job["flavor"], tuple(job["resolution"]), job["num_classes"])
             t = time.perf_counter()
             model = adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, desc.resolution,
-                                  job.get("dtype", "float32"))
+                                  job.get("dtype", "float32"), abstract=bool(job.get("weights")))
             timings["build"] = time.perf_counter() - t
             t = time.perf_counter()
-            own = adapter.tensors(model)
-            result["tensor_shapes"] = {name: list(value.shape) for name, value in own.items()}
+            shapes = adapter.shapes(model)
+            result["tensor_shapes"] = {name: list(shape) for name, shape in shapes.items()}
             result["trainable"] = adapter.trainable(model)
             expected = neutral.expected_tensors(desc)
-            result["structure_error"] = _error_text(neutral.check_tensors, own, expected, f"{framework} model")
+            result["structure_error"] = _error_text(neutral.check_shapes, shapes, expected, f"{framework} model")
             if job.get("weights"):
                 weights, _ = neutral.load(job["weights"])
+                neutral.check_tensors(weights, expected, job["weights"])
                 adapter.load(model, weights)
                 exported = adapter.tensors(model)
                 result["round_trip"] = _round_trip(weights, exported, job.get("dtype", "float32"))
             timings["weights"] = time.perf_counter() - t
-            if images is not None:
+            if images is not None and job.get("forward", True):
                 t = time.perf_counter()
                 blocks = adapter.forward_blocks(model, images)
                 timings["forward"] = time.perf_counter() - t
@@ -72,6 +73,12 @@ def main(argv: list[str]) -> int:
                 t = time.perf_counter()
                 result["macs"] = adapter.count_macs(model, desc.resolution)
                 timings["macs"] = time.perf_counter() - t
+            if job.get("logits_at"):
+                t = time.perf_counter()
+                result["logits_shapes"] = {
+                    f"{h}x{w}": list(adapter.logits_at(model, desc, (h, w), batch=2).shape)
+                    for h, w in job["logits_at"]}
+                timings["logits_at"] = time.perf_counter() - t
         except Exception as exc:  # reported per variant; the worker goes on with the next one
             result["error"] = f"{type(exc).__name__}: {exc}"
             result["traceback"] = traceback.format_exc(limit=6)

@@ -20,6 +20,7 @@ from pathlib import Path
 from generators.context import FRAMEWORKS, family_context
 from spec import SpecError, load_spec
 from spec.loader import DEFAULT_SPEC, LoadedSpec
+from spec.schema import schema_text
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -55,7 +56,8 @@ def _literal(value) -> str:
 def render_all(loaded: LoadedSpec) -> dict[str, str]:
     """Relative path under generated/ -> file text, for the whole spec."""
     env = _environment()
-    files: dict[str, str] = {"__init__.py": '"""Generated model code. Do not edit: run `make generate`."""\n'}
+    files: dict[str, str] = {"__init__.py": env.get_template("package_init.py.j2").render(
+        framework=None, families=[], spec_sha256=loaded.sha256)}
     for framework, package in FRAMEWORKS.items():
         names = []
         for family in loaded.spec.families:
@@ -84,6 +86,11 @@ def _ruff() -> str:
     return str(candidate) if candidate.exists() else "ruff"
 
 
+def schema_path(spec_path: Path) -> Path:
+    """The JSON Schema lives beside the spec: spec/mobilenets.yaml -> spec/mobilenets.schema.json."""
+    return spec_path.with_name(f"{spec_path.name.split('.')[0]}.schema.json")
+
+
 def stale_files(rendered: dict[str, str], out: Path) -> list[str]:
     """Files under `out` that differ from, are missing from, or are not part of the rendering."""
     stale = [path for path, text in rendered.items() if _read(out / path) != text]
@@ -100,19 +107,23 @@ def _read(path: Path) -> str | None:
 
 
 def write(rendered: dict[str, str], out: Path) -> list[str]:
-    """Write what changed (temporary file, then rename) and delete files no longer generated."""
+    """Write what changed and delete files under `out` that are no longer generated."""
     changed = stale_files(rendered, out)
     for path in changed:
-        target = out / path
-        if path not in rendered:
-            target.unlink()
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, delete=False,
-                                         prefix=f".{target.name}.", suffix=".tmp") as tmp:
-            tmp.write(rendered[path])
-        os.replace(tmp.name, target)
+        if path in rendered:
+            write_atomic(out / path, rendered[path])
+        else:
+            (out / path).unlink()
     return changed
+
+
+def write_atomic(target: Path, text: str) -> None:
+    """A temporary file in the target's folder, then a rename: readers never see half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, delete=False,
+                                     prefix=f".{target.name}.", suffix=".tmp") as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"error: {exc}\nnothing was written.", file=sys.stderr)
         return 2
+    schema, schema_file = schema_text(), schema_path(args.spec)
     if args.check:
         stale = stale_files(rendered, args.out)
+        if _read(schema_file) != schema:
+            stale.append(str(schema_file))
         if stale:
             print(f"{args.out} is stale; run `make generate`. Stale files:", file=sys.stderr)
             for path in stale:
@@ -138,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out}: {len(rendered)} files up to date ({time.perf_counter() - start:.2f} s)")
         return 0
     changed = write(rendered, args.out)
+    if _read(schema_file) != schema:
+        write_atomic(schema_file, schema)
+        changed.append(schema_file.name)
     print(f"{args.out}: {len(rendered)} files, {len(changed)} changed ({time.perf_counter() - start:.2f} s)")
     return 0
 

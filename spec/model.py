@@ -6,9 +6,9 @@ as a Python identifier in generated code is checked against `IDENTIFIER`, so a s
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 IDENTIFIER = r"^[a-z][a-z0-9_]*$"
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER, max_length=64)]
@@ -37,19 +37,18 @@ class WidthRule(Strict):
     fixed_below: Annotated[float, Field(gt=0)] | None = None
 
 
-def _width_rule_shorthand(value: Any) -> Any:
-    return {"scale": value} if isinstance(value, str) else value
+Scale = Literal["scaled", "fixed", "at_least_base"]
+# A rule, or its scale alone as shorthand ("scaled" means {scale: scaled}).
+WidthRuleField = Annotated[
+    Union[WidthRule, Scale], AfterValidator(lambda v: WidthRule(scale=v) if isinstance(v, str) else v)
+]
 
 
 class WidthRules(Strict):
-    stem: WidthRule | None = None
+    stem: WidthRuleField | None = None
     expansion: Literal["ratio", "absolute"] | None = None
-    last_conv: WidthRule | None = None
-    fc: WidthRule | None = None
-
-    _shorthand = field_validator("stem", "last_conv", "fc", mode="before")(
-        lambda cls, v: _width_rule_shorthand(v)
-    )
+    last_conv: WidthRuleField | None = None
+    fc: WidthRuleField | None = None
 
     def merged(self, override: WidthRules | None) -> WidthRules:
         if override is None:
@@ -74,8 +73,11 @@ class FcLayouts(Strict):
     classifier: FcLayout
 
 
-def _fc_layout_shorthand(value: Any) -> Any:
-    return {"fc": value, "classifier": value} if isinstance(value, str) else value
+# Per layer, or one layout for both as shorthand.
+FcLayoutField = Annotated[
+    Union[FcLayouts, FcLayout],
+    AfterValidator(lambda v: FcLayouts(fc=v, classifier=v) if isinstance(v, str) else v),
+]
 
 
 class FlavorValues(Strict):
@@ -85,9 +87,7 @@ class FlavorValues(Strict):
     batch_norm: BatchNorm
     hard_sigmoid: Literal["relu6(x+3)/6"]
     dropout: Annotated[float, Field(ge=0, lt=1)]
-    fc_layout: FcLayouts
-
-    _fc = field_validator("fc_layout", mode="before")(lambda cls, v: _fc_layout_shorthand(v))
+    fc_layout: FcLayoutField
 
 
 class FlavorOverride(Strict):
@@ -97,10 +97,8 @@ class FlavorOverride(Strict):
     batch_norm: BatchNorm | None = None
     hard_sigmoid: Literal["relu6(x+3)/6"] | None = None
     dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
-    fc_layout: FcLayouts | None = None
+    fc_layout: FcLayoutField | None = None
     width_rules: WidthRules | None = None
-
-    _fc = field_validator("fc_layout", mode="before")(lambda cls, v: _fc_layout_shorthand(v))
 
 
 class Flavor(FlavorValues):

@@ -28,13 +28,31 @@ class Adapter:
         self._compiled: dict[int, object] = {}
 
     def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
-              dtype: str = "float32"):
+              dtype: str = "float32", abstract: bool = False):
+        """abstract: shapes only (nnx.eval_shape), for a model whose every weight is loaded next;
+        an eager NNX init costs seconds per variant on this machine."""
         if dtype != "float32":
             raise ValueError("the Flax adapter runs float32 only; the float64 reference is PyTorch")
         module = importlib.import_module(f"generated.flax_nnx.{family}")
-        model = module.VARIANTS[variant](num_classes=num_classes, flavor=flavor, rngs=self.nnx.Rngs(0))
+        factory = module.VARIANTS[variant]
+        if abstract:
+            model = self.nnx.eval_shape(lambda: factory(num_classes=num_classes, flavor=flavor, rngs=self.nnx.Rngs(0)))
+            self._concrete_rng_state(model)
+        else:
+            model = factory(num_classes=num_classes, flavor=flavor, rngs=self.nnx.Rngs(0))
         model.eval()
         return model
+
+    def _concrete_rng_state(self, model) -> None:
+        """eval_shape leaves the dropout's RNG key and counter abstract; give them values (unused in eval)."""
+        jax, nnx = self.jax, self.nnx
+        state = nnx.state(model, nnx.RngState)
+        for _, variable in state.flat_state():
+            if jax.dtypes.issubdtype(variable.dtype, jax.dtypes.prng_key):
+                variable.set_value(jax.random.key(0))
+            else:
+                variable.set_value(jax.numpy.zeros(variable.shape, variable.dtype))
+        nnx.update(model, state)
 
     def _state(self, model):
         """Parameters and BatchNorm statistics; not the dropout's RNG state."""
@@ -54,8 +72,13 @@ class Adapter:
             out[name] = _kernel_to_neutral(value) if leaf == "kernel" else value
         return out
 
+    def shapes(self, model) -> dict[str, tuple[int, ...]]:
+        return {name: (_kernel_to_neutral(np.broadcast_to(np.float32(0), variable.shape)).shape if leaf == "kernel"
+                       else tuple(variable.shape))
+                for name, leaf, variable in self._variables(model)}
+
     def trainable(self, model) -> dict[str, int]:
-        return {name: int(np.prod(variable.get_value().shape)) for name, _, variable in self._variables(model)
+        return {name: int(np.prod(variable.shape)) for name, _, variable in self._variables(model)
                 if isinstance(variable, self.nnx.Param)}
 
     def load(self, model, tensors: dict[str, np.ndarray]) -> None:
@@ -65,9 +88,8 @@ class Adapter:
         for name, leaf, variable in self._variables(model, state):
             value = np.asarray(tensors[name], dtype=np.float32)
             value = _kernel_from_neutral(value) if leaf == "kernel" else value
-            if tuple(value.shape) != tuple(variable.get_value().shape):
-                raise WeightError(f"{name}: shape {value.shape} in Flax layout, the model has "
-                                  f"{tuple(variable.get_value().shape)}")
+            if tuple(value.shape) != tuple(variable.shape):
+                raise WeightError(f"{name}: shape {value.shape} in Flax layout, the model has {tuple(variable.shape)}")
             variable.set_value(jnp.asarray(value))
         self.nnx.update(model, state)
         self._compiled.pop(id(model), None)
@@ -83,6 +105,9 @@ class Adapter:
 
     def logits(self, model, images_nchw: np.ndarray) -> np.ndarray:
         return self.forward_blocks(model, images_nchw)["classifier"]
+
+    def logits_at(self, model, desc, resolution: tuple[int, int], batch: int) -> np.ndarray:
+        return self.logits(model, np.zeros((batch, 3, *resolution), np.float32))
 
     def count_macs(self, model, resolution: tuple[int, int]) -> dict:
         """XLA's cost analysis of each convolution and linear layer, lowered on its own input shape.

@@ -27,7 +27,7 @@ class Adapter:
         self._block_models: dict[int, object] = {}
 
     def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
-              dtype: str = "float32"):
+              dtype: str = "float32", abstract: bool = False):
         if dtype != "float32":
             raise ValueError("the Keras adapter runs float32 only; the float64 reference is PyTorch")
         self.module = importlib.import_module(f"generated.keras3.{family}")
@@ -61,11 +61,15 @@ class Adapter:
         """(canonical tensor name, layer, keras variable) for every weight of the model."""
         for layer in model.layers:
             for variable in layer.weights:
-                neutral, _ = self._to_neutral(layer, variable.name, np.zeros((1, 1, 1, 1)))
-                yield f"{layer.name}.{neutral}", layer, variable
+                neutral, _ = self._to_neutral(layer, variable.name, np.broadcast_to(np.float32(0), variable.shape))
+                yield f"{self.module.canonical_name(layer.name)}.{neutral}", layer, variable
 
     def tensors(self, model) -> dict[str, np.ndarray]:
         return {name: self._to_neutral(layer, var.name, np.asarray(self.keras.ops.convert_to_numpy(var.value)))[1]
+                for name, layer, var in self._variables(model)}
+
+    def shapes(self, model) -> dict[str, tuple[int, ...]]:
+        return {name: self._to_neutral(layer, var.name, np.broadcast_to(np.float32(0), var.shape))[1].shape
                 for name, layer, var in self._variables(model)}
 
     def trainable(self, model) -> dict[str, int]:
@@ -87,6 +91,11 @@ class Adapter:
 
     def logits(self, model, images_nchw: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict_on_batch(images_nchw.transpose(0, 2, 3, 1)))
+
+    def logits_at(self, model, desc, resolution: tuple[int, int], batch: int) -> np.ndarray:
+        """A functional model has a static input shape: build one for this resolution."""
+        other = self.build(desc.family, desc.variant, desc.flavor, desc.num_classes, resolution)
+        return self.logits(other, np.zeros((batch, 3, *resolution), np.float32))
 
     def count_macs(self, model, resolution: tuple[int, int]) -> dict:
         """MACs from Keras' own layer objects: each Conv2D / DepthwiseConv2D / Dense layer's kernel size

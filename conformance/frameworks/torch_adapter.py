@@ -20,7 +20,7 @@ class Adapter:
         self.torch = torch
 
     def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
-              dtype: str = "float32"):
+              dtype: str = "float32", abstract: bool = False):
         module = importlib.import_module(f"generated.pytorch.{family}")
         model = module.VARIANTS[variant](num_classes=num_classes, flavor=flavor).eval()
         return model.double() if dtype == "float64" else model
@@ -29,14 +29,18 @@ class Adapter:
         return {name: value.detach().cpu().numpy().copy() for name, value in model.state_dict().items()
                 if not name.endswith("num_batches_tracked")}
 
+    def shapes(self, model) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(value.shape) for name, value in model.state_dict().items()
+                if not name.endswith("num_batches_tracked")}
+
     def trainable(self, model) -> dict[str, int]:
         return {name: p.numel() for name, p in model.named_parameters()}
 
     def load(self, model, tensors: dict[str, np.ndarray]) -> None:
-        own = self.tensors(model)
+        own = self.shapes(model)
         for name, value in tensors.items():
-            if own[name].shape != value.shape:
-                raise WeightError(f"{name}: shape {value.shape}, the model has {own[name].shape}")
+            if name in own and own[name] != value.shape:
+                raise WeightError(f"{name}: shape {value.shape}, the model has {own[name]}")
         state = {name: self.torch.from_numpy(np.asarray(value)) for name, value in tensors.items()}
         dtype = next(model.parameters()).dtype
         state = {name: value.to(dtype) for name, value in state.items()}
@@ -55,6 +59,9 @@ class Adapter:
         dtype = next(model.parameters()).dtype
         with self.torch.no_grad():
             return model(self.torch.from_numpy(images_nchw).to(dtype)).numpy()
+
+    def logits_at(self, model, desc, resolution: tuple[int, int], batch: int) -> np.ndarray:
+        return self.logits(model, np.zeros((batch, 3, *resolution), np.float32))
 
     def count_macs(self, model, resolution: tuple[int, int]) -> dict:
         """FlopCounterMode counts 2 FLOPs per multiply-accumulate of convolutions and matmuls."""

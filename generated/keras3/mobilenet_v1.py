@@ -213,9 +213,9 @@ def conv_bn_act(
     if stride > 1:
         # Strided convs pad explicitly: TF SAME puts the odd pixel bottom/right, "symmetric" does not.
         pads = tuple(conv_padding(size, kernel, stride, flavor.padding) for size in x.shape[1:3])
-        x = layers.ZeroPadding2D(pads, name=f"{name}.pad")(x)
+        x = layers.ZeroPadding2D(pads, name=f"{name}-pad")(x)
     options = dict(
-        strides=stride, padding="same" if stride == 1 else "valid", use_bias=False, name=f"{name}.conv"
+        strides=stride, padding="same" if stride == 1 else "valid", use_bias=False, name=f"{name}-conv"
     )
     x = (
         layers.DepthwiseConv2D(kernel, **options)(x)
@@ -224,9 +224,9 @@ def conv_bn_act(
     )
     # Keras' momentum is the decay of the running average: 1 - the PyTorch-convention momentum.
     x = layers.BatchNormalization(
-        epsilon=flavor.bn_epsilon, momentum=1.0 - flavor.bn_momentum, name=f"{name}.bn"
+        epsilon=flavor.bn_epsilon, momentum=1.0 - flavor.bn_momentum, name=f"{name}-bn"
     )(x)
-    return activation(x, activation_name, f"{name}.act")
+    return activation(x, activation_name, f"{name}-act")
 
 
 def depthwise_separable(x, block: Block, flavor: Flavor, name: str):
@@ -237,10 +237,10 @@ def depthwise_separable(x, block: Block, flavor: Flavor, name: str):
         block.stride,
         block.activation,
         flavor,
-        f"{name}.depthwise",
+        f"{name}-depthwise",
         depthwise=True,
     )
-    return conv_bn_act(x, block.out, 1, 1, block.activation, flavor, f"{name}.pointwise")
+    return conv_bn_act(x, block.out, 1, 1, block.activation, flavor, f"{name}-pointwise")
 
 
 def MobileNetV1(
@@ -255,16 +255,22 @@ def MobileNetV1(
     inputs = keras.Input(input_shape, name="image")
     x = conv_bn_act(inputs, a.stem.out, a.stem.kernel, a.stem.stride, a.stem.activation, flavor, "stem")
     for i, block in enumerate(a.blocks):
-        x = depthwise_separable(x, block, flavor, f"blocks.{i}")
+        x = depthwise_separable(x, block, flavor, f"blocks-{i}")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(flavor.dropout, name="dropout")(x)
     outputs = layers.Dense(num_classes, name="classifier")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
+def canonical_name(layer_name: str) -> str:
+    """Keras layer names are the canonical names with "-" for ".": Keras on the PyTorch backend makes
+    layer names part of torch parameter names, which cannot contain "." ("blocks-3-expand-conv")."""
+    return layer_name.replace("-", ".")
+
+
 def block_name(layer_name: str) -> str | None:
-    """The block a layer belongs to ("blocks.3.expand.conv" -> "blocks.3"); None for input and dropout."""
-    parts = layer_name.split(".")
+    """The block a layer belongs to ("blocks-3-expand-conv" -> "blocks.3"); None for input and dropout."""
+    parts = layer_name.split("-")
     if parts[0] == "blocks":
         return ".".join(parts[:2])
     return None if parts[0] in ("image", "dropout") else parts[0]

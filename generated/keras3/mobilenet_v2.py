@@ -291,9 +291,9 @@ def conv_bn_act(
     if stride > 1:
         # Strided convs pad explicitly: TF SAME puts the odd pixel bottom/right, "symmetric" does not.
         pads = tuple(conv_padding(size, kernel, stride, flavor.padding) for size in x.shape[1:3])
-        x = layers.ZeroPadding2D(pads, name=f"{name}.pad")(x)
+        x = layers.ZeroPadding2D(pads, name=f"{name}-pad")(x)
     options = dict(
-        strides=stride, padding="same" if stride == 1 else "valid", use_bias=False, name=f"{name}.conv"
+        strides=stride, padding="same" if stride == 1 else "valid", use_bias=False, name=f"{name}-conv"
     )
     x = (
         layers.DepthwiseConv2D(kernel, **options)(x)
@@ -302,15 +302,15 @@ def conv_bn_act(
     )
     # Keras' momentum is the decay of the running average: 1 - the PyTorch-convention momentum.
     x = layers.BatchNormalization(
-        epsilon=flavor.bn_epsilon, momentum=1.0 - flavor.bn_momentum, name=f"{name}.bn"
+        epsilon=flavor.bn_epsilon, momentum=1.0 - flavor.bn_momentum, name=f"{name}-bn"
     )(x)
-    return activation(x, activation_name, f"{name}.act")
+    return activation(x, activation_name, f"{name}-act")
 
 
 def inverted_residual(x, block: Block, flavor: Flavor, name: str):
     shortcut = x
     if block.expanded != block.in_channels:
-        x = conv_bn_act(x, block.expanded, 1, 1, block.activation, flavor, f"{name}.expand")
+        x = conv_bn_act(x, block.expanded, 1, 1, block.activation, flavor, f"{name}-expand")
     x = conv_bn_act(
         x,
         block.expanded,
@@ -318,12 +318,12 @@ def inverted_residual(x, block: Block, flavor: Flavor, name: str):
         block.stride,
         block.activation,
         flavor,
-        f"{name}.depthwise",
+        f"{name}-depthwise",
         depthwise=True,
     )
-    x = conv_bn_act(x, block.out, 1, 1, "identity", flavor, f"{name}.project")  # linear bottleneck
+    x = conv_bn_act(x, block.out, 1, 1, "identity", flavor, f"{name}-project")  # linear bottleneck
     if block.stride == 1 and block.in_channels == block.out:
-        x = layers.Add(name=f"{name}.add")([shortcut, x])
+        x = layers.Add(name=f"{name}-add")([shortcut, x])
     return x
 
 
@@ -339,7 +339,7 @@ def MobileNetV2(
     inputs = keras.Input(input_shape, name="image")
     x = conv_bn_act(inputs, a.stem.out, a.stem.kernel, a.stem.stride, a.stem.activation, flavor, "stem")
     for i, block in enumerate(a.blocks):
-        x = inverted_residual(x, block, flavor, f"blocks.{i}")
+        x = inverted_residual(x, block, flavor, f"blocks-{i}")
     x = conv_bn_act(x, a.last_conv.out, 1, 1, a.last_conv.activation, flavor, "last_conv")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(flavor.dropout, name="dropout")(x)
@@ -347,9 +347,15 @@ def MobileNetV2(
     return keras.Model(inputs, outputs, name=name)
 
 
+def canonical_name(layer_name: str) -> str:
+    """Keras layer names are the canonical names with "-" for ".": Keras on the PyTorch backend makes
+    layer names part of torch parameter names, which cannot contain "." ("blocks-3-expand-conv")."""
+    return layer_name.replace("-", ".")
+
+
 def block_name(layer_name: str) -> str | None:
-    """The block a layer belongs to ("blocks.3.expand.conv" -> "blocks.3"); None for input and dropout."""
-    parts = layer_name.split(".")
+    """The block a layer belongs to ("blocks-3-expand-conv" -> "blocks.3"); None for input and dropout."""
+    parts = layer_name.split("-")
     if parts[0] == "blocks":
         return ".".join(parts[:2])
     return None if parts[0] in ("image", "dropout") else parts[0]

@@ -1,0 +1,102 @@
+"""Every variant in every framework, through the conformance workers (one process per framework).
+
+Default tier: every variant in PyTorch, Keras (TensorFlow backend) and Flax NNX: built, every tensor's
+name and shape as the spec, trainable params and BatchNorm state per layer and in total equal to the
+spec, the neutral weights round-tripped bit-exactly, and logits of shape (batch, num_classes) at every
+published resolution. Then one variant per architecture in all five runs (Keras on its three backends)
+with the spec's block shapes, each framework's own MAC counter, and outputs against a float64
+reference, in both padding conventions. The slow tier repeats the output checks for every variant.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance.checks import Check, evaluate
+from conformance.cli import quick_variants
+from conformance.runner import Options, run
+from spec import load_spec
+
+SPEC = load_spec()
+ALL_VARIANTS = list(SPEC.spec.variants())
+QUICK = quick_variants(SPEC.spec)
+CORE = ("torch", "keras", "flax")
+ALL_RUNS = ("torch", "keras", "keras-jax", "keras-torch", "flax")
+
+
+def _checks(tmp_path_factory, name, variants, frameworks, flavor, options=Options()):
+    result = run(SPEC, variants, list(frameworks), flavor, (224, 192), work=tmp_path_factory.mktemp(name),
+                 options=options)
+    checks = evaluate(SPEC, result)
+    by_key: dict[tuple[str, str], list[Check]] = {}
+    for check in checks:
+        by_key.setdefault((check.variant, check.subject), []).append(check)
+    return by_key
+
+
+@pytest.fixture(scope="session")
+def every_variant(tmp_path_factory):
+    return _checks(tmp_path_factory, "every", ALL_VARIANTS, CORE, "tf",
+                   Options(outputs=False, count_macs=False, published_resolutions=True))
+
+
+@pytest.fixture(scope="session")
+def quick_same_padding(tmp_path_factory):
+    return _checks(tmp_path_factory, "quick-tf", QUICK, ALL_RUNS, "tf")
+
+
+@pytest.fixture(scope="session")
+def quick_symmetric_padding(tmp_path_factory):
+    return _checks(tmp_path_factory, "quick-torchvision", QUICK, CORE, "torchvision")
+
+
+@pytest.fixture(scope="session")
+def full_matrix(tmp_path_factory):
+    return _checks(tmp_path_factory, "all", ALL_VARIANTS, ALL_RUNS, "tf")
+
+
+def _assert_all_ok(checks: list[Check] | None, expected_names: set[str]):
+    assert checks, "no checks ran"
+    names = {c.name for c in checks}
+    assert expected_names <= names, f"checks missing: {expected_names - names}"
+    failed = [f"{c.name}: {c.summary}" for c in checks if not c.ok]
+    assert not failed, "\n".join(failed)
+
+
+@pytest.mark.parametrize("framework", CORE)
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def test_builds_counts_and_resolutions(every_variant, variant, framework):
+    checks = every_variant.get((variant, framework))
+    _assert_all_ok(checks, {"build", "structure", "params", "round_trip", "resolutions"})
+    params = next(c for c in checks if c.name == "params")
+    assert "(spec" in params.summary  # the summary carries both figures
+
+
+@pytest.mark.parametrize("framework", ALL_RUNS)
+@pytest.mark.parametrize("variant", QUICK)
+def test_same_padding_every_check(quick_same_padding, variant, framework):
+    _assert_all_ok(quick_same_padding.get((variant, framework)),
+                   {"build", "structure", "params", "round_trip", "shapes", "macs", "outputs"})
+
+
+@pytest.mark.parametrize("variant", QUICK)
+def test_same_padding_pairs_agree(quick_same_padding, variant):
+    pairs = [c for (v, subject), checks in quick_same_padding.items() if v == variant and "~" in subject
+             for c in checks]
+    assert len(pairs) == 10, [c.subject for c in pairs]
+    _assert_all_ok(pairs, {"outputs"})
+
+
+@pytest.mark.parametrize("framework", CORE)
+@pytest.mark.parametrize("variant", QUICK)
+def test_symmetric_padding_every_check(quick_symmetric_padding, variant, framework):
+    _assert_all_ok(quick_symmetric_padding.get((variant, framework)),
+                   {"build", "structure", "params", "round_trip", "shapes", "macs", "outputs"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", ALL_RUNS)
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def test_full_matrix(full_matrix, variant, framework):
+    _assert_all_ok(full_matrix.get((variant, framework)),
+                   {"build", "structure", "params", "round_trip", "shapes", "macs", "outputs"})
