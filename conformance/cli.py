@@ -154,7 +154,9 @@ def _conform(loaded, args) -> int:
 
         result = run(loaded, variants, frameworks, flavor, args.resolution, args.num_classes, work=args.work,
                      parallel=args.parallel, progress=advance)
+    check_start = time.perf_counter()
     checks = evaluate(loaded, result)
+    result.extra["check_seconds"] = time.perf_counter() - check_start
     failed = [c for c in checks if not c.ok]
     if args.report:
         write_reports(args.report, loaded, result, checks)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from conformance.checks import Check
 from conformance.console import console
+from conformance.files import atomic_write
+from conformance.report_html import html_report
 from conformance.runner import RunResult
 from spec import describe
 
@@ -33,6 +33,23 @@ def _rows(loaded, run: RunResult, checks: list[Check]) -> list[dict]:
         rows.append({"variant": variant, "params": desc.params, "state": desc.state, "macs": desc.macs,
                      "cells": cells, "worst_logits_rel": worst})
     return rows
+
+
+def time_split(run: RunResult) -> dict[str, float]:
+    """Where a run's time went: the frameworks' own work (imports, build, weights, forward, MAC counting)
+    summed over workers, the workers' wall time, and the runner's own preparation."""
+    split: dict[str, float] = defaultdict(float)
+    for run_ in run.workers:
+        results = [r for (v, key), r in run.results.items() if key == run_.worker.key]
+        split["import"] += results[0]["import_s"] if results else 0.0
+        for result in results:
+            for phase, seconds in result["timings"].items():
+                split[phase] += seconds
+        split["worker wall"] += run_.seconds
+    split["prepare (spec, weights)"] = run.spec_seconds
+    split["checks"] = run.extra.get("check_seconds", 0.0)
+    split["total wall"] = run.seconds
+    return dict(split)
 
 
 def print_summary(loaded, run: RunResult, checks: list[Check], seconds: float) -> None:
@@ -59,6 +76,8 @@ def print_summary(loaded, run: RunResult, checks: list[Check], seconds: float) -
     if len(failed) > 30:
         console_.print(f"... and {len(failed) - 30} more failures (see the report)")
     workers = ", ".join(f"{r.worker.key} {r.seconds:.0f} s" for r in run.workers)
+    split = ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in time_split(run).items())
+    console_.print(f"time split: {split}")
     console_.print(f"{len(checks) - len(failed)}/{len(checks)} checks passed in {seconds:.0f} s "
                   f"(spec and weights {run.spec_seconds:.1f} s; workers: {workers})")
 
@@ -67,16 +86,21 @@ def write_reports(folder: Path, loaded, run: RunResult, checks: list[Check]) -> 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = _rows(loaded, run, checks)
-    _atomic(folder / "report.json", json.dumps({
+    atomic_write(folder / "report.json", json.dumps({
         "flavor": run.flavor, "resolution": list(run.resolution), "num_classes": run.num_classes,
-        "seconds": run.seconds,
+        "seconds": run.seconds, "time_split": time_split(run),
         "workers": [{"worker": r.worker.key, "seconds": r.seconds, "returncode": r.returncode,
                      "timed_out": r.timed_out} for r in run.workers],
         "variants": rows,
         "checks": [c.__dict__ for c in checks],
     }, indent=1, default=str))
-    _atomic(folder / "report.md", _markdown(run, rows, checks))
-    _atomic(folder / "junit.xml", _junit(checks))
+    atomic_write(folder / "report.md", _markdown(run, rows, checks))
+    h, w = run.resolution
+    atomic_write(folder / "report.html", html_report(
+        "MobileNet Forge conformance", rows, checks, CHECKS,
+        f"{len(run.variants)} variants, flavor {run.flavor}, input {h}x{w}, {run.num_classes} classes; "
+        f"{sum(c.ok for c in checks)}/{len(checks)} checks passed in {run.seconds:.0f} s."))
+    atomic_write(folder / "junit.xml", _junit(checks))
 
 
 def _markdown(run: RunResult, rows: list[dict], checks: list[Check]) -> str:
@@ -111,9 +135,3 @@ def _junit(checks: list[Check]) -> str:
         cases.append(f'  <testcase classname={quoteattr(c.variant)} name={name}>{body}</testcase>')
     return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="mnforge-conformance" tests="{len(checks)}" '
             f'failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n")
-
-
-def _atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)

@@ -26,14 +26,19 @@ from conformance import weights as neutral
 from spec import describe
 from spec.loader import LoadedSpec
 
+WORKER_COMMAND = [sys.executable, "-m", "conformance.worker"]
 ALL_FRAMEWORKS = ("torch", "keras", "keras-jax", "keras-torch", "flax")
 REFERENCE = ("torch", "float64")
+TIMEOUT_BASE = 120.0  # seconds for a worker's imports, on top of `timeout_per_variant` per variant
 
 
 @dataclass(frozen=True)
 class Worker:
     framework: str
     dtype: str = "float32"
+    flavor: str | None = None  # None: the run's flavor (tests set another to prove a wrong epsilon is caught)
+    weights: str | None = None  # folder of neutral files to load instead of the run's (likewise, or a chain)
+    export: str | None = None  # folder to write the weights the framework holds after loading
 
     @property
     def key(self) -> str:
@@ -98,12 +103,14 @@ class Options:
 def run(loaded: LoadedSpec, variants: list[str], frameworks: list[str], flavor: str,
         resolution: tuple[int, int], num_classes: int = 1000, work: Path | None = None, parallel: int | None = None,
         timeout_per_variant: float = 240.0, progress: Callable[[str, str], None] | None = None,
-        options: Options = Options()) -> RunResult:
+        options: Options = Options(), workers: list[Worker] | None = None) -> RunResult:
     start = time.perf_counter()
     work = Path(work or tempfile.mkdtemp(prefix="mnforge-conform-"))
-    prepare(loaded, variants, flavor, resolution, num_classes, work)
+    if not (work / "inputs.npz").exists():
+        prepare(loaded, variants, flavor, resolution, num_classes, work)
     spec_seconds = time.perf_counter() - start
-    workers = ([Worker(*REFERENCE)] if options.outputs else []) + [Worker(f) for f in frameworks]
+    if workers is None:
+        workers = ([Worker(*REFERENCE)] if options.outputs else []) + [Worker(f) for f in frameworks]
     runs = _run_workers(loaded, workers, variants, flavor, resolution, num_classes, work,
                         parallel or os.cpu_count() or 1, timeout_per_variant, progress, options)
     results = {}
@@ -124,7 +131,7 @@ def _run_workers(loaded, workers, variants, flavor, resolution, num_classes, wor
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false"),
            "OMP_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
-    timeout = 120 + timeout_per_variant * len(variants)
+    timeout = TIMEOUT_BASE + timeout_per_variant * len(variants)
     while pending or running:
         while pending and len(running) < parallel:
             worker = pending.pop(0)
@@ -132,14 +139,16 @@ def _run_workers(loaded, workers, variants, flavor, resolution, num_classes, wor
             request.write_text(json.dumps({
                 "framework": worker.framework, "spec": str(loaded.path), "out": str(work / "out"),
                 "inputs": str(work / "inputs.npz"),
-                "jobs": [{"variant": v, "flavor": flavor, "resolution": list(resolution), "num_classes": num_classes,
-                          "dtype": worker.dtype, "weights": str(work / "weights" / f"{v}.safetensors"),
+                "jobs": [{"variant": v, "flavor": worker.flavor or flavor, "resolution": list(resolution),
+                          "num_classes": num_classes, "dtype": worker.dtype,
+                          "weights": str(Path(worker.weights or work / "weights") / f"{v}.safetensors"),
+                          "export": str(Path(worker.export) / f"{v}.safetensors") if worker.export else None,
                           "forward": options.outputs, "count_macs": options.count_macs and worker.dtype == "float32",
                           "logits_at": _logits_at(loaded, v, options) if worker.dtype == "float32" else []}
                          for v in variants],
             }))
             stderr = open(work / f"stderr.{worker.key.replace(':', '-')}.log", "w+")
-            proc = subprocess.Popen([sys.executable, "-m", "conformance.worker", str(request)],
+            proc = subprocess.Popen([*WORKER_COMMAND, str(request)],
                                     stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
             os.set_blocking(proc.stdout.fileno(), False)
             running.append((WorkerRun(worker), proc, time.perf_counter(), stderr))
@@ -179,3 +188,26 @@ def _read_lines(proc: subprocess.Popen) -> list[str]:
     except (BlockingIOError, TypeError):
         return []
     return [line.strip() for line in (data or "").splitlines() if line.strip()]
+
+
+def chain(loaded: LoadedSpec, variant: str, frameworks: list[str], flavor: str, work: Path,
+          resolution: tuple[int, int] = (224, 192)) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list]:
+    """Move weights through `frameworks` in order, each hop in its own worker process: the first loads
+    the random neutral weights, each next one loads what the previous one exported.
+    Returns (the weights at the start, the weights the last framework exported, the worker runs)."""
+    work = Path(work)
+    prepare(loaded, [variant], flavor, resolution, 1000, work)
+    source, runs = work / "weights", []
+    for i, framework in enumerate(frameworks):
+        target = work / f"hop{i}-{framework}"
+        result = run(loaded, [variant], [], flavor, resolution, work=work,
+                     options=Options(outputs=False, count_macs=False),
+                     workers=[Worker(framework, weights=str(source), export=str(target))])
+        runs.append(result)
+        error = result.results.get((variant, framework), {}).get("error")
+        if error or not (target / f"{variant}.safetensors").exists():
+            raise RuntimeError(f"hop {i} ({framework}) failed: {error or result.workers[0].stderr_tail}")
+        source = target
+    start, _ = neutral.load(work / "weights" / f"{variant}.safetensors")
+    end, _ = neutral.load(source / f"{variant}.safetensors")
+    return start, end, runs

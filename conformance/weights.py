@@ -12,12 +12,11 @@ whatever a framework happens to build.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from conformance.files import atomic_write
 from spec.resolve import Description
 
 FORMAT = "mnforge-neutral-1"
@@ -114,12 +113,8 @@ def save(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -
     """Write atomically: a temporary file in the same folder, then a rename."""
     from safetensors.numpy import save as to_bytes
 
-    path = Path(path)
     data = to_bytes({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata={"format": FORMAT, **metadata})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
+    atomic_write(Path(path), data)
 
 
 def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -62,6 +62,10 @@ def main(argv: list[str]) -> int:
                 adapter.load(model, weights)
                 exported = adapter.tensors(model)
                 result["round_trip"] = _round_trip(weights, exported, job.get("dtype", "float32"))
+                if job.get("export"):
+                    neutral.save(Path(job["export"]), exported,
+                                 {"variant": desc.variant, "flavor": desc.flavor, "num_classes": str(desc.num_classes),
+                                  "exported_by": framework})
             timings["weights"] = time.perf_counter() - t
             if images is not None and job.get("forward", True):
                 t = time.perf_counter()
@@ -108,17 +112,21 @@ def _round_trip(weights: dict, exported: dict, dtype: str) -> dict:
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
+    import io
+
     import numpy as np
 
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    from conformance.files import atomic_write
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(path, buffer.getvalue())
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    from conformance.files import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""The runner catches real bugs and bad workers: a wrong weight layout or BatchNorm epsilon fails the
+output check and names the first diverging block; a crashing or hanging worker is that framework's
+failure with its stderr; weights move through chains of frameworks bit-exactly."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conformance import runner
+from conformance import weights as neutral
+from conformance.checks import evaluate
+from conformance.runner import Options, Worker, chain, prepare, run
+from spec import load_spec
+
+SPEC = load_spec()
+VARIANT = "mobilenet_v3_small_100"
+
+
+def _outputs_check(checks, subject):
+    return next(c for c in checks if c.name == "outputs" and c.subject == subject)
+
+
+def test_wrong_weight_layout_names_the_first_diverging_block(tmp_path):
+    prepare(SPEC, [VARIANT], "tf", (224, 192), 1000, tmp_path)
+    tensors, metadata = neutral.load(tmp_path / "weights" / f"{VARIANT}.safetensors")
+    # A converter bug: a depthwise kernel with kh and kw swapped (a wrong transpose).
+    tensors["blocks.3.depthwise.conv.weight"] = tensors["blocks.3.depthwise.conv.weight"].transpose(0, 1, 3, 2).copy()
+    (tmp_path / "bad").mkdir()
+    neutral.save(tmp_path / "bad" / f"{VARIANT}.safetensors", tensors, metadata)
+    result = run(SPEC, [VARIANT], [], "tf", (224, 192), work=tmp_path,
+                 workers=[Worker("torch", "float64"), Worker("torch", weights=str(tmp_path / "bad"))])
+    check = _outputs_check(evaluate(SPEC, result), "torch")
+    assert not check.ok
+    assert check.figures["first_diverging"] == "blocks.3", check.summary
+    assert check.figures["logits_rel"] > 1e-2, check.summary
+    assert "first diverging block: blocks.3" in check.summary
+
+
+def test_wrong_batch_norm_epsilon_names_the_first_diverging_block(tmp_path):
+    # torchvision's V3 uses epsilon 1e-3, timm's 1e-5; same padding and widths at width 1.0.
+    result = run(SPEC, [VARIANT], [], "torchvision", (224, 192), work=tmp_path,
+                 workers=[Worker("torch", "float64"), Worker("torch", flavor="timm")])
+    check = _outputs_check(evaluate(SPEC, result), "torch")
+    assert not check.ok, check.summary
+    assert check.figures["first_diverging"] == "stem", check.summary
+
+
+def test_crashing_worker_is_reported_with_its_stderr(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "WORKER_COMMAND",
+                        [sys.executable, "-c", "import sys; sys.stderr.write('worker exploded\\n'); sys.exit(3)"])
+    result = run(SPEC, [VARIANT], ["flax"], "tf", (224, 192), work=tmp_path, options=Options(outputs=False))
+    build = [c for c in evaluate(SPEC, result) if c.name == "build"]
+    assert build and not build[0].ok
+    assert "exited with code 3" in build[0].summary and "worker exploded" in build[0].summary
+
+
+def test_hanging_worker_times_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "WORKER_COMMAND", [sys.executable, "-c", "import time; time.sleep(120)"])
+    monkeypatch.setattr(runner, "TIMEOUT_BASE", 1.0)
+    start = time.perf_counter()
+    result = run(SPEC, [VARIANT], ["keras"], "tf", (224, 192), work=tmp_path, options=Options(outputs=False),
+                 timeout_per_variant=0.5)
+    assert time.perf_counter() - start < 30
+    assert result.workers[0].timed_out
+    build = [c for c in evaluate(SPEC, result) if c.name == "build"]
+    assert "timed out" in build[0].summary
+
+
+@pytest.mark.parametrize("frameworks", [["torch", "keras", "flax", "torch"], ["torch", "flax", "keras", "torch"]],
+                         ids=["torch-keras-flax-torch", "torch-flax-keras-torch"])
+def test_weights_chain_through_frameworks_bit_exact(tmp_path, frameworks):
+    start, end, _ = chain(SPEC, "mobilenet_v2_035", frameworks, "tf", tmp_path)
+    assert set(start) == set(end)
+    changed = [name for name in start if not np.array_equal(start[name], end[name])]
+    assert not changed, f"{len(changed)} tensors changed: {changed[:5]}"
