@@ -1,0 +1,1 @@
+"""Porting real checkpoints: reference layouts (torchvision, timm, keras.applications) and file formats."""

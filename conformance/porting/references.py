@@ -1,0 +1,78 @@
+"""The reference models we port, and which spec variant and flavor reproduce each.
+
+No framework is imported here: the builders live in torch_refs.py (torchvision, timm) and
+keras_refs.py (keras.applications), each run in its own process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reference:
+    name: str  # e.g. "torchvision:mobilenet_v3_large", "timm:tf_mobilenetv3_small_075"
+    library: str  # torchvision, timm, keras-applications
+    variant: str  # the spec's variant
+    flavor: str  # the flavor that makes the generated model the same function
+    builder: str  # the library's constructor
+    kwargs: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def framework(self) -> str:
+        return "keras" if self.library == "keras-applications" else "torch"
+
+
+def _refs() -> dict[str, Reference]:
+    refs: list[Reference] = [
+        Reference("torchvision:mobilenet_v2", "torchvision", "mobilenet_v2_100", "torchvision", "mobilenet_v2"),
+        Reference("torchvision:mobilenet_v3_large", "torchvision", "mobilenet_v3_large_100", "torchvision",
+                  "mobilenet_v3_large"),
+        Reference("torchvision:mobilenet_v3_small", "torchvision", "mobilenet_v3_small_100", "torchvision",
+                  "mobilenet_v3_small"),
+        Reference("timm:mobilenetv1_100", "timm", "mobilenet_v1_100", "timm", "mobilenetv1_100"),
+    ]
+    refs += [Reference(f"timm:mobilenetv2_{w}", "timm", f"mobilenet_v2_{w}", "timm", f"mobilenetv2_{w}")
+             for w in ("035", "050", "075", "100", "140")]
+    refs += [Reference(f"timm:mobilenetv3_{size}_{w}", "timm", f"mobilenet_v3_{size}_{w}", "timm",
+                       f"mobilenetv3_{size}_{w}")
+             for size, widths in (("large", ("075", "100")), ("small", ("050", "075", "100"))) for w in widths]
+    refs += [Reference(f"timm:tf_mobilenetv3_{size}_{w}", "timm", f"mobilenet_v3_{size}_{w}", "timm_tf",
+                       f"tf_mobilenetv3_{size}_{w}")
+             for size in ("large", "small") for w in ("075", "100", "minimal_100")]
+    alphas = {"100": 1.0, "075": 0.75, "050": 0.5, "025": 0.25, "035": 0.35, "130": 1.3, "140": 1.4}
+    refs += [Reference(f"keras-applications:MobileNet_{w}", "keras-applications", f"mobilenet_v1_{w}", "keras",
+                       "MobileNet", (("alpha", alphas[w]),)) for w in ("100", "075", "050", "025")]
+    refs += [Reference(f"keras-applications:MobileNetV2_{w}", "keras-applications", f"mobilenet_v2_{w}", "keras",
+                       "MobileNetV2", (("alpha", alphas[w]),)) for w in ("140", "130", "100", "075", "050", "035")]
+    for size in ("Large", "Small"):
+        for w in ("100", "075"):
+            refs.append(Reference(f"keras-applications:MobileNetV3{size}_{w}", "keras-applications",
+                                  f"mobilenet_v3_{size.lower()}_{w}", "keras", f"MobileNetV3{size}",
+                                  (("alpha", alphas[w]),)))
+        refs.append(Reference(f"keras-applications:MobileNetV3{size}_minimal_100", "keras-applications",
+                              f"mobilenet_v3_{size.lower()}_minimal_100", "keras", f"MobileNetV3{size}",
+                              (("alpha", 1.0), ("minimalistic", True))))
+    return {r.name: r for r in refs}
+
+
+REFERENCES = _refs()
+
+
+def reference(name: str) -> Reference:
+    if name not in REFERENCES:
+        raise KeyError(f"unknown reference model {name!r}; known: {', '.join(REFERENCES)}")
+    return REFERENCES[name]
+
+
+def for_variant(library: str, variant: str, flavor: str | None = None) -> Reference:
+    """The reference model of `library` that the spec's `variant` reproduces; where a library has two
+    (timm's mobilenetv3_* and tf_mobilenetv3_*), `flavor` chooses (timm or timm_tf), else the first."""
+    matches = [r for r in REFERENCES.values() if r.library == library and r.variant == variant
+               and (flavor is None or r.flavor == flavor)]
+    if not matches:
+        known = sorted({r.variant + ("" if flavor is None else f" ({r.flavor})")
+                        for r in REFERENCES.values() if r.library == library})
+        raise KeyError(f"{library} has no model for {variant!r}{'' if flavor is None else f' in flavor {flavor}'}; "
+                       f"it has: {', '.join(known)}")
+    return matches[0]

@@ -1,0 +1,93 @@
+"""torchvision and timm references: build them (random weights, nothing downloaded), list their layers,
+and move weights between their state dicts and the neutral form. Runs in a PyTorch process."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conformance.porting.pairing import ReferenceLayer, from_neutral, to_neutral
+from conformance.porting.references import Reference
+from spec.resolve import Description
+
+BN = ("weight", "bias", "running_mean", "running_var")
+
+
+def build(ref: Reference):
+    import torch
+
+    if ref.library == "torchvision":
+        import torchvision
+
+        model = getattr(torchvision.models, ref.builder)(weights=None, **dict(ref.kwargs))
+    elif ref.library == "timm":
+        import timm
+
+        model = timm.create_model(ref.builder, pretrained=False, **dict(ref.kwargs))
+    else:
+        raise ValueError(f"{ref.name} is not a PyTorch reference")
+    torch.manual_seed(0)
+    return model.eval()
+
+
+def layers(model) -> list[ReferenceLayer]:
+    """Convolutions, BatchNorms and linear layers in the order the model registers (and runs) them."""
+    import torch
+
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            depthwise = module.groups > 1 and module.groups == module.in_channels
+            tensors = {"weight": module.weight}
+            if module.bias is not None:
+                tensors["bias"] = module.bias
+            out.append(ReferenceLayer(name, "depthwise_conv" if depthwise else "conv", _numpy(tensors)))
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            out.append(ReferenceLayer(name, "batch_norm", _numpy({t: getattr(module, t) for t in BN})))
+        elif isinstance(module, torch.nn.Linear):
+            out.append(ReferenceLayer(name, "linear", _numpy({"weight": module.weight, "bias": module.bias})))
+    return out
+
+
+def _numpy(tensors: dict) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in tensors.items()}
+
+
+def import_state_dict(ref: Reference, desc: Description, state_dict: dict) -> dict[str, np.ndarray]:
+    """A reference checkpoint (its own names) -> neutral tensors, checked against the reference model
+    (strict load: every tensor named and shaped as the reference expects) and the spec."""
+    model = build(ref)
+    state_dict = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    missing = [m for m in missing if not m.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise _mismatch(ref, missing, unexpected)
+    return to_neutral(desc, layers(model), ref.name)
+
+
+def export_state_dict(ref: Reference, desc: Description, tensors: dict[str, np.ndarray]) -> dict:
+    """Neutral tensors -> the reference model's own state dict (loadable by torchvision / timm)."""
+    import torch
+
+    model = build(ref)
+    filled = from_neutral(desc, layers(model), tensors, ref.name)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for layer in filled:
+            module = modules[layer.name]
+            for tensor, value in layer.tensors.items():
+                getattr(module, tensor).copy_(torch.from_numpy(value))
+    return model.state_dict()
+
+
+def _mismatch(ref: Reference, missing: list[str], unexpected: list[str]):
+    from conformance.weights import WeightError
+
+    def listing(items):
+        return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) missing: {listing(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected tensor(s): {listing(unexpected)}")
+    return WeightError(f"checkpoint is not a {ref.name}: " + "; ".join(parts))
