@@ -45,6 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=None, help="workers at a time (default: number of cores)")
     p.add_argument("--json", action="store_true")
 
+    p = commands.add_parser("port", help="convert a checkpoint between formats (see README: Port a checkpoint)")
+    p.add_argument("variant")
+    p.add_argument("--from", dest="source", required=True, metavar="FORMAT:PATH",
+                   help="safetensors, torch, keras, flax, torchvision, timm or keras-applications, then the file")
+    p.add_argument("--to", dest="target", required=True, metavar="FORMAT:PATH")
+    p.add_argument("--flavor", default=None, help="default: recorded in the file, or implied by its format")
+    p.add_argument("--num-classes", type=int, default=1000)
+
+    p = commands.add_parser("run", help="run a generated model with weights on an .npy input, write logits")
+    p.add_argument("variant")
+    p.add_argument("--framework", required=True, choices=("torch", "keras", "flax"))
+    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--input", type=Path, required=True, help="NCHW for torch, NHWC for keras and flax (float32)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--flavor", default=None, help="default: the flavor recorded with the weights")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
@@ -56,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             return _list(loaded, args)
         if args.command == "describe":
             return _describe(loaded, args)
+        if args.command in ("port", "run"):
+            return _port_or_run(loaded, args)
         return _conform(loaded, args)
     except (SpecError, UnknownName, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -124,6 +142,21 @@ def _describe(loaded, args) -> int:
     table.add_section()
     table.add_row("total", "", "", "", "", f"{desc.params:,}", f"{desc.state:,}", f"{desc.macs:,}")
     console().print(table)
+    return 0
+
+
+def _port_or_run(loaded, args) -> int:
+    from conformance.porting.port import port, run_model
+
+    names = loaded.spec.variants()
+    if args.variant not in names:
+        raise UnknownName(f"unknown variant {args.variant!r}; `mnforge list` shows them")
+    if args.command == "port":
+        port(loaded, args.variant, args.source, args.target, args.flavor, args.num_classes,
+             echo=lambda line: print(line, file=sys.stderr))
+        return 0
+    result = run_model(loaded, args.variant, args.framework, args.weights, args.input, args.output, args.flavor)
+    print(f"wrote logits {tuple(result['shape'])} to {args.output}", file=sys.stderr)
     return 0
 
 

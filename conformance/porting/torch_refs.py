@@ -57,10 +57,14 @@ def import_state_dict(ref: Reference, desc: Description, state_dict: dict) -> di
     (strict load: every tensor named and shaped as the reference expects) and the spec."""
     model = build(ref)
     state_dict = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    missing = [m for m in missing if not m.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise _mismatch(ref, missing, unexpected)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    misshapen = [f"{k} {tuple(v.shape)} (expected {own[k]})" for k, v in state_dict.items()
+                 if k in own and tuple(v.shape) != own[k]]
+    if missing or unexpected or misshapen:
+        raise _mismatch(ref, missing, unexpected, misshapen)
+    model.load_state_dict(state_dict, strict=False)
     return to_neutral(desc, layers(model), ref.name)
 
 
@@ -79,7 +83,7 @@ def export_state_dict(ref: Reference, desc: Description, tensors: dict[str, np.n
     return model.state_dict()
 
 
-def _mismatch(ref: Reference, missing: list[str], unexpected: list[str]):
+def _mismatch(ref: Reference, missing: list[str], unexpected: list[str], misshapen: list[str]):
     from conformance.weights import WeightError
 
     def listing(items):
@@ -90,4 +94,6 @@ def _mismatch(ref: Reference, missing: list[str], unexpected: list[str]):
         parts.append(f"{len(missing)} tensor(s) missing: {listing(missing)}")
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected tensor(s): {listing(unexpected)}")
+    if misshapen:
+        parts.append(f"{len(misshapen)} tensor(s) of another shape: {listing(misshapen)}")
     return WeightError(f"checkpoint is not a {ref.name}: " + "; ".join(parts))

@@ -1,0 +1,156 @@
+"""A port step in one framework's process: `python -m conformance.porting.worker REQUEST.json`.
+
+Operations (the request's "op"):
+  read       a file in `format` -> the neutral file `neutral` (checked against the spec)
+  write      the neutral file -> a file in `format` (atomically, with metadata)
+  run        weights in a generated format -> logits of the generated model on an .npy input
+  reference  build a reference model with random weights and random BatchNorm statistics, save it in
+             its own format, and save its logits on an input (tests; nothing is downloaded)
+The worker writes `{"ok": true, ...}` or `{"error": "..."}` to the request's "result" path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    request = json.loads(Path(argv[0]).read_text())
+    result_path = Path(request["result"])
+    try:
+        if request.get("keras_backend"):
+            os.environ["KERAS_BACKEND"] = request["keras_backend"]
+        result = {"ok": True, **_dispatch(request)}
+    except Exception as exc:  # reported to the caller, which prints it and writes nothing
+        from conformance.weights import WeightError
+
+        result = {"error": str(exc) if isinstance(exc, (WeightError, KeyError)) else f"{type(exc).__name__}: {exc}",
+                  "traceback": traceback.format_exc(limit=5)}
+    from conformance.files import atomic_write
+
+    atomic_write(result_path, json.dumps(result, default=str))
+    return 0
+
+
+def _dispatch(request: dict) -> dict:
+    from conformance import weights as neutral
+    from conformance.porting import formats
+    from conformance.porting.references import reference
+    from spec import describe, load_spec
+
+    loaded = load_spec(request["spec"])
+    desc = describe(loaded, request["variant"], request["flavor"], num_classes=request.get("num_classes", 1000))
+    fmt, path = request.get("format"), Path(request.get("path", ""))
+    ref = reference(request["reference"]) if request.get("reference") else None
+    metadata = {"format": neutral.FORMAT, "variant": desc.variant, "flavor": desc.flavor,
+                "num_classes": str(desc.num_classes)}
+    op = request["op"]
+    if op == "read":
+        readers = {"torch": formats.read_torch, "keras": formats.read_keras, "flax": formats.read_flax}
+        if fmt in readers:
+            tensors = readers[fmt](path, desc)
+        elif fmt in ("torchvision", "timm"):
+            tensors = formats.read_torch_reference(path, desc, ref)
+        else:
+            tensors = formats.read_keras_reference(path, desc, ref)
+        neutral.save(Path(request["neutral"]), tensors, {**metadata, "source": f"{fmt}:{path.name}"})
+        return {"tensors": len(tensors), "values": int(sum(v.size for v in tensors.values()))}
+    if op == "write":
+        tensors, _ = neutral.load(Path(request["neutral"]))
+        writers = {"torch": formats.write_torch, "keras": formats.write_keras, "flax": formats.write_flax}
+        if fmt in writers:
+            writers[fmt](path, desc, tensors)
+        elif fmt in ("torchvision", "timm"):
+            formats.write_torch_reference(path, desc, ref, tensors)
+        else:
+            formats.write_keras_reference(path, desc, ref, tensors)
+        recorded = {k: v for k, v in metadata.items() if k != "format"}
+        formats.write_sidecar(path, {**recorded, "weights_format": fmt, "written_by": "mnforge port",
+                                     **({"reference": ref.name} if ref else {})})
+        return {"tensors": len(tensors)}
+    if op == "run":
+        return _run(request, desc)
+    if op == "reference":
+        return _random_reference(request, desc, ref)
+    raise ValueError(f"unknown operation {op!r}")
+
+
+def _run(request: dict, desc) -> dict:
+    import numpy as np
+
+    from conformance.files import atomic_write
+    from conformance.frameworks import adapter as get_adapter
+    from conformance.porting import formats
+    from conformance.weights import load
+
+    framework = request["framework"]
+    path = Path(request["path"])
+    if path.suffix == ".safetensors":
+        tensors, _ = load(path)
+    else:
+        reader = {"torch": formats.read_torch, "keras": formats.read_keras, "flax": formats.read_flax}[framework]
+        tensors = reader(path, desc)
+    images = np.load(request["input"], allow_pickle=False)
+    channels_first = framework == "torch"
+    if images.ndim != 4 or images.shape[1 if channels_first else 3] != 3:
+        layout = "NCHW (batch, 3, H, W)" if channels_first else "NHWC (batch, H, W, 3)"
+        raise ValueError(f"input of shape {images.shape}: {framework} takes {layout}")
+    size = tuple(images.shape[2:4] if channels_first else images.shape[1:3])
+    adapter = get_adapter(framework)
+    model = adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, size, abstract=True)
+    adapter.load(model, tensors)
+    nchw = images if channels_first else images.transpose(0, 3, 1, 2)
+    logits = np.asarray(adapter.logits(model, np.ascontiguousarray(nchw, dtype=np.float32)))
+    buffer = __import__("io").BytesIO()
+    np.save(buffer, logits)
+    atomic_write(Path(request["output"]), buffer.getvalue())
+    return {"shape": list(logits.shape)}
+
+
+def _random_reference(request: dict, desc, ref) -> dict:
+    """Tests: a reference model with random weights, including random BatchNorm statistics."""
+    import numpy as np
+
+    rng = np.random.default_rng(request.get("seed", 0))
+    images = np.load(request["input"], allow_pickle=False)  # NCHW
+    path = Path(request["path"])
+    if ref.framework == "torch":
+        import torch
+
+        from conformance.porting import formats, torch_refs
+
+        model = torch_refs.build(ref)
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.running_mean.copy_(torch.from_numpy(rng.normal(0, 0.5, module.num_features)))
+                    module.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, module.num_features)))
+                    module.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, module.num_features)))
+                    module.bias.copy_(torch.from_numpy(rng.normal(0, 0.1, module.num_features)))
+            logits = model(torch.from_numpy(images)).numpy()
+        formats._torch_save(path, model.state_dict())
+    else:
+        import keras
+
+        from conformance.porting import formats, keras_refs
+
+        model = keras_refs.build(ref, (*images.shape[2:4], 3))
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                n = layer.gamma.shape[0]
+                layer.moving_mean.assign(rng.normal(0, 0.5, n))
+                layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
+                layer.gamma.assign(rng.uniform(0.5, 1.5, n))
+                layer.beta.assign(rng.normal(0, 0.1, n))
+        logits = np.asarray(model.predict_on_batch(images.transpose(0, 2, 3, 1)))
+        formats._save_keras_weights(model, path)
+    np.save(request["logits"], logits)
+    return {"shape": list(logits.shape)}
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
