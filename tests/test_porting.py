@@ -60,6 +60,7 @@ def _reproduce(name: str, tmp_path: Path, images: Path):
         tolerance = SAME_FRAMEWORK if framework == ref.framework else CROSS_FRAMEWORK
         assert errors[framework] <= tolerance, f"{name} in generated {framework}: relative error {errors[framework]:.2e}"
         assert np.array_equal(logits.argmax(-1), expected.argmax(-1)), f"{name} in {framework}: top-1 differs"
+    print(f"{name}: " + ", ".join(f"{framework} {error:.1e}" for framework, error in errors.items()))
     return errors
 
 
