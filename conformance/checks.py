@@ -55,6 +55,7 @@ def evaluate(loaded: LoadedSpec, run: RunResult) -> list[Check]:
             checks += _structure_checks(variant, key, result, desc)
         checks += _mac_checks(variant, run, usable, desc)
         checks += _logits_shape_checks(variant, run, usable)
+        checks += _onnx_checks(variant, run, usable)
         if any(key == REFERENCE_KEY for key in keys):
             checks += _output_checks(variant, run, usable, desc)
     return checks
@@ -129,6 +130,24 @@ def _logits_shape_checks(variant: str, run: RunResult, keys: list[str]) -> list[
             checks.append(Check(variant, "resolutions", key, not wrong,
                                 f"logits (2, {run.num_classes}) at {', '.join(shapes)}" if not wrong
                                 else f"wrong logits shapes: {wrong}"))
+    return checks
+
+
+def _onnx_checks(variant: str, run: RunResult, keys: list[str]) -> list[Check]:
+    checks = []
+    for key in keys:
+        info = run.results[(variant, key)].get("onnx")
+        if not info or "skipped" in info:
+            continue
+        errors = {"ONNX Runtime": info["ort_rel_error"]}
+        if "reference_evaluator_rel_error" in info:
+            errors["onnx.reference"] = info["reference_evaluator_rel_error"]
+        ok = all(e <= OUTPUT_TOLERANCE for e in errors.values()) and info["ort_top1_same"]
+        how = "cached" if info["cached"] else f"exported in {info['export_s']:.1f} s"
+        summary = (f"opset {info['opset']}, {info['layout']} input, {how}, checker ok; "
+                   + ", ".join(f"{k} rel. error {v:.2e}" for k, v in errors.items())
+                   + ("" if info["ort_top1_same"] else "; top-1 DIFFERS"))
+        checks.append(Check(variant, "onnx", key, ok, summary, info))
     return checks
 
 

@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", type=Path, default=None, help="write report.md, report.json and junit.xml here")
     p.add_argument("--work", type=Path, default=None, help="keep weights, inputs and outputs in this folder")
     p.add_argument("--parallel", type=int, default=None, help="workers at a time (default: number of cores)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also export to ONNX (opset 18), run the checker and compare ONNX Runtime with each framework")
     p.add_argument("--json", action="store_true")
 
     p = commands.add_parser("port", help="convert a checkpoint between formats (see README: Port a checkpoint)")
@@ -61,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--flavor", default=None, help="default: the flavor recorded with the weights")
 
+    p = commands.add_parser("onnx", help="export a generated model to ONNX (opset 18) and validate it")
+    p.add_argument("variant")
+    p.add_argument("--framework", required=True, choices=("torch", "keras", "flax"))
+    p.add_argument("--flavor", default=None)
+    p.add_argument("--resolution", type=_resolution, default=None, help="R or HxW (default: 224 or the family's)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--weights", type=Path, default=None, help="weights to export (default: the model's own init)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
@@ -74,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             return _describe(loaded, args)
         if args.command in ("port", "run"):
             return _port_or_run(loaded, args)
+        if args.command == "onnx":
+            return _onnx(loaded, args)
         return _conform(loaded, args)
     except (SpecError, UnknownName, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -145,6 +158,24 @@ def _describe(loaded, args) -> int:
     return 0
 
 
+def _onnx(loaded, args) -> int:
+    from conformance.porting.formats import read_metadata
+    from conformance.porting.port import run_worker
+
+    desc = describe(loaded, args.variant, args.flavor, args.resolution, args.num_classes)
+    flavor = args.flavor or (read_metadata(args.weights).get("flavor") if args.weights else None) or desc.flavor
+    result = run_worker({"spec": str(loaded.path), "op": "onnx", "variant": desc.variant, "flavor": flavor,
+                         "num_classes": desc.num_classes, "framework": args.framework,
+                         "resolution": list(desc.resolution), "path": str(args.output),
+                         "weights": str(args.weights) if args.weights else None},
+                        args.framework, f"exporting {desc.variant} from {args.framework}")
+    from conformance.onnx.export import LAYOUT, OPSET
+
+    print(f"wrote {args.output}: opset {OPSET}, input `images` {LAYOUT[args.framework]} (batch dynamic), output "
+          f"`logits`; checker ok; exported in {result['seconds']:.1f} s", file=sys.stderr)
+    return 0
+
+
 def _port_or_run(loaded, args) -> int:
     from conformance.porting.port import port, run_model
 
@@ -185,8 +216,10 @@ def _conform(loaded, args) -> int:
         def advance(worker: str, variant: str) -> None:
             progress.update(task, advance=1, description=f"{worker}: {variant}")
 
+        from conformance.runner import Options
+
         result = run(loaded, variants, frameworks, flavor, args.resolution, args.num_classes, work=args.work,
-                     parallel=args.parallel, progress=advance)
+                     parallel=args.parallel, progress=advance, options=Options(onnx=args.onnx))
     check_start = time.perf_counter()
     checks = evaluate(loaded, result)
     result.extra["check_seconds"] = time.perf_counter() - check_start

@@ -14,7 +14,7 @@ from conformance.report_html import html_report
 from conformance.runner import RunResult
 from spec import describe
 
-CHECKS = ("build", "structure", "params", "round_trip", "shapes", "macs", "resolutions", "outputs")
+CHECKS = ("build", "structure", "params", "round_trip", "shapes", "macs", "resolutions", "outputs", "onnx")
 
 
 def _rows(loaded, run: RunResult, checks: list[Check]) -> list[dict]:

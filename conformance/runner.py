@@ -98,6 +98,9 @@ class Options:
     count_macs: bool = True  # each framework's own MAC counter
     logits_at: tuple[tuple[int, int], ...] = ()  # also run logits at these resolutions (shape check)
     published_resolutions: bool = False  # ... and at each variant's published resolutions
+    onnx: bool = False  # export to ONNX, validate, compare ONNX Runtime with the framework's own logits
+    onnx_dir: str | None = None  # where exports are cached (content-hashed); default: the run's folder
+    onnx_reference_evaluator: tuple[str, ...] = ()  # variants also run in onnx.reference (slow, pure Python)
 
 
 def run(loaded: LoadedSpec, variants: list[str], frameworks: list[str], flavor: str,
@@ -144,7 +147,10 @@ def _run_workers(loaded, workers, variants, flavor, resolution, num_classes, wor
                           "weights": str(Path(worker.weights or work / "weights") / f"{v}.safetensors"),
                           "export": str(Path(worker.export) / f"{v}.safetensors") if worker.export else None,
                           "forward": options.outputs, "count_macs": options.count_macs and worker.dtype == "float32",
-                          "logits_at": _logits_at(loaded, v, options) if worker.dtype == "float32" else []}
+                          "logits_at": _logits_at(loaded, v, options) if worker.dtype == "float32" else [],
+                          "onnx": {"dir": options.onnx_dir or str(work / "onnx"),
+                                   "reference_evaluator": v in options.onnx_reference_evaluator}
+                          if options.onnx and worker.dtype == "float32" else None}
                          for v in variants],
             }))
             stderr = open(work / f"stderr.{worker.key.replace(':', '-')}.log", "w+")

@@ -67,7 +67,8 @@ def main(argv: list[str]) -> int:
                                  {"variant": desc.variant, "flavor": desc.flavor, "num_classes": str(desc.num_classes),
                                   "exported_by": framework})
             timings["weights"] = time.perf_counter() - t
-            if images is not None and job.get("forward", True):
+            blocks = None
+            if images is not None and (job.get("forward", True) or job.get("onnx")):
                 t = time.perf_counter()
                 blocks = adapter.forward_blocks(model, images)
                 timings["forward"] = time.perf_counter() - t
@@ -77,6 +78,10 @@ def main(argv: list[str]) -> int:
                 t = time.perf_counter()
                 result["macs"] = adapter.count_macs(model, desc.resolution)
                 timings["macs"] = time.perf_counter() - t
+            if job.get("onnx") and blocks is not None:
+                t = time.perf_counter()
+                result["onnx"] = _onnx(framework, adapter, model, desc, job, images, blocks["classifier"])
+                timings["onnx"] = time.perf_counter() - t
             if job.get("logits_at"):
                 t = time.perf_counter()
                 result["logits_shapes"] = {
@@ -89,6 +94,43 @@ def main(argv: list[str]) -> int:
         _write_json(out / f"{job['variant']}.{framework}.{result['dtype']}.json", result)
         print(f"{framework} {job['variant']} done", flush=True)
     return 0
+
+
+def _onnx(framework: str, adapter, model, desc, job: dict, images, own_logits) -> dict:
+    """Export (or reuse the export cached under the same content hash), validate, run in ONNX Runtime."""
+    import importlib
+
+    import numpy as np
+
+    from conformance.onnx import export as onnx_export
+
+    base = {"torch": "torch", "keras": "keras", "flax": "flax"}.get(framework)
+    if base is None:
+        return {"skipped": f"{framework}: ONNX export is checked from torch, keras (TensorFlow) and flax"}
+    package = {"torch": "pytorch", "keras": "keras3", "flax": "flax_nnx"}[base]
+    generated = Path(importlib.import_module(f"generated.{package}.{desc.family}").__file__)
+    folder = Path(job["onnx"]["dir"])
+    path = folder / f"{desc.variant}.{desc.flavor}.{framework}.onnx"
+    key = onnx_export.cache_key(generated, Path(job["weights"]), desc.flavor, desc.resolution)
+    key_file = path.with_name(path.name + ".sha256")
+    info: dict = {"path": str(path), "layout": onnx_export.LAYOUT[base], "opset": onnx_export.OPSET}
+    if path.exists() and key_file.exists() and key_file.read_text() == key:
+        info.update(cached=True, export_s=0.0)
+    else:
+        info.update(cached=False, export_s=onnx_export.export(base, model, desc.resolution, path))
+        from conformance.files import atomic_write
+
+        atomic_write(key_file, key)
+    info.update(onnx_export.validate(path))
+    native = images if base == "torch" else images.transpose(0, 2, 3, 1)
+    scale = float(np.max(np.abs(own_logits))) or 1.0
+    ort_logits = onnx_export.run_onnxruntime(path, native)
+    info["ort_rel_error"] = float(np.max(np.abs(ort_logits - own_logits))) / scale
+    info["ort_top1_same"] = bool(np.array_equal(ort_logits.argmax(-1), own_logits.argmax(-1)))
+    if job["onnx"].get("reference_evaluator"):
+        reference = onnx_export.run_reference_evaluator(path, native)
+        info["reference_evaluator_rel_error"] = float(np.max(np.abs(reference - own_logits))) / scale
+    return info
 
 
 def _error_text(check, *args) -> str | None:

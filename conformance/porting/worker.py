@@ -76,6 +76,8 @@ def _dispatch(request: dict) -> dict:
         return _run(request, desc)
     if op == "reference":
         return _random_reference(request, desc, ref)
+    if op == "onnx":
+        return _export_onnx(request, desc)
     raise ValueError(f"unknown operation {op!r}")
 
 
@@ -109,6 +111,27 @@ def _run(request: dict, desc) -> dict:
     np.save(buffer, logits)
     atomic_write(Path(request["output"]), buffer.getvalue())
     return {"shape": list(logits.shape)}
+
+
+def _export_onnx(request: dict, desc) -> dict:
+    """Build the generated model (with the given weights, else its own initialisation), export, validate."""
+    from conformance.frameworks import adapter as get_adapter
+    from conformance.onnx import export as onnx_export
+    from conformance.porting import formats
+    from conformance.weights import load
+
+    framework = request["framework"]
+    resolution = tuple(request["resolution"])
+    adapter = get_adapter(framework)
+    weights = request.get("weights")
+    model = adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, resolution,
+                          abstract=bool(weights))
+    if weights:
+        path = Path(weights)
+        reader = {"torch": formats.read_torch, "keras": formats.read_keras, "flax": formats.read_flax}[framework]
+        adapter.load(model, load(path)[0] if path.suffix == ".safetensors" else reader(path, desc))
+    seconds = onnx_export.export(framework, model, resolution, Path(request["path"]))
+    return {"seconds": seconds, **onnx_export.validate(Path(request["path"]))}
 
 
 def _random_reference(request: dict, desc, ref) -> dict:

@@ -1,0 +1,1 @@
+"""ONNX: export each generated model, validate it, run it in ONNX Runtime and the reference evaluator."""
