@@ -55,7 +55,7 @@ def evaluate(loaded: LoadedSpec, run: RunResult) -> list[Check]:
             checks += _structure_checks(variant, key, result, desc)
         checks += _mac_checks(variant, run, usable, desc)
         checks += _logits_shape_checks(variant, run, usable)
-        checks += _onnx_checks(variant, run, usable)
+        checks += _onnx_checks(variant, run, usable, desc)
         if any(key == REFERENCE_KEY for key in keys):
             checks += _output_checks(variant, run, usable, desc)
     return checks
@@ -133,8 +133,13 @@ def _logits_shape_checks(variant: str, run: RunResult, keys: list[str]) -> list[
     return checks
 
 
-def _onnx_checks(variant: str, run: RunResult, keys: list[str]) -> list[Check]:
-    checks = []
+def _onnx_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[Check]:
+    """Per framework: export, checker, ONNX Runtime (and reference evaluator) against the framework's own
+    logits, and the canonical graph against the spec's; then the canonical graphs of every pair."""
+    from conformance.onnx.canonical import compare, from_spec
+
+    checks, canonical = [], {}
+    expected = from_spec(desc).summary()
     for key in keys:
         info = run.results[(variant, key)].get("onnx")
         if not info or "skipped" in info:
@@ -142,12 +147,21 @@ def _onnx_checks(variant: str, run: RunResult, keys: list[str]) -> list[Check]:
         errors = {"ONNX Runtime": info["ort_rel_error"]}
         if "reference_evaluator_rel_error" in info:
             errors["onnx.reference"] = info["reference_evaluator_rel_error"]
-        ok = all(e <= OUTPUT_TOLERANCE for e in errors.values()) and info["ort_top1_same"]
+        difference = compare(expected, info["canonical"], ("spec", key))
+        canonical[key] = info["canonical"]
+        ok = all(e <= OUTPUT_TOLERANCE for e in errors.values()) and info["ort_top1_same"] and difference is None
         how = "cached" if info["cached"] else f"exported in {info['export_s']:.1f} s"
         summary = (f"opset {info['opset']}, {info['layout']} input, {how}, checker ok; "
                    + ", ".join(f"{k} rel. error {v:.2e}" for k, v in errors.items())
-                   + ("" if info["ort_top1_same"] else "; top-1 DIFFERS"))
+                   + ("" if info["ort_top1_same"] else "; top-1 DIFFERS")
+                   + (f"; canonical graph = spec ({len(expected['sequence'])} ops, {expected['params']:,} params "
+                      f"with BatchNorm folded, {expected['macs']:,} MACs)" if difference is None
+                      else f"; canonical graph differs from the spec at {difference}"))
         checks.append(Check(variant, "onnx", key, ok, summary, info))
+    for a, b in combinations(sorted(canonical), 2):
+        difference = compare(canonical[a], canonical[b], (a, b))
+        checks.append(Check(variant, "onnx", f"{a}~{b}", difference is None,
+                            "canonical graphs equal" if difference is None else f"graphs differ at {difference}"))
     return checks
 
 

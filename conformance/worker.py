@@ -122,6 +122,11 @@ def _onnx(framework: str, adapter, model, desc, job: dict, images, own_logits) -
 
         atomic_write(key_file, key)
     info.update(onnx_export.validate(path))
+    import onnx
+
+    from conformance.onnx.canonical import canonicalize
+
+    info["canonical"] = canonicalize(onnx.load(str(path)), onnx_export.LAYOUT[base]).summary()
     native = images if base == "torch" else images.transpose(0, 2, 3, 1)
     scale = float(np.max(np.abs(own_logits))) or 1.0
     ort_logits = onnx_export.run_onnxruntime(path, native)

@@ -1,6 +1,7 @@
 """ONNX: the smallest variant of each family exported from PyTorch, Keras and Flax at opset 18, passing
-onnx.checker (full check), and running in ONNX Runtime and in ONNX's reference evaluator with the same
-logits as the framework itself (relative error <= 1e-4); a mis-exported graph fails that gate."""
+onnx.checker (full check), running in ONNX Runtime and in ONNX's reference evaluator with the same
+logits as the framework itself (relative error <= 1e-4), and with canonical graphs equal to the spec's
+and to each other; a mis-exported graph is caught and the differing node named."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import pytest
 
 from conformance.checks import OUTPUT_TOLERANCE, evaluate
 from conformance.cli import main as cli
+from conformance.onnx.canonical import canonicalize, compare, from_spec
 from conformance.onnx.export import BATCH, INPUT, OPSET, OUTPUT, run_onnxruntime
 from conformance.runner import Options, run
-from spec import load_spec
+from spec import describe, load_spec
 
 SPEC = load_spec()
 SMALLEST = ["mobilenet_v1_025", "mobilenet_v2_035", "mobilenet_v3_small_035"]
@@ -34,6 +36,16 @@ def test_export_checker_runtime_and_reference_evaluator(onnx_checks, variant, fr
     assert onnx_check.ok, onnx_check.summary
     assert onnx_check.figures["opset"] == OPSET
     assert onnx_check.figures["reference_evaluator_rel_error"] <= OUTPUT_TOLERANCE
+    assert "canonical graph = spec" in onnx_check.summary
+    spec_desc = describe(SPEC, variant, "tf", (224, 192))
+    assert onnx_check.figures["canonical"]["macs"] == spec_desc.macs
+
+
+@pytest.mark.parametrize("variant", SMALLEST)
+def test_the_three_canonical_graphs_are_equal(onnx_checks, variant):
+    pairs = [c for c in onnx_checks if c.variant == variant and "~" in c.subject]
+    assert {c.subject for c in pairs} == {"flax~keras", "flax~torch", "keras~torch"}
+    assert all(c.ok for c in pairs), [c.summary for c in pairs if not c.ok]
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +79,16 @@ def test_hard_sigmoid_with_the_onnx_default_alpha_fails_the_runtime_gate(torch_v
     error = float(np.max(np.abs(bad - good)) / np.max(np.abs(good)))
     # One squeeze-excite gate of nine changed: the logits move 4.6e-3, far outside the 1e-4 gate.
     assert error > 10 * OUTPUT_TOLERANCE, f"relative error {error:.2e}: too close to the {OUTPUT_TOLERANCE} gate"
+    # ... and the canonical comparison names the node: not relu6(x + 3) / 6.
+    expected = from_spec(describe(SPEC, "mobilenet_v3_small_100", "tf", (224, 192)))
+    difference = compare(expected, canonicalize(model, "NCHW"), ("spec", "export"))
+    assert difference is not None and "spec act(fn=hard_sigmoid) vs export act(fn=unknown(HardSigmoid" in difference, \
+        difference
+
+
+def test_asymmetric_padding_where_the_spec_says_symmetric_is_named(torch_v3_export):
+    # The export uses TF SAME padding (tf flavor); torchvision's flavor of the same variant pads symmetrically.
+    symmetric = from_spec(describe(SPEC, "mobilenet_v3_small_100", "torchvision", (224, 192)))
+    difference = compare(symmetric, canonicalize(onnx.load(str(torch_v3_export)), "NCHW"), ("spec", "export"))
+    assert difference is not None and "pads=(1, 1, 1, 1)" in difference and "pads=(0, 0, 1, 1)" in difference, \
+        difference
