@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=None, help="keep weights, inputs and outputs in this folder")
     p.add_argument("--parallel", type=int, default=None, help="workers at a time (default: number of cores)")
     p.add_argument("--onnx", action="store_true",
-                   help="also export to ONNX (opset 18), run the checker and compare ONNX Runtime with each framework")
+                   help="also export to ONNX (opset 18): checker, ONNX Runtime vs each framework, canonical graphs")
+    p.add_argument("--onnx-cache", type=Path, default=Path(".cache/onnx"),
+                   help="exports are kept here under a content hash, so a re-run does not re-export")
     p.add_argument("--json", action="store_true")
 
     p = commands.add_parser("port", help="convert a checkpoint between formats (see README: Port a checkpoint)")
@@ -219,7 +221,8 @@ def _conform(loaded, args) -> int:
         from conformance.runner import Options
 
         result = run(loaded, variants, frameworks, flavor, args.resolution, args.num_classes, work=args.work,
-                     parallel=args.parallel, progress=advance, options=Options(onnx=args.onnx))
+                     parallel=args.parallel, progress=advance,
+                     options=Options(onnx=args.onnx, onnx_dir=str(args.onnx_cache.resolve())))
     check_start = time.perf_counter()
     checks = evaluate(loaded, result)
     result.extra["check_seconds"] = time.perf_counter() - check_start

@@ -117,6 +117,7 @@ def _markdown(run: RunResult, rows: list[dict], checks: list[Check]) -> str:
     failed = [c for c in checks if not c.ok]
     lines += ["", f"## Failures ({len(failed)})", ""]
     lines += [f"- `{c.variant}` {c.name} [{c.subject}]: {c.summary}" for c in failed] or ["None."]
+    lines += _onnx_section(checks)
     lines += ["", "## Output errors per block (relative to max |float64 reference|)", ""]
     for c in checks:
         if c.name == "outputs" and "blocks" in c.figures:
@@ -124,6 +125,27 @@ def _markdown(run: RunResult, rows: list[dict], checks: list[Check]) -> str:
             lines.append(f"- `{c.variant}` {c.subject}: logits {c.figures['logits_rel']:.2e} "
                          f"(abs {c.figures['logits_abs']:.2e}); worst block {worst[0]} {worst[1]['rel']:.2e}")
     return "\n".join(lines) + "\n"
+
+
+def _onnx_section(checks: list[Check]) -> list[str]:
+    rows = [c for c in checks if c.name == "onnx" and "~" not in c.subject]
+    if not rows:
+        return []
+    pairs = {(c.variant, c.subject): c.ok for c in checks if c.name == "onnx" and "~" in c.subject}
+    lines = ["", "## ONNX (opset 18)", "",
+             "| variant | framework | export | checker | ORT rel. error | reference evaluator | graph = spec | "
+             "graph = other frameworks | canonical ops |", "|---|---|---:|---|---:|---:|---|---|---|"]
+    for c in rows:
+        info = c.figures
+        others = [ok for (variant, pair), ok in pairs.items() if variant == c.variant and c.subject in pair.split("~")]
+        export = "cached" if info["cached"] else f"{info['export_s']:.1f} s"
+        reference = info.get("reference_evaluator_rel_error")
+        ops = ", ".join(f"{k} {v}" for k, v in info["canonical"]["ops"].items())
+        lines.append(f"| {c.variant} | {c.subject} | {export} | ok | {info['ort_rel_error']:.2e} | "
+                     f"{'–' if reference is None else f'{reference:.2e}'} | "
+                     f"{'yes' if 'canonical graph = spec' in c.summary else 'NO'} | "
+                     f"{'yes' if others and all(others) else 'NO' if others else '–'} | {ops} |")
+    return lines
 
 
 def _junit(checks: list[Check]) -> str:
