@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
                 neutral.check_tensors(weights, expected, job["weights"])
                 adapter.load(model, weights)
                 exported = adapter.tensors(model)
-                result["round_trip"] = _round_trip(weights, exported, job.get("dtype", "float32"))
+                result["round_trip"] = _round_trip(weights, exported)
                 if job.get("export"):
                     neutral.save(Path(job["export"]), exported,
                                  {"variant": desc.variant, "flavor": desc.flavor, "num_classes": str(desc.num_classes),
@@ -148,7 +148,7 @@ def _error_text(check, *args) -> str | None:
     return None
 
 
-def _round_trip(weights: dict, exported: dict, dtype: str) -> dict:
+def _round_trip(weights: dict, exported: dict) -> dict:
     """Neutral -> framework -> neutral must give the same bits (a float64 model: the same values)."""
     import numpy as np
 

@@ -228,10 +228,19 @@ class Description:
         return {layer.name: layer.state for layer in self.layers if layer.state}
 
 
+def padding_amounts(size: int, kernel: int, stride: int, padding: Padding) -> tuple[int, int]:
+    """(before, after) padding of one spatial axis: "symmetric" pads kernel // 2 on both sides (PyTorch);
+    "same" is TensorFlow's SAME, just enough for ceil(size / stride) outputs with the odd pixel after.
+    The generated code states the same rule as `conv_padding` (generators/templates/common/data.py.j2)."""
+    if padding == "symmetric":
+        return kernel // 2, kernel // 2
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
 def conv_output_size(size: int, kernel: int, stride: int, padding: Padding) -> int:
-    if padding == "same":
-        return math.ceil(size / stride)
-    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+    before, after = padding_amounts(size, kernel, stride, padding)
+    return (size + before + after - kernel) // stride + 1
 
 
 class _Walker:

@@ -90,3 +90,20 @@ def test_json_schema_accepts_the_spec_and_rejects_a_bad_value():
     data["families"]["mobilenet_v2"]["architectures"]["mobilenet_v2"]["stem"]["stride"] = 3
     with pytest.raises(jsonschema.ValidationError, match="3"):
         jsonschema.validate(data, schema)
+
+
+def test_generated_padding_rule_equals_the_resolvers(rendered):
+    """Generated files are self-contained, so they state the padding rule again: it must be the spec's."""
+    from spec.resolve import padding_amounts
+
+    source = rendered["pytorch/mobilenet_v1.py"]
+    function = next(node for node in ast.parse(source).body
+                    if isinstance(node, ast.FunctionDef) and node.name == "conv_padding")
+    namespace: dict = {}
+    exec(compile(ast.Module([function], []), "conv_padding", "exec"), namespace)
+    for padding in ("symmetric", "same"):
+        for kernel in (1, 3, 5, 7):
+            for stride in (1, 2):
+                for size in range(1, 260):
+                    assert namespace["conv_padding"](size, kernel, stride, padding) == \
+                        padding_amounts(size, kernel, stride, padding), (size, kernel, stride, padding)

@@ -358,7 +358,7 @@ def compare(a: Canonical | dict, b: Canonical | dict, names=("a", "b")) -> str |
 
 def from_spec(desc) -> Canonical:
     """The canonical graph the spec describes, for the variant, flavor and resolution of `desc`."""
-    from spec.resolve import DepthwiseSeparable, conv_output_size
+    from spec.resolve import DepthwiseSeparable, conv_output_size, padding_amounts
 
     arch, padding = desc.architecture, desc.flavor_values.padding
     ops: list[Op] = []
@@ -371,7 +371,7 @@ def from_spec(desc) -> Canonical:
     def conv(x, cin, cout, k, s, activation, groups=1, spatial=True):
         pads = (0, 0, 0, 0)
         if spatial and k > 1:
-            (top, bottom), (left, right) = (_spec_pads(n, k, s, padding) for n in size)
+            (top, bottom), (left, right) = (padding_amounts(n, k, s, padding) for n in size)
             pads = (top, left, bottom, right)
         op = emit("conv", {"k": k, "s": s, "pads": pads, "group": groups, "in": cin, "out": cout}, [x])
         if spatial:
@@ -412,11 +412,3 @@ def from_spec(desc) -> Canonical:
     emit("linear", {"in": features, "out": desc.num_classes}, [x])
     ops = finalize(ops)
     return Canonical(ops, _params(ops), _macs(ops))
-
-
-def _spec_pads(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int]:
-    """The spec's padding rule, as the generated code's conv_padding states it."""
-    if padding == "symmetric" or stride == 1:
-        return kernel // 2, kernel // 2
-    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
