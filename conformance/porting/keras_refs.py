@@ -20,6 +20,7 @@ BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_
 def build(ref: Reference, input_shape=(224, 224, 3)):
     import keras
 
+    keras.utils.set_random_seed(0)  # the random initialisation is the same in every run
     kwargs = dict(ref.kwargs)
     if ref.builder.startswith("MobileNetV3"):
         kwargs["include_preprocessing"] = False

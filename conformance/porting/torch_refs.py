@@ -15,6 +15,7 @@ BN = ("weight", "bias", "running_mean", "running_var")
 def build(ref: Reference):
     import torch
 
+    torch.manual_seed(0)  # the random initialisation is the same in every run
     if ref.library == "torchvision":
         import torchvision
 
@@ -25,7 +26,6 @@ def build(ref: Reference):
         model = timm.create_model(ref.builder, pretrained=False, **dict(ref.kwargs))
     else:
         raise ValueError(f"{ref.name} is not a PyTorch reference")
-    torch.manual_seed(0)
     return model.eval()
 
 
