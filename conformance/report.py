@@ -105,7 +105,7 @@ def write_reports(folder: Path, loaded, run: RunResult, checks: list[Check]) -> 
 
 def _markdown(run: RunResult, rows: list[dict], checks: list[Check]) -> str:
     h, w = run.resolution
-    lines = [f"# Conformance report", "",
+    lines = ["# Conformance report", "",
              f"{len(run.variants)} variants, flavor `{run.flavor}`, input {h}x{w}, {run.num_classes} classes; "
              f"workers: {', '.join(f'{r.worker.key} ({r.seconds:.0f} s)' for r in run.workers)}; "
              f"total {run.seconds:.0f} s.", "",

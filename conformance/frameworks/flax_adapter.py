@@ -54,13 +54,13 @@ class Adapter:
                 variable.set_value(jax.numpy.zeros(variable.shape, variable.dtype))
         nnx.update(model, state)
 
-    def _state(self, model):
+    def state(self, model):
         """Parameters and BatchNorm statistics; not the dropout's RNG state."""
         return self.nnx.state(model, self.nnx.Any(self.nnx.Param, self.nnx.BatchStat))
 
     def _variables(self, model, state=None):
         """(canonical tensor name, flax variable name, variable) for every variable of the model."""
-        for path, variable in (state if state is not None else self._state(model)).flat_state():
+        for path, variable in (state if state is not None else self.state(model)).flat_state():
             layer, leaf = ".".join(str(p) for p in path[:-1]), path[-1]
             is_bn = layer.endswith(".bn") or layer == "bn"  # nnx.BatchNorm: scale, bias, mean, var
             yield f"{layer}.{BN_NAMES[leaf] if is_bn else {'kernel': 'weight', 'bias': 'bias'}[leaf]}", leaf, variable
@@ -84,7 +84,7 @@ class Adapter:
     def load(self, model, tensors: dict[str, np.ndarray]) -> None:
         import jax.numpy as jnp
 
-        state = self._state(model)
+        state = self.state(model)
         for name, leaf, variable in self._variables(model, state):
             value = np.asarray(tensors[name], dtype=np.float32)
             value = _kernel_from_neutral(value) if leaf == "kernel" else value

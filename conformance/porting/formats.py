@@ -195,7 +195,7 @@ def read_flax(path: Path, desc: Description) -> dict[str, np.ndarray]:
         raise WeightError(f"{path}: not a readable msgpack file ({type(exc).__name__}: {exc})") from None
     adapter = Adapter()
     model = adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, desc.resolution, abstract=True)
-    state = adapter._state(model)
+    state = adapter.state(model)
     try:
         nnx.replace_by_pure_dict(state, _int_keys(restored))
     except Exception as exc:
@@ -214,7 +214,7 @@ def write_flax(path: Path, desc: Description, tensors: dict[str, np.ndarray]) ->
     adapter = Adapter()
     model = adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, desc.resolution, abstract=True)
     adapter.load(model, tensors)
-    pure = adapter._state(model).to_pure_dict()
+    pure = adapter.state(model).to_pure_dict()
     atomic_write(path, serialization.msgpack_serialize(_numpy_tree(pure)))
 
 
@@ -229,3 +229,15 @@ def _numpy_tree(tree):
     if isinstance(tree, dict):
         return {str(k): _numpy_tree(v) for k, v in tree.items()}
     return np.asarray(tree)
+
+
+READERS = {"torch": read_torch, "keras": read_keras, "flax": read_flax}
+WRITERS = {"torch": write_torch, "keras": write_keras, "flax": write_flax}
+
+
+def read_weights(path: Path, framework: str, desc: Description) -> dict[str, np.ndarray]:
+    """Weights for a generated model: the neutral file, or the framework's own format."""
+    from conformance.weights import load
+
+    path = Path(path)
+    return load(path)[0] if path.suffix == ".safetensors" else READERS[framework](path, desc)

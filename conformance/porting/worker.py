@@ -50,9 +50,8 @@ def _dispatch(request: dict) -> dict:
                 "num_classes": str(desc.num_classes)}
     op = request["op"]
     if op == "read":
-        readers = {"torch": formats.read_torch, "keras": formats.read_keras, "flax": formats.read_flax}
-        if fmt in readers:
-            tensors = readers[fmt](path, desc)
+        if fmt in formats.READERS:
+            tensors = formats.READERS[fmt](path, desc)
         elif fmt in ("torchvision", "timm"):
             tensors = formats.read_torch_reference(path, desc, ref)
         else:
@@ -61,9 +60,8 @@ def _dispatch(request: dict) -> dict:
         return {"tensors": len(tensors), "values": int(sum(v.size for v in tensors.values()))}
     if op == "write":
         tensors, _ = neutral.load(Path(request["neutral"]))
-        writers = {"torch": formats.write_torch, "keras": formats.write_keras, "flax": formats.write_flax}
-        if fmt in writers:
-            writers[fmt](path, desc, tensors)
+        if fmt in formats.WRITERS:
+            formats.WRITERS[fmt](path, desc, tensors)
         elif fmt in ("torchvision", "timm"):
             formats.write_torch_reference(path, desc, ref, tensors)
         else:
@@ -82,20 +80,16 @@ def _dispatch(request: dict) -> dict:
 
 
 def _run(request: dict, desc) -> dict:
+    import io
+
     import numpy as np
 
     from conformance.files import atomic_write
     from conformance.frameworks import adapter as get_adapter
     from conformance.porting import formats
-    from conformance.weights import load
 
     framework = request["framework"]
-    path = Path(request["path"])
-    if path.suffix == ".safetensors":
-        tensors, _ = load(path)
-    else:
-        reader = {"torch": formats.read_torch, "keras": formats.read_keras, "flax": formats.read_flax}[framework]
-        tensors = reader(path, desc)
+    tensors = formats.read_weights(Path(request["path"]), framework, desc)
     images = np.load(request["input"], allow_pickle=False)
     channels_first = framework == "torch"
     if images.ndim != 4 or images.shape[1 if channels_first else 3] != 3:
@@ -107,7 +101,7 @@ def _run(request: dict, desc) -> dict:
     adapter.load(model, tensors)
     nchw = images if channels_first else images.transpose(0, 3, 1, 2)
     logits = np.asarray(adapter.logits(model, np.ascontiguousarray(nchw, dtype=np.float32)))
-    buffer = __import__("io").BytesIO()
+    buffer = io.BytesIO()
     np.save(buffer, logits)
     atomic_write(Path(request["output"]), buffer.getvalue())
     return {"shape": list(logits.shape)}
@@ -118,7 +112,6 @@ def _export_onnx(request: dict, desc) -> dict:
     from conformance.frameworks import adapter as get_adapter
     from conformance.onnx import export as onnx_export
     from conformance.porting import formats
-    from conformance.weights import load
 
     framework = request["framework"]
     resolution = tuple(request["resolution"])
@@ -127,9 +120,7 @@ def _export_onnx(request: dict, desc) -> dict:
     model = adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, resolution,
                           abstract=bool(weights))
     if weights:
-        path = Path(weights)
-        reader = {"torch": formats.read_torch, "keras": formats.read_keras, "flax": formats.read_flax}[framework]
-        adapter.load(model, load(path)[0] if path.suffix == ".safetensors" else reader(path, desc))
+        adapter.load(model, formats.read_weights(Path(weights), framework, desc))
     seconds = onnx_export.export(framework, model, resolution, Path(request["path"]))
     return {"seconds": seconds, **onnx_export.validate(Path(request["path"]))}
 
