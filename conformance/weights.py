@@ -2,7 +2,8 @@
 
 Layouts (PyTorch's, so a generated PyTorch state dict *is* the neutral form):
   conv (incl. depthwise and squeeze-excite)  `<layer>.weight`  (out, in / groups, kh, kw), `<layer>.bias` (out,)
-  linear (fc, classifier)                    `<layer>.weight`  (out, in), `<layer>.bias` (out,)
+  linear (fc, classifier)                    `<layer>.weight`  (out, in), `<layer>.bias` (out,) if it has one
+  layer scale (hybrid MobileNetV4)           `<layer>.gamma` (channels,)
   batch norm                                 `<layer>.weight` (scale), `<layer>.bias` (shift),
                                              `<layer>.running_mean`, `<layer>.running_var`
 Every file carries metadata: variant, flavor, num_classes, format version. The expected tensors of a
@@ -38,10 +39,13 @@ def expected_tensors(desc: Description) -> dict[str, tuple[int, ...]]:
                 tensors[f"{layer.name}.bias"] = (layer.out_channels,)
         elif layer.kind == "linear":
             tensors[f"{layer.name}.weight"] = (layer.out_channels, layer.in_channels)
-            tensors[f"{layer.name}.bias"] = (layer.out_channels,)
+            if layer.bias:
+                tensors[f"{layer.name}.bias"] = (layer.out_channels,)
         elif layer.kind == "batch_norm":
             for tensor in BN_TENSORS:
                 tensors[f"{layer.name}.{tensor}"] = (layer.out_channels,)
+        elif layer.kind == "layer_scale":
+            tensors[f"{layer.name}.gamma"] = (layer.out_channels,)
     return tensors
 
 

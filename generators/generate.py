@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from generators.context import FRAMEWORKS, family_context
+from generators.context import BLOCK_TUPLES, FRAMEWORKS, block_row, family_context
 from spec import SpecError, load_spec
 from spec.loader import DEFAULT_SPEC, LoadedSpec
 from spec.schema import schema_text
@@ -40,6 +40,8 @@ def _environment():
         autoescape=False,
     )
     env.filters["py"] = _literal
+    env.filters["block_row"] = block_row
+    env.filters["block_tuple"] = BLOCK_TUPLES.__getitem__
     return env
 
 

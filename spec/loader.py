@@ -202,11 +202,14 @@ def _table_rows(columns: list, rows: list, where: tuple, nodes: dict, path: Path
     mapped = []
     for i, row in enumerate(rows):
         row_where = (*where, "rows", i)
+        if isinstance(row, dict):  # a row may name its fields instead (a block with columns of its own)
+            mapped.append(row)
+            continue
         if not isinstance(row, list) or len(row) != len(columns):
             got = f"{len(row)} values" if isinstance(row, list) else f"{type(row).__name__} {row!r}"
             raise SpecError(
                 path, _line(nodes, row_where), ".".join(map(str, row_where)),
-                f"expected a list of {len(columns)} values for the columns {columns}, got {got}",
+                f"expected a list of {len(columns)} values for the columns {columns} (or a mapping), got {got}",
             )
         for j, column in enumerate(columns):
             nodes[(*row_where, column)] = nodes[(*row_where, j)]

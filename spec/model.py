@@ -15,7 +15,7 @@ Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER, max_length=64)
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 Stride = Literal[1, 2]
 Kernel = Literal[1, 3, 5, 7]
-Activation = Literal["relu", "relu6", "hard_swish", "identity"]
+Activation = Literal["relu", "relu6", "hard_swish", "gelu", "identity"]
 Width = Annotated[float, Field(gt=0, le=4)]
 
 
@@ -124,10 +124,11 @@ class Stem(Strict):
 class ConvHead(Strict):
     out: PositiveInt
     activation: Activation
+    batch_norm: bool = False  # fc only: no bias, BatchNorm before the activation (MobileNetV4's head)
 
 
 class Head(Strict):
-    """After the blocks: [1x1 conv + BN + act] -> global average pool -> [fc + act] -> classifier."""
+    """After the blocks: [1x1 conv + BN + act] -> global average pool -> [fc (+ BN) + act] -> classifier."""
 
     last_conv: ConvHead | None = None
     fc: ConvHead | None = None
@@ -192,7 +193,72 @@ class InvertedResidualTable(Strict):
         return self
 
 
-StageTable = Annotated[Union[DepthwiseSeparableTable, InvertedResidualTable], Field(discriminator="type")]
+UniversalKind = Literal["conv", "fused_ib", "uib", "mqa"]
+# Which optional fields each kind of universal row needs (required) and may not have (forbidden).
+UNIVERSAL_FIELDS = {
+    "conv": ({"k2"}, {"k1", "expansion", "heads", "key_dim", "kv_stride"}),
+    "fused_ib": ({"k2", "expansion"}, {"k1", "heads", "key_dim", "kv_stride"}),
+    "uib": ({"expansion"}, {"heads", "key_dim", "kv_stride"}),
+    "mqa": ({"heads", "key_dim", "kv_stride"}, {"k1", "expansion"}),
+}
+
+
+class UniversalRow(Row):
+    """One row of a universal table, in the MobileNetV4 paper's columns (Block, DW K1, DW K2, Expanded,
+    Output, Stride); `~` where the paper prints "-".
+
+    conv:      k2 x k2 conv + BN + act.
+    fused_ib:  k2 x k2 conv expanding to round(in * t) + BN + act, 1x1 project + BN (no expand when t = 1).
+    uib:       [k1 x k1 depthwise + BN] -> 1x1 expand to round(in * t) + BN + act -> [k2 x k2 depthwise + BN
+               + act] -> 1x1 project + BN. k1 ~ and k2 set: inverted bottleneck; k1 and k2: ExtraDW;
+               k1 only: ConvNext-like; neither: FFN. The stride goes to k2's depthwise, else to k1's.
+    mqa:       BN -> multi-query attention (`heads` query heads, one shared key/value head of `key_dim`;
+               keys and values downsampled by a k2 x k2 depthwise conv + BN when kv_stride is 2) -> 1x1 out.
+    """
+
+    block: UniversalKind
+    k1: Kernel | None = None
+    k2: Kernel | None = None
+    expansion: Annotated[float, Field(ge=1, le=16)] | None = Field(None, alias="t")
+    out: PositiveInt = Field(alias="c")
+    repeats: PositiveInt = Field(1, alias="n")
+    stride: Stride = Field(1, alias="s")
+    activation: Activation | None = Field(None, alias="nl")
+    residual: bool | None = None  # default: residual when stride 1 and in == out; `false` turns it off
+    heads: PositiveInt | None = None
+    key_dim: PositiveInt | None = None
+    kv_stride: Stride | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> UniversalRow:
+        required, forbidden = UNIVERSAL_FIELDS[self.block]
+        missing = sorted(f for f in required if getattr(self, f) is None)
+        extra = sorted(f for f in forbidden if getattr(self, f) is not None)
+        if missing:
+            raise ValueError(f"a {self.block} row needs {', '.join(missing)}")
+        if extra:
+            raise ValueError(f"a {self.block} row takes no {', '.join(extra)} (write ~)")
+        if self.block == "mqa" and self.kv_stride == 2 and self.k2 is None:
+            raise ValueError("an mqa row with kv_stride 2 needs k2, the kernel of its key/value downsampling")
+        if self.block == "uib" and self.stride == 2 and self.k1 is None and self.k2 is None:
+            raise ValueError("a strided uib row needs a depthwise kernel (k1 or k2) to carry the stride")
+        return self
+
+
+class UniversalTable(Strict):
+    """Rows that each name their block (MobileNetV4, MobileNet-EdgeTPU)."""
+
+    type: Literal["universal"]
+    activation: Activation  # of every conv, expansion and depthwise
+    # Initial value of a learned per-channel scale on the output of every uib and mqa block (hybrid models).
+    layer_scale: Annotated[float, Field(gt=0, lt=1)] | None = None
+    columns: list[str] = Field(min_length=1)
+    rows: list[UniversalRow] = Field(min_length=1)
+
+
+StageTable = Annotated[
+    Union[DepthwiseSeparableTable, InvertedResidualTable, UniversalTable], Field(discriminator="type")
+]
 
 
 class Variant(Strict):
@@ -201,6 +267,7 @@ class Variant(Strict):
 
 
 class Architecture(Strict):
+    resolution: Annotated[int, Field(ge=32, le=1024, strict=True)] | None = None  # published default
     stem: Stem
     blocks: StageTable
     head: Head
@@ -241,7 +308,9 @@ class Family(Strict):
                 raise ValueError(f"{arch_name} has head.last_conv but width_rules has no `last_conv`")
             if arch.head.fc and self.width_rules.fc is None:
                 raise ValueError(f"{arch_name} has head.fc but width_rules has no `fc`")
-            if arch.blocks.type == "inverted_residual" and self.width_rules.expansion is None:
+            if arch.resolution is not None and arch.resolution not in self.resolutions:
+                raise ValueError(f"{arch_name} resolution {arch.resolution} is not one of the family's {self.resolutions}")
+            if arch.blocks.type in ("inverted_residual", "universal") and self.width_rules.expansion is None:
                 raise ValueError(f"{arch_name} has inverted residuals but width_rules has no `expansion`")
         if self.width_rules.stem is None:
             raise ValueError("width_rules needs `stem`")

@@ -73,7 +73,81 @@ class InvertedResidual:
         return self.stride == 1 and self.in_channels == self.out
 
 
-Block = DepthwiseSeparable | InvertedResidual
+@dataclass(frozen=True)
+class ConvBlock:
+    """kxk conv + BN + act, as a block of a universal table (MobileNetV4-Conv-Small's first stages)."""
+
+    in_channels: int
+    out: int
+    kernel: int
+    stride: int
+    activation: str
+    stage: int
+
+
+@dataclass(frozen=True)
+class FusedInvertedBottleneck:
+    """[kxk conv expanding + BN + act] -> 1x1 project + BN (linear)."""
+
+    in_channels: int
+    expanded: int  # == in_channels: no expand conv, the projection carries the block
+    out: int
+    kernel: int
+    stride: int
+    activation: str
+    residual: bool
+    stage: int
+
+    @property
+    def has_expand(self) -> bool:
+        return self.expanded != self.in_channels
+
+
+@dataclass(frozen=True)
+class UniversalInvertedBottleneck:
+    """[k1 depthwise + BN] -> 1x1 expand + BN + act -> [k2 depthwise + BN + act] -> 1x1 project + BN
+    -> [layer scale]. A kernel of 0 means that depthwise conv is absent."""
+
+    in_channels: int
+    start_kernel: int
+    expanded: int
+    kernel: int
+    out: int
+    stride: int  # carried by the k2 depthwise, or by the k1 depthwise when there is no k2
+    activation: str
+    residual: bool
+    layer_scale: float  # initial value of the learned per-channel output scale; 0.0: none
+    stage: int
+
+    @property
+    def start_stride(self) -> int:
+        return 1 if self.kernel else self.stride
+
+    @property
+    def has_expand(self) -> bool:
+        return self.expanded != self.in_channels
+
+
+@dataclass(frozen=True)
+class MobileMQA:
+    """BN -> multi-query attention -> [layer scale]: `heads` query heads share one key and one value head;
+    with kv_stride 2, keys and values come from a kv_kernel depthwise conv + BN of stride 2."""
+
+    in_channels: int
+    out: int
+    heads: int
+    key_dim: int
+    value_dim: int
+    kv_stride: int
+    kv_kernel: int  # 0 when kv_stride is 1
+    residual: bool
+    layer_scale: float  # initial value of the learned per-channel output scale; 0.0: none
+    stage: int
+
+
+Block = DepthwiseSeparable | InvertedResidual | ConvBlock | FusedInvertedBottleneck | UniversalInvertedBottleneck | MobileMQA
+UNIVERSAL_BLOCKS = {"conv": ConvBlock, "fused_ib": FusedInvertedBottleneck, "uib": UniversalInvertedBottleneck,
+                    "mqa": MobileMQA}
 
 
 @dataclass(frozen=True)
@@ -86,6 +160,7 @@ class Architecture:
     last_conv: ConvSpec | None
     fc: ConvSpec | None
     squeeze_excite_activation: str | None = None
+    fc_batch_norm: bool = False  # MobileNetV4: the fc has no bias and a BatchNorm before its activation
 
     @property
     def features(self) -> int:
@@ -110,6 +185,14 @@ def variant_info(spec: Spec, name: str) -> Variant:
     family, arch_name = variants[name]
     v = spec.families[family].architectures[arch_name].variants[name]
     return Variant(name, family, arch_name, v.width, v.minimalistic)
+
+
+def default_resolution(spec: Spec, variant: str) -> int:
+    """The architecture's published resolution, else 224 when the family lists it, else its first."""
+    info = variant_info(spec, variant)
+    family = spec.families[info.family]
+    published = family.architectures[info.architecture_name].resolution
+    return published or (224 if 224 in family.resolutions else family.resolutions[0])
 
 
 def flavor_values(spec: Spec, family: str, flavor: str) -> tuple[FlavorValues, WidthRules]:
@@ -143,6 +226,8 @@ def resolve_architecture(spec: Spec, variant: str, flavor: str | None = None) ->
             stride = row.stride if repeat == 0 else 1
             if table.type == "depthwise_separable":
                 blocks.append(DepthwiseSeparable(in_channels, out, table.kernel, stride, table.activation, stage))
+            elif table.type == "universal":
+                blocks.append(_universal(row, table, in_channels, out, stride, stage, rounding, activation))
             else:
                 blocks.append(_inverted_residual(row, table, family, rules, in_channels, base_in, out, stride, stage,
                                                  width, rounding, minimal, activation))
@@ -155,7 +240,27 @@ def resolve_architecture(spec: Spec, variant: str, flavor: str | None = None) ->
     if head.fc:
         fc = ConvSpec(apply_width_rule(head.fc.out, width, rules.fc, rounding), 1, 1, activation(head.fc.activation))
     se = family.squeeze_excite
-    return Architecture(table.type, stem, tuple(blocks), last_conv, fc, se.activation if se else None)
+    return Architecture(table.type, stem, tuple(blocks), last_conv, fc, se.activation if se else None,
+                        bool(head.fc and head.fc.batch_norm))
+
+
+def _universal(row, table, in_channels: int, out: int, stride: int, stage: int, rounding, activation) -> Block:
+    act = activation(row.activation or table.activation)
+    default_residual = stride == 1 and in_channels == out
+    residual = default_residual if row.residual is None else row.residual and default_residual
+    if row.block == "conv":
+        return ConvBlock(in_channels, out, row.k2, stride, act, stage)
+    if row.block == "mqa":
+        kv_kernel = row.k2 if row.kv_stride > 1 else 0
+        return MobileMQA(in_channels, out, row.heads, row.key_dim, row.key_dim, row.kv_stride, kv_kernel,
+                         in_channels == out and row.residual is not False, table.layer_scale or 0.0, stage)
+    expanded = make_divisible(in_channels * row.expansion, rounding)
+    if row.block == "fused_ib":
+        if expanded == in_channels and stride > 1:
+            raise ValueError(f"stage {stage}: a fused_ib row with t = 1 has no conv to carry stride {stride}")
+        return FusedInvertedBottleneck(in_channels, expanded, out, row.k2, stride, act, residual, stage)
+    return UniversalInvertedBottleneck(in_channels, row.k1 or 0, expanded, row.k2 or 0, out, stride, act, residual,
+                                       table.layer_scale or 0.0, stage)
 
 
 def _inverted_residual(row: InvertedResidualRow, table, family: Family, rules: WidthRules, in_channels: int,
@@ -263,10 +368,29 @@ class _Walker:
                                      2 * out, 2 * out, 0, block))
         self.shape = (out, h, w)
 
-    def linear(self, name: str, out: int) -> None:
+    def linear(self, name: str, out: int, block: str | None = None, bias: bool = True) -> None:
         c = self.shape[0]
-        self.layers.append(Layer(name, "linear", c, out, 1, 1, 1, True, (out, 1, 1), c * out + out, 0, c * out, name))
+        self.layers.append(Layer(name, "linear", c, out, 1, 1, 1, bias, (out, 1, 1), c * out + (out if bias else 0),
+                                 0, c * out, block or name))
         self.shape = (out, 1, 1)
+
+    def batch_norm(self, name: str, block: str) -> None:
+        c = self.shape[0]
+        self.layers.append(Layer(name, "batch_norm", c, c, 1, 1, 1, True, self.shape, 2 * c, 2 * c, 0, block))
+
+    def layer_scale(self, name: str, block: str) -> None:
+        c = self.shape[0]
+        self.layers.append(Layer(name, "layer_scale", c, c, 1, 1, 1, False, self.shape, c, 0, 0, block))
+
+    def attention(self, name: str, block: str, heads: int, key_dim: int, value_dim: int,
+                  query_shape: tuple[int, int, int], kv_shape: tuple[int, int, int]) -> None:
+        """softmax(q k^T / sqrt(key_dim)) v for every head: two matrix products, heads * L * S * (dk + dv)
+        MACs for L query and S key positions. Output: the heads' values concatenated, at the queries' size."""
+        queries, keys = query_shape[1] * query_shape[2], kv_shape[1] * kv_shape[2]
+        out = heads * value_dim
+        self.layers.append(Layer(name, "attention", query_shape[0], out, 0, 1, heads, False,
+                                 (out, *query_shape[1:]), 0, 0, heads * queries * keys * (key_dim + value_dim), block))
+        self.shape = (out, *query_shape[1:])
 
     def pool(self) -> None:
         c = self.shape[0]
@@ -282,7 +406,7 @@ def describe(loaded: LoadedSpec | Spec, variant: str, flavor: str | None = None,
     values, _ = flavor_values(spec, info.family, flavor)
     arch = resolve_architecture(spec, variant, flavor)
     if resolution is None:
-        resolution = 224 if 224 in spec.families[info.family].resolutions else spec.families[info.family].resolutions[0]
+        resolution = default_resolution(spec, variant)
     height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
     if min(height, width) < 32 or num_classes < 1:
         raise ValueError(f"resolution must be at least 32 and num_classes at least 1, got {resolution}, {num_classes}")
@@ -295,6 +419,25 @@ def describe(loaded: LoadedSpec | Spec, variant: str, flavor: str | None = None,
         if isinstance(block, DepthwiseSeparable):
             walk.conv(f"{name}.depthwise", name, block.in_channels, block.kernel, block.stride, depthwise=True)
             walk.conv(f"{name}.pointwise", name, block.out)
+        elif isinstance(block, ConvBlock):
+            walk.conv(name, name, block.out, block.kernel, block.stride)
+        elif isinstance(block, FusedInvertedBottleneck):
+            if block.has_expand:
+                walk.conv(f"{name}.expand", name, block.expanded, block.kernel, block.stride)
+            walk.conv(f"{name}.project", name, block.out)
+        elif isinstance(block, UniversalInvertedBottleneck):
+            if block.start_kernel:
+                walk.conv(f"{name}.start_depthwise", name, block.in_channels, block.start_kernel, block.start_stride,
+                          depthwise=True)
+            if block.has_expand:
+                walk.conv(f"{name}.expand", name, block.expanded)
+            if block.kernel:
+                walk.conv(f"{name}.depthwise", name, block.expanded, block.kernel, block.stride, depthwise=True)
+            walk.conv(f"{name}.project", name, block.out)
+            if block.layer_scale:
+                walk.layer_scale(f"{name}.layer_scale", name)
+        elif isinstance(block, MobileMQA):
+            _describe_mqa(walk, name, block)
         else:
             if block.has_expand:
                 walk.conv(f"{name}.expand", name, block.expanded)
@@ -314,10 +457,32 @@ def describe(loaded: LoadedSpec | Spec, variant: str, flavor: str | None = None,
         shapes["last_conv"] = walk.shape
     walk.pool()
     shapes["pool"] = walk.shape
-    if arch.fc:
+    if arch.fc and arch.fc_batch_norm:
+        walk.linear("fc.linear", arch.fc.out, block="fc", bias=False)
+        walk.batch_norm("fc.bn", "fc")
+        shapes["fc"] = walk.shape
+    elif arch.fc:
         walk.linear("fc", arch.fc.out)
         shapes["fc"] = walk.shape
     walk.linear("classifier", num_classes)
     shapes["classifier"] = walk.shape
     return Description(variant, info.family, flavor, info.width, (height, width), num_classes, values, arch,
                        tuple(walk.layers), shapes)
+
+
+def _describe_mqa(walk: _Walker, name: str, block: MobileMQA) -> None:
+    """The attention block's layers in the order the references run them: norm, query, key, value, output."""
+    walk.batch_norm(f"{name}.bn", name)
+    normed = walk.shape
+    walk.conv(f"{name}.query", name, block.heads * block.key_dim, batch_norm=False)
+    query_shape = walk.shape
+    for branch, width in (("key", block.key_dim), ("value", block.value_dim)):
+        walk.shape = normed
+        if block.kv_stride > 1:
+            walk.conv(f"{name}.{branch}_down", name, block.in_channels, block.kv_kernel, block.kv_stride,
+                      depthwise=True)
+        walk.conv(f"{name}.{branch}", name, width, batch_norm=False)
+    walk.attention(f"{name}.attention", name, block.heads, block.key_dim, block.value_dim, query_shape, walk.shape)
+    walk.conv(f"{name}.output", name, block.out, batch_norm=False)
+    if block.layer_scale:
+        walk.layer_scale(f"{name}.layer_scale", name)

@@ -14,6 +14,7 @@ import numpy as np
 from conformance.weights import WeightError
 
 BN_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+NAMES = {"kernel": "weight", "bias": "bias", "gamma": "gamma"}  # conv / linear, and LayerScale
 
 
 class Adapter:
@@ -63,7 +64,7 @@ class Adapter:
         for path, variable in (state if state is not None else self.state(model)).flat_state():
             layer, leaf = ".".join(str(p) for p in path[:-1]), path[-1]
             is_bn = layer.endswith(".bn") or layer == "bn"  # nnx.BatchNorm: scale, bias, mean, var
-            yield f"{layer}.{BN_NAMES[leaf] if is_bn else {'kernel': 'weight', 'bias': 'bias'}[leaf]}", leaf, variable
+            yield f"{layer}.{BN_NAMES[leaf] if is_bn else NAMES[leaf]}", leaf, variable
 
     def tensors(self, model) -> dict[str, np.ndarray]:
         out = {}
@@ -119,7 +120,9 @@ class Adapter:
         """
         jax, nnx = self.jax, self.nnx
         calls = []
+        attention_macs = 0
         originals = {cls: cls.__call__ for cls in (nnx.Conv, nnx.Linear)}
+        attention = jax.nn.dot_product_attention
 
         def recorder(cls):
             def call(module, x, *args, **kwargs):
@@ -127,13 +130,22 @@ class Adapter:
                 return originals[cls](module, x, *args, **kwargs)
             return call
 
+        def attention_recorder(query, key, value, *args, **kwargs):
+            # (batch, L, heads, dk) x (batch, S, kv heads, dk/dv): two products per query head
+            nonlocal attention_macs
+            batch, queries, heads, key_dim = query.shape
+            attention_macs += batch * heads * queries * key.shape[1] * (key_dim + value.shape[-1])
+            return attention(query, key, value, *args, **kwargs)
+
         try:
             for cls in originals:
                 cls.__call__ = recorder(cls)
+            jax.nn.dot_product_attention = attention_recorder
             model(np.zeros((1, *resolution, 3), np.float32))
         finally:
             for cls, original in originals.items():
                 cls.__call__ = original
+            jax.nn.dot_product_attention = attention
         macs = padding_taps = 0
         cache: dict = {}
         for module, shape in calls:
@@ -151,7 +163,8 @@ class Adapter:
                 cache[key] = ((int(cost["flops"]) - bias_flops) // 2, _padding_taps(module, shape, out.shape))
             macs += cache[key][0]
             padding_taps += cache[key][1]
-        return {"counter": "XLA cost_analysis per conv/linear ((FLOPs - bias adds) / 2)", "macs": macs,
+        return {"counter": "XLA cost_analysis per conv/linear ((FLOPs - bias adds) / 2), attention products from "
+                           "the shapes given to jax.nn.dot_product_attention", "macs": macs + attention_macs,
                 "padding_taps": padding_taps}
 
 

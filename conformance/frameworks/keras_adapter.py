@@ -37,8 +37,8 @@ class Adapter:
         layers = self.keras.layers
         if isinstance(layer, layers.BatchNormalization):
             return BN_NAMES[variable_name], value
-        if variable_name == "bias":
-            return "bias", value
+        if variable_name in ("bias", "gamma"):  # gamma: the per-channel LayerScale
+            return variable_name, value
         if isinstance(layer, layers.DepthwiseConv2D):
             return "weight", value.transpose(2, 3, 0, 1)  # (kh, kw, C, 1) -> (C, 1, kh, kw)
         if isinstance(layer, layers.Conv2D):
@@ -49,7 +49,7 @@ class Adapter:
 
     def _from_neutral(self, layer, variable_name: str, value: np.ndarray) -> np.ndarray:
         layers = self.keras.layers
-        if isinstance(layer, layers.BatchNormalization) or variable_name == "bias":
+        if isinstance(layer, layers.BatchNormalization) or variable_name in ("bias", "gamma"):
             return value
         if isinstance(layer, layers.DepthwiseConv2D):
             return value.transpose(2, 3, 0, 1)  # (C, 1, kh, kw) -> (kh, kw, C, 1)
@@ -107,7 +107,13 @@ class Adapter:
                 # kernel: kh * kw * in * out (conv), kh * kw * C * 1 (depthwise), in * out (dense)
                 positions = int(np.prod(layer.output.shape[1:-1])) if len(layer.output.shape) > 2 else 1
                 macs += positions * int(np.prod(layer.kernel.shape))
-        return {"counter": "Keras layer kernels x output positions", "macs": macs}
+            elif type(layer).__name__ == "MultiQueryAttention":
+                # two matrix products per query head: L x dk by dk x S, then L x S by S x dv
+                query, key, value = (tensor.shape for tensor in layer.input)
+                heads, queries, keys = layer.heads, int(np.prod(query[1:3])), int(np.prod(key[1:3]))
+                macs += heads * queries * keys * (key[-1] + value[-1])
+        return {"counter": "Keras layer kernels x output positions (+ attention products from layer shapes)",
+                "macs": macs}
 
 
 def _to_nchw(value: np.ndarray) -> np.ndarray:

@@ -64,11 +64,19 @@ class Adapter:
         return self.logits(model, np.zeros((batch, 3, *resolution), np.float32))
 
     def count_macs(self, model, resolution: tuple[int, int]) -> dict:
-        """FlopCounterMode counts 2 FLOPs per multiply-accumulate of convolutions and matmuls."""
+        """FlopCounterMode counts 2 FLOPs per multiply-accumulate of convolutions and matmuls. PyTorch gives
+        it a formula for the CUDA attention kernels only; the CPU one gets the same two products here."""
         from torch.utils.flop_counter import FlopCounterMode
 
+        aten = self.torch.ops.aten
+
+        def cpu_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
+            batch, heads, queries, key_dim = query
+            return 2 * batch * heads * queries * key[-2] * (key_dim + value[-1])
+
         x = self.torch.zeros(1, 3, *resolution, dtype=next(model.parameters()).dtype)
-        with FlopCounterMode(display=False) as counter, self.torch.no_grad():
+        mapping = {aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention}
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter, self.torch.no_grad():
             model(x)
         flops = counter.get_total_flops()
         return {"counter": "torch.utils.flop_counter.FlopCounterMode (FLOPs / 2)", "macs": flops // 2,

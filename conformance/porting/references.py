@@ -40,6 +40,8 @@ def _refs() -> dict[str, Reference]:
     refs += [Reference(f"timm:tf_mobilenetv3_{size}_{w}", "timm", f"mobilenet_v3_{size}_{w}", "timm_tf",
                        f"tf_mobilenetv3_{size}_{w}")
              for size in ("large", "small") for w in ("075", "100", "minimal_100")]
+    refs += [Reference(f"timm:mobilenetv4_{name}", "timm", f"mobilenet_v4_{name}", "timm", f"mobilenetv4_{name}")
+             for name in ("conv_small", "conv_medium", "conv_large", "hybrid_medium", "hybrid_large")]
     alphas = {"100": 1.0, "075": 0.75, "050": 0.5, "025": 0.25, "035": 0.35, "130": 1.3, "140": 1.4}
     refs += [Reference(f"keras-applications:MobileNet_{w}", "keras-applications", f"mobilenet_v1_{w}", "keras",
                        "MobileNet", (("alpha", alphas[w]),)) for w in ("100", "075", "050", "025")]

@@ -44,7 +44,12 @@ def layers(model) -> list[ReferenceLayer]:
         elif isinstance(module, torch.nn.BatchNorm2d):
             out.append(ReferenceLayer(name, "batch_norm", _numpy({t: getattr(module, t) for t in BN})))
         elif isinstance(module, torch.nn.Linear):
-            out.append(ReferenceLayer(name, "linear", _numpy({"weight": module.weight, "bias": module.bias})))
+            tensors = {"weight": module.weight}
+            if module.bias is not None:
+                tensors["bias"] = module.bias
+            out.append(ReferenceLayer(name, "linear", _numpy(tensors)))
+        elif type(module).__name__.startswith("LayerScale"):  # timm's LayerScale / LayerScale2d: `gamma`
+            out.append(ReferenceLayer(name, "layer_scale", _numpy({"gamma": module.gamma})))
     return out
 
 
