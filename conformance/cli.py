@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--onnx-cache", type=Path, default=Path(".cache/onnx"),
                    help="exports are kept here under a content hash, so a re-run does not re-export")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                   help="gpu: models and arrays on the GPU, TF32 off in every framework (default cpu)")
 
     p = commands.add_parser("port", help="convert a checkpoint between formats (see README: Port a checkpoint)")
     p.add_argument("variant")
@@ -206,6 +208,8 @@ def _conform(loaded, args) -> int:
     if unknown:
         raise ValueError(f"unknown framework(s) {unknown}; expected some of {', '.join(FRAMEWORKS)}")
     flavor = args.flavor or loaded.spec.default_flavor
+    if args.device == "gpu" and args.onnx:
+        raise ValueError("--onnx exports and checks on the CPU; run it without --device gpu")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console_ = console(stderr=True)
@@ -222,7 +226,10 @@ def _conform(loaded, args) -> int:
 
         result = run(loaded, variants, frameworks, flavor, args.resolution, args.num_classes, work=args.work,
                      parallel=args.parallel, progress=advance,
-                     options=Options(onnx=args.onnx, onnx_dir=str(args.onnx_cache.resolve())))
+                     options=Options(onnx=args.onnx, onnx_dir=str(args.onnx_cache.resolve()), device=args.device))
+    device_errors = sorted({r["error"] for r in result.results.values() if r.get("device_error")})
+    if device_errors:
+        raise ValueError("\n".join(device_errors))
     check_start = time.perf_counter()
     checks = evaluate(loaded, result)
     result.extra["check_seconds"] = time.perf_counter() - check_start

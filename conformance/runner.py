@@ -30,6 +30,9 @@ WORKER_COMMAND = [sys.executable, "-m", "conformance.worker"]
 ALL_FRAMEWORKS = ("torch", "keras", "keras-jax", "keras-torch", "flax")
 REFERENCE = ("torch", "float64")
 TIMEOUT_BASE = 120.0  # seconds for a worker's imports, on top of `timeout_per_variant` per variant
+# Workers start heaviest first, so that the last one to start is a short one (`conform --all` on 2 cores:
+# keras-jax about 140 s, flax 70 s, keras 40 s, keras-torch 12 s, each PyTorch worker 5 s).
+START_ORDER = ("keras-jax", "flax", "keras", "keras-torch")
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class Options:
     onnx: bool = False  # export to ONNX, validate, compare ONNX Runtime with the framework's own logits
     onnx_dir: str | None = None  # where exports are cached (content-hashed); default: the run's folder
     onnx_reference_evaluator: tuple[str, ...] = ()  # variants also run in onnx.reference (slow, pure Python)
+    device: str = "cpu"  # "gpu": every worker runs on the GPU with TF32 off (conformance/worker.py)
 
 
 def run(loaded: LoadedSpec, variants: list[str], frameworks: list[str], flavor: str,
@@ -128,12 +132,17 @@ def run(loaded: LoadedSpec, variants: list[str], frameworks: list[str], flavor: 
 
 def _run_workers(loaded, workers, variants, flavor, resolution, num_classes, work, parallel, timeout_per_variant,
                  progress, options: Options) -> list[WorkerRun]:
-    pending = list(workers)
+    pending = sorted(workers, key=lambda w: START_ORDER.index(w.framework) if w.framework in START_ORDER
+                     else len(START_ORDER))
     running: list[tuple[WorkerRun, subprocess.Popen, float, object]] = []
     done: list[WorkerRun] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false"),
-           "OMP_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+           "OMP_NUM_THREADS": "1"}
+    if options.device == "cpu":  # hide any GPU; on "gpu" every framework sees the machine's
+        env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    else:  # workers share the GPU: JAX and TensorFlow take memory as they need it, not all up front
+        env.update(XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_FORCE_GPU_ALLOW_GROWTH="true")
     timeout = TIMEOUT_BASE + timeout_per_variant * len(variants)
     while pending or running:
         while pending and len(running) < parallel:
@@ -141,7 +150,7 @@ def _run_workers(loaded, workers, variants, flavor, resolution, num_classes, wor
             request = work / f"request.{worker.key.replace(':', '-')}.json"
             request.write_text(json.dumps({
                 "framework": worker.framework, "spec": str(loaded.path), "out": str(work / "out"),
-                "inputs": str(work / "inputs.npz"),
+                "inputs": str(work / "inputs.npz"), "device": options.device,
                 "jobs": [{"variant": v, "flavor": worker.flavor or flavor, "resolution": list(resolution),
                           "num_classes": num_classes, "dtype": worker.dtype,
                           "weights": str(Path(worker.weights or work / "weights") / f"{v}.safetensors"),

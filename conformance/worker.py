@@ -34,7 +34,17 @@ def main(argv: list[str]) -> int:
     from spec import describe, load_spec
 
     start = time.perf_counter()
+    device_error = _use_device(framework, request.get("device", "cpu"))
+    if device_error:  # every job fails with the same clear message; the CLI reports it and stops
+        Path(request["out"]).mkdir(parents=True, exist_ok=True)
+        for job in request["jobs"]:
+            _write_json(Path(request["out"]) / f"{job['variant']}.{framework}.{job.get('dtype', 'float32')}.json",
+                        {"framework": framework, "variant": job["variant"], "dtype": job.get("dtype", "float32"),
+                         "import_s": 0.0, "timings": {}, "error": device_error, "device_error": True})
+        return 3
     adapter = get_adapter(framework)
+    if request.get("device") == "gpu" and hasattr(adapter, "device"):
+        adapter.device = "cuda"  # PyTorch places models and inputs itself; the others use the GPU they see
     loaded = load_spec(request["spec"])
     out = Path(request["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -94,6 +104,37 @@ def main(argv: list[str]) -> int:
         _write_json(out / f"{job['variant']}.{framework}.{result['dtype']}.json", result)
         print(f"{framework} {job['variant']} done", flush=True)
     return 0
+
+
+def _use_device(framework: str, device: str) -> str | None:
+    """On "gpu": check that this framework sees a GPU and turn TF32 off, so that the GPU run computes in
+    full float32 and passes the CPU tolerances. Returns an error message, or None."""
+    if device == "cpu":
+        return None
+    uses = {"torch": "torch", "keras-torch": "torch", "flax": "jax", "keras-jax": "jax", "keras": "tensorflow"}
+    library = uses[framework]
+    if library == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"--device gpu: {framework}: PyTorch sees no CUDA device (torch.cuda.is_available() is False)"
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    elif library == "jax":
+        import jax
+
+        try:
+            jax.devices("gpu")
+        except RuntimeError as exc:
+            return f"--device gpu: {framework}: JAX sees no GPU ({exc})"
+        jax.config.update("jax_default_matmul_precision", "highest")
+    else:
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU"):
+            return f"--device gpu: {framework}: TensorFlow sees no GPU (tensorflow-cpu, or no CUDA device)"
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    return None
 
 
 def _onnx(framework: str, adapter, model, desc, job: dict, images, own_logits) -> dict:

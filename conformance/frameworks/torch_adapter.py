@@ -12,6 +12,7 @@ from conformance.weights import WeightError
 class Adapter:
     name = "torch"
     channels_last = False
+    device = "cpu"  # the worker sets "cuda" for `mnforge conform --device gpu`
 
     def __init__(self):
         import torch
@@ -22,7 +23,7 @@ class Adapter:
     def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
               dtype: str = "float32", abstract: bool = False):
         module = importlib.import_module(f"generated.pytorch.{family}")
-        model = module.VARIANTS[variant](num_classes=num_classes, flavor=flavor).eval()
+        model = module.VARIANTS[variant](num_classes=num_classes, flavor=flavor).eval().to(self.device)
         return model.double() if dtype == "float64" else model
 
     def tensors(self, model) -> dict[str, np.ndarray]:
@@ -52,13 +53,13 @@ class Adapter:
     def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:
         dtype = next(model.parameters()).dtype
         with self.torch.no_grad():
-            outputs = model.forward_blocks(self.torch.from_numpy(images_nchw).to(dtype))
-        return {name: value.numpy() for name, value in outputs.items()}
+            outputs = model.forward_blocks(self.torch.from_numpy(images_nchw).to(self.device, dtype))
+        return {name: value.cpu().numpy() for name, value in outputs.items()}
 
     def logits(self, model, images_nchw: np.ndarray) -> np.ndarray:
         dtype = next(model.parameters()).dtype
         with self.torch.no_grad():
-            return model(self.torch.from_numpy(images_nchw).to(dtype)).numpy()
+            return model(self.torch.from_numpy(images_nchw).to(self.device, dtype)).cpu().numpy()
 
     def logits_at(self, model, desc, resolution: tuple[int, int], batch: int) -> np.ndarray:
         return self.logits(model, np.zeros((batch, 3, *resolution), np.float32))
@@ -74,7 +75,7 @@ class Adapter:
             batch, heads, queries, key_dim = query
             return 2 * batch * heads * queries * key[-2] * (key_dim + value[-1])
 
-        x = self.torch.zeros(1, 3, *resolution, dtype=next(model.parameters()).dtype)
+        x = self.torch.zeros(1, 3, *resolution, dtype=next(model.parameters()).dtype, device=self.device)
         mapping = {aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention}
         with FlopCounterMode(display=False, custom_mapping=mapping) as counter, self.torch.no_grad():
             model(x)
