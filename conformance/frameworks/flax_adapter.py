@@ -141,7 +141,8 @@ class Adapter:
             for cls in originals:
                 cls.__call__ = recorder(cls)
             jax.nn.dot_product_attention = attention_recorder
-            model(np.zeros((1, *resolution, 3), np.float32))
+            # Traced, not run: an eager forward compiles every op for its shape (seconds per variant).
+            jax.eval_shape(model, jax.ShapeDtypeStruct((1, *resolution, 3), np.float32))
         finally:
             for cls, original in originals.items():
                 cls.__call__ = original
