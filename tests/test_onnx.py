@@ -1,7 +1,9 @@
 """ONNX: the smallest variant of each family exported from PyTorch, Keras and Flax at opset 18, passing
 onnx.checker (full check), running in ONNX Runtime and in ONNX's reference evaluator with the same
 logits as the framework itself (relative error <= 1e-4), and with canonical graphs equal to the spec's
-and to each other; a mis-exported graph is caught and the differing node named."""
+and to each other; a mis-exported graph is caught and the differing node named. MobileNetV4-Hybrid-Medium
+(attention, layer scale, BatchNorm on the fc) the same way, without the slow reference evaluator; GELU
+in every form the exporters write it; the other V4 and EdgeTPU variants in the slow tier."""
 
 from __future__ import annotations
 
@@ -18,30 +20,70 @@ from spec import describe, load_spec
 
 SPEC = load_spec()
 SMALLEST = ["mobilenet_v1_025", "mobilenet_v2_035", "mobilenet_v3_small_035"]
+HYBRID = "mobilenet_v4_hybrid_medium"  # Mobile MQA (both kv strides), layer scale, fc with BatchNorm
+FRAMEWORKS = ["torch", "keras", "flax"]
+
+
+def _onnx_run(tmp_path_factory, variants, reference_evaluator=()):
+    result = run(SPEC, variants, FRAMEWORKS, "tf", (224, 192), work=tmp_path_factory.mktemp("onnx"),
+                 options=Options(outputs=False, count_macs=False, onnx=True,
+                                 onnx_reference_evaluator=tuple(reference_evaluator)))
+    return [c for c in evaluate(SPEC, result) if c.name in ("onnx", "build")]
 
 
 @pytest.fixture(scope="module")
 def onnx_checks(tmp_path_factory):
-    result = run(SPEC, SMALLEST, ["torch", "keras", "flax"], "tf", (224, 192), work=tmp_path_factory.mktemp("onnx"),
-                 options=Options(outputs=False, count_macs=False, onnx=True, onnx_reference_evaluator=tuple(SMALLEST)))
-    return [c for c in evaluate(SPEC, result) if c.name in ("onnx", "build")]
+    # One run (one worker start per framework) for all four; onnx.reference only on the small ones.
+    return _onnx_run(tmp_path_factory, [*SMALLEST, HYBRID], SMALLEST)
 
 
-@pytest.mark.parametrize("framework", ["torch", "keras", "flax"])
-@pytest.mark.parametrize("variant", SMALLEST)
-def test_export_checker_runtime_and_reference_evaluator(onnx_checks, variant, framework):
-    checks = [c for c in onnx_checks if c.variant == variant and c.subject == framework]
+def _assert_exported_as_the_spec(checks, variant, framework, reference_evaluator=True):
+    checks = [c for c in checks if c.variant == variant and c.subject == framework]
     assert [c.name for c in checks] == ["build", "onnx"], [(c.name, c.summary) for c in checks]
     onnx_check = checks[1]
     assert onnx_check.ok, onnx_check.summary
     assert onnx_check.figures["opset"] == OPSET
-    assert onnx_check.figures["reference_evaluator_rel_error"] <= OUTPUT_TOLERANCE
+    assert onnx_check.figures["ort_rel_error"] <= OUTPUT_TOLERANCE, onnx_check.summary
+    if reference_evaluator:
+        assert onnx_check.figures["reference_evaluator_rel_error"] <= OUTPUT_TOLERANCE
     assert "canonical graph = spec" in onnx_check.summary
     spec_desc = describe(SPEC, variant, "tf", (224, 192))
     assert onnx_check.figures["canonical"]["macs"] == spec_desc.macs
+    return onnx_check
 
 
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("variant", SMALLEST)
+def test_export_checker_runtime_and_reference_evaluator(onnx_checks, variant, framework):
+    _assert_exported_as_the_spec(onnx_checks, variant, framework)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_v4_hybrid_attention_exports_as_the_spec(onnx_checks, framework):
+    onnx_check = _assert_exported_as_the_spec(onnx_checks, HYBRID, framework, reference_evaluator=False)
+    print(f"{HYBRID} from {framework}: {onnx_check.summary}")
+    ops = onnx_check.figures["canonical"]["ops"]
+    # 8 attention blocks: each a BatchNorm on its input (affine), two products and a softmax
+    assert (ops["affine"], ops["matmul"], ops["softmax"]) == (8, 16, 8), ops
+    sequence = onnx_check.figures["canonical"]["sequence"]
+    assert sequence.count("matmul(scale=0.125)") == 8 and sequence.count("matmul(scale=1.0)") == 8, sequence
+
+
+def test_the_attention_scale_is_one_canonical_attribute_wherever_the_exporter_puts_it(onnx_checks):
+    # PyTorch scales queries and keys by sqrt(1/sqrt(64)) each; Keras and Flax scale the scores: equal graphs.
+    where = {}
+    for framework in FRAMEWORKS:
+        (check,) = [c for c in onnx_checks if c.variant == HYBRID and c.subject == framework and c.name == "onnx"]
+        model = onnx.load(check.figures["path"])
+        producers = {o: n for n in model.graph.node for o in n.output}
+        softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
+        where[framework] = producers[softmax.input[0]].op_type  # MatMul: scale before; Mul: on the scores
+    assert where == {"torch": "MatMul", "keras": "Mul", "flax": "Mul"}, where
+    pairs = [c for c in onnx_checks if c.variant == HYBRID and "~" in c.subject]
+    assert len(pairs) == 3 and all(c.ok for c in pairs), [c.summary for c in pairs]
+
+
+@pytest.mark.parametrize("variant", [*SMALLEST, HYBRID])
 def test_the_three_canonical_graphs_are_equal(onnx_checks, variant):
     pairs = [c for c in onnx_checks if c.variant == variant and "~" in c.subject]
     assert {c.subject for c in pairs} == {"flax~keras", "flax~torch", "keras~torch"}
@@ -74,6 +116,15 @@ def test_cli_export_has_stable_names_and_dynamic_batch(torch_v3_export):
     assert run_onnxruntime(torch_v3_export, x).shape == (3, 1000)
 
 
+def _runtime_error(good_path, broken_model, tmp_path, seed: int) -> float:
+    """Relative error of the logits of `broken_model` against the export at `good_path`, in ONNX Runtime."""
+    broken = tmp_path / "broken.onnx"
+    onnx.save(broken_model, str(broken))
+    x = np.random.default_rng(seed).normal(size=(2, 3, 224, 192)).astype(np.float32)
+    good, bad = run_onnxruntime(good_path, x), run_onnxruntime(broken, x)
+    return float(np.max(np.abs(bad - good)) / np.max(np.abs(good)))
+
+
 def test_hard_sigmoid_with_the_onnx_default_alpha_fails_the_runtime_gate(torch_v3_export, tmp_path):
     model = onnx.load(str(torch_v3_export))
     gates = [n for n in model.graph.node if n.op_type == "HardSigmoid"]
@@ -81,11 +132,7 @@ def test_hard_sigmoid_with_the_onnx_default_alpha_fails_the_runtime_gate(torch_v
     for node in gates:  # an exporter that drops alpha: ONNX's default 0.2, the known silent bug
         del node.attribute[:]
         node.attribute.append(onnx.helper.make_attribute("alpha", 0.2))
-    broken = tmp_path / "broken.onnx"
-    onnx.save(model, str(broken))
-    x = np.random.default_rng(1).normal(size=(2, 3, 224, 192)).astype(np.float32)
-    good, bad = run_onnxruntime(torch_v3_export, x), run_onnxruntime(broken, x)
-    error = float(np.max(np.abs(bad - good)) / np.max(np.abs(good)))
+    error = _runtime_error(torch_v3_export, model, tmp_path, seed=1)
     print(f"alpha 0.2 on every gate: logits relative error {error:.2e}")
     assert error > 10 * OUTPUT_TOLERANCE, f"relative error {error:.2e}: too close to the {OUTPUT_TOLERANCE} gate"
     # ... and the canonical comparison names the node: not relu6(x + 3) / 6.
@@ -101,3 +148,106 @@ def test_asymmetric_padding_where_the_spec_says_symmetric_is_named(torch_v3_expo
     difference = compare(symmetric, canonicalize(onnx.load(str(torch_v3_export)), "NCHW"), ("spec", "export"))
     assert difference is not None and "pads=(1, 1, 1, 1)" in difference and "pads=(0, 0, 1, 1)" in difference, \
         difference
+
+
+def test_an_attention_scaled_wrongly_is_named_and_fails_the_runtime_gate(onnx_checks, tmp_path):
+    (check,) = [c for c in onnx_checks if c.variant == HYBRID and c.subject == "torch" and c.name == "onnx"]
+    path = check.figures["path"]
+    model = onnx.load(path)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    scores = [n for n in model.graph.node if n.op_type == "MatMul" and producers[n.input[0]].op_type == "Mul"]
+    assert len(scores) == 8  # one per attention block: q * sqrt(scale) @ (k * sqrt(scale))^T
+    for node in scores:  # an exporter that forgets the queries' half of the scale
+        node.input[0] = producers[node.input[0]].input[0]
+    error = _runtime_error(path, model, tmp_path, seed=2)
+    print(f"attention scale sqrt(1/8) instead of 1/8: logits relative error {error:.2e}")
+    assert error > 10 * OUTPUT_TOLERANCE, f"relative error {error:.2e}: too close to the {OUTPUT_TOLERANCE} gate"
+    expected = from_spec(describe(SPEC, HYBRID, "tf", (224, 192)))
+    difference = compare(expected, canonicalize(model, "NCHW"), ("spec", "export"))
+    assert difference is not None and "spec matmul(scale=0.125) vs export matmul(scale=0.35355)" in difference, \
+        difference
+
+
+def _activation_model(steps, opset=OPSET):
+    """images (NCHW) -> 1x1 conv -> `steps` (onnx.helper nodes reading "x", writing "logits")."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    constants = {"w": np.random.default_rng(3).normal(size=(4, 3, 1, 1)).astype(np.float32),
+                 "half": np.float32(0.5), "one": np.float32(1.0), "root_half": np.float32(2 ** -0.5)}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w"], ["x"]), *steps], "activation",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [BATCH, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [BATCH, 4, 8, 8])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+GELU_FORMS = {  # GELU as PyTorch, Flax (jax.nn.gelu, approximate=False) and ONNX's own op write it
+    "torch": [("Mul", ["x", "root_half"], ["a"]), ("Erf", ["a"], ["b"]), ("Add", ["b", "one"], ["c"]),
+              ("Mul", ["x", "c"], ["d"]), ("Mul", ["d", "half"], ["logits"])],
+    "flax": [("Mul", ["x", "half"], ["a"]), ("Mul", ["x", "root_half"], ["b"]), ("Erf", ["b"], ["c"]),
+             ("Add", ["c", "one"], ["d"]), ("Mul", ["a", "d"], ["logits"])],
+    "onnx Gelu (opset 20)": [("Gelu", ["x"], ["logits"])],
+}
+
+
+@pytest.mark.parametrize("form", GELU_FORMS)
+def test_gelu_is_one_canonical_activation_in_every_form(form):
+    from onnx import helper
+
+    opset = 20 if form.startswith("onnx") else OPSET
+    model = _activation_model([helper.make_node(op, i, o) for op, i, o in GELU_FORMS[form]], opset)
+    canonical = canonicalize(model, "NCHW")
+    assert canonical.sequence()[-1] == "act(fn=gelu)", canonical.sequence()
+
+
+def test_tanh_approximated_gelu_is_not_gelu():
+    from onnx import helper
+
+    model = _activation_model([helper.make_node("Gelu", ["x"], ["logits"], approximate="tanh")], 20)
+    fn = canonicalize(model, "NCHW").sequence()[-1]
+    assert fn.startswith("act(fn=unknown(Gelu"), fn
+
+
+def test_tensorflow_erfc_is_rewritten_to_onnx_ops_with_the_same_values(tmp_path):
+    # tf2onnx copies TensorFlow's Erfc (exact GELU: 0.5 x erfc(-x / sqrt 2)) into the graph; ONNX has no Erfc.
+    import math
+
+    from onnx import helper
+
+    from conformance.onnx.export import _replace_erfc
+
+    model = _activation_model([
+        helper.make_node("Mul", ["x", "half"], ["a"]), helper.make_node("Neg", ["x"], ["b"]),
+        helper.make_node("Mul", ["b", "root_half"], ["c"]), helper.make_node("Erfc", ["c"], ["d"]),
+        helper.make_node("Mul", ["a", "d"], ["logits"])])
+    with pytest.raises(onnx.checker.ValidationError, match="Erfc"):
+        onnx.checker.check_model(model, full_check=True)
+    _replace_erfc(model)
+    onnx.checker.check_model(model, full_check=True)
+    assert canonicalize(model, "NCHW").sequence()[-1] == "act(fn=gelu)"
+    path = tmp_path / "gelu.onnx"
+    onnx.save(model, str(path))
+    images = np.random.default_rng(4).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    x = np.einsum("oi,bihw->bohw", onnx.numpy_helper.to_array(model.graph.initializer[0])[:, :, 0, 0], images)
+    exact = 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    error = float(np.max(np.abs(run_onnxruntime(path, images) - exact)))
+    assert error < 1e-5, f"max abs error {error:.2e}"
+
+
+V4_AND_EDGETPU = ["mobilenet_v4_conv_small", "mobilenet_v4_hybrid_large", "mobilenet_edgetpu_075"]
+
+
+@pytest.fixture(scope="module")
+def v4_onnx_checks(tmp_path_factory):
+    return _onnx_run(tmp_path_factory, V4_AND_EDGETPU)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("variant", V4_AND_EDGETPU)
+def test_v4_and_edgetpu_export_as_the_spec(v4_onnx_checks, variant, framework):
+    onnx_check = _assert_exported_as_the_spec(v4_onnx_checks, variant, framework, reference_evaluator=False)
+    print(f"{variant} from {framework}: {onnx_check.summary}")
+    pairs = [c for c in v4_onnx_checks if c.variant == variant and c.subject.startswith(f"{framework}~")]
+    assert all(c.ok for c in pairs), [c.summary for c in pairs if not c.ok]

@@ -23,7 +23,7 @@ from spec import load_spec
 SPEC = load_spec()
 SAME_FRAMEWORK, CROSS_FRAMEWORK = 1e-6, 1e-4
 DEFAULT_REFERENCES = ["torchvision:mobilenet_v3_small", "timm:tf_mobilenetv3_small_minimal_100",
-                      "keras-applications:MobileNetV2_035"]
+                      "keras-applications:MobileNetV2_035", "timm:mobilenetv4_hybrid_medium"]
 SUFFIX = {"torch": ".pth", "keras": ".weights.h5"}
 
 

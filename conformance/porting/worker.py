@@ -126,7 +126,7 @@ def _export_onnx(request: dict, desc) -> dict:
 
 
 def _random_reference(request: dict, desc, ref) -> dict:
-    """Tests: a reference model with random weights, including random BatchNorm statistics."""
+    """Tests: a reference model with random weights, including random BatchNorm statistics (and layer scales)."""
     import numpy as np
 
     rng = np.random.default_rng(request.get("seed", 0))
@@ -146,6 +146,9 @@ def _random_reference(request: dict, desc, ref) -> dict:
                     module.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, module.num_features)))
                     module.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, module.num_features)))
                     module.bias.copy_(torch.from_numpy(rng.normal(0, 0.1, module.num_features)))
+                elif type(module).__name__.startswith("LayerScale"):
+                    # timm initialises it at 1e-5, which would hide the attention branch from the comparison
+                    module.gamma.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, module.gamma.shape[0])))
             logits = model(torch.from_numpy(images)).numpy()
         formats._torch_save(path, model.state_dict())
     else:
