@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 PIP_VERSION := 26.3
 
-.PHONY: setup generate check-generated test test-all conformance conformance-quick clean
+.PHONY: setup generate check-generated test test-all conformance conformance-quick bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,9 @@ conformance: $(STAMP)
 
 conformance-quick: $(STAMP)
 	$(VENV)/bin/mnforge conform --quick
+
+bench: $(STAMP)
+	$(PY) -m bench --json reports/bench.json
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache
