@@ -174,6 +174,7 @@ def _activation_model(steps, opset=OPSET):
 
     constants = {"w": np.random.default_rng(3).normal(size=(4, 3, 1, 1)).astype(np.float32),
                  "half": np.float32(0.5), "one": np.float32(1.0), "root_half": np.float32(2 ** -0.5)}
+    constants = {k: v for k, v in constants.items() if k == "w" or any(k in step.input for step in steps)}
     graph = helper.make_graph(
         [helper.make_node("Conv", ["images", "w"], ["x"]), *steps], "activation",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [BATCH, 3, 8, 8])],
@@ -233,6 +234,54 @@ def test_tensorflow_erfc_is_rewritten_to_onnx_ops_with_the_same_values(tmp_path)
     exact = 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
     error = float(np.max(np.abs(run_onnxruntime(path, images) - exact)))
     assert error < 1e-5, f"max abs error {error:.2e}"
+
+
+def _attention_model(form: str):
+    """A two-head attention over a 4x4 map with one shared key / value head (key and value dim 4), written
+    as Einsums scaling the scores, or as MatMuls scaling queries and keys by sqrt(1/2) each (as PyTorch)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    constants = {name: rng.normal(size=shape).astype(np.float32) for name, shape in
+                 (("wq", (8, 3, 1, 1)), ("wk", (4, 3, 1, 1)), ("wv", (4, 3, 1, 1)), ("wo", (3, 8, 1, 1)))}
+    constants.update(q_shape=np.array([0, 2, 4, 16]), kv_shape=np.array([0, 4, 16]), out_shape=np.array([0, 8, 4, 4]),
+                     scale=np.float32(0.5), root_scale=np.float32(0.5 ** 0.5), axis=np.array([1]))
+    node = helper.make_node
+    nodes = [node("Conv", ["images", w], [w[1]]) for w in ("wq", "wk", "wv")]
+    nodes += [node("Reshape", ["q", "q_shape"], ["q4"]), node("Reshape", ["k", "kv_shape"], ["k3"]),
+              node("Reshape", ["v", "kv_shape"], ["v3"])]  # q4: (b, head, d, l); k3, v3: (b, d, s)
+    if form == "einsum":
+        nodes += [node("Einsum", ["q4", "k3"], ["scores"], equation="bhdl,bds->bhls"),
+                  node("Mul", ["scores", "scale"], ["scaled"]), node("Softmax", ["scaled"], ["weights"]),
+                  node("Einsum", ["weights", "v3"], ["heads"], equation="bhls,bds->bhdl")]
+    else:
+        nodes += [node("Transpose", ["q4"], ["qt"], perm=[0, 1, 3, 2]), node("Mul", ["qt", "root_scale"], ["qs"]),
+                  node("Unsqueeze", ["k3", "axis"], ["k4"]), node("Mul", ["k4", "root_scale"], ["ks"]),
+                  node("MatMul", ["qs", "ks"], ["scores"]), node("Softmax", ["scores"], ["weights"]),
+                  node("Unsqueeze", ["v3", "axis"], ["v4"]), node("Transpose", ["v4"], ["vt"], perm=[0, 1, 3, 2]),
+                  node("MatMul", ["weights", "vt"], ["heads_t"]),
+                  node("Transpose", ["heads_t"], ["heads"], perm=[0, 1, 3, 2])]
+    nodes += [node("Reshape", ["heads", "out_shape"], ["y"]), node("Conv", ["y", "wo"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, form, [helper.make_tensor_value_info("images", TensorProto.FLOAT, [BATCH, 3, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [BATCH, 3, 4, 4])],
+        [numpy_helper.from_array(v, k) for k, v in constants.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def test_attention_as_einsums_or_matmuls_is_one_canonical_form_with_the_spec_macs(tmp_path):
+    canonical = {form: canonicalize(_attention_model(form), "NCHW") for form in ("einsum", "matmul")}
+    assert compare(canonical["einsum"], canonical["matmul"], ("einsum", "matmul")) is None
+    sequence = canonical["matmul"].sequence()
+    assert "matmul(scale=0.5)" in sequence and "matmul(scale=1.0)" in sequence and "softmax()" in sequence, sequence
+    convs = 16 * (8 + 4 + 4) * 3 + 16 * 3 * 8
+    assert canonical["einsum"].macs == convs + 2 * 16 * 16 * (4 + 4)  # heads * L * S * (dk + dv), as spec/resolve.py
+    outputs = []
+    for form in ("einsum", "matmul"):  # ... and they compute the same thing
+        onnx.checker.check_model(_attention_model(form), full_check=True)
+        onnx.save(_attention_model(form), str(tmp_path / f"{form}.onnx"))
+        outputs.append(run_onnxruntime(tmp_path / f"{form}.onnx", np.ones((2, 3, 4, 4), np.float32)))
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
 
 
 V4_AND_EDGETPU = ["mobilenet_v4_conv_small", "mobilenet_v4_hybrid_large", "mobilenet_edgetpu_075"]

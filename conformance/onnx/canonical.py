@@ -3,30 +3,43 @@
 The three exporters write the same network differently: tf2onnx and jax2onnx wrap each convolution in
 NHWC <-> NCHW Transposes, PyTorch folds BatchNorm into the convolutions while jax2onnx keeps
 BatchNormalization nodes and tf2onnx keeps some per-channel Mul/Add, hard-swish is one HardSwish node or
-x * Clip(x + 3, 0, 6) / 6 or x * Min(Max(x + 3, 0), 6) / 6, padding sits in the Conv or in a Pad before it.
+x * Clip(x + 3, 0, 6) / 6 or x * Min(Max(x + 3, 0), 6) / 6, GELU is x * 0.5 * (1 + Erf(x / sqrt 2)) in some
+order, padding sits in the Conv or in a Pad before it, and the attention's 1 / sqrt(key_dim) scales the
+scores (Keras) or sqrt of it scales queries and keys each (PyTorch's decomposition of SDPA).
 Canonicalisation, in order:
   1. inline local functions, fold every node whose inputs are all constants;
   2. follow each tensor's axis order through Transposes, so a Pad's amounts land on H and W, and treat
-     Transpose, Reshape, Flatten, (Un)Squeeze, Identity, Dropout and Cast as transparent;
+     Transpose, Reshape, Flatten, (Un)Squeeze, Identity, Dropout, Cast, Expand and Tile as transparent;
   3. fold BatchNormalization and per-channel constant Mul/Add/Sub/Div into the convolution or linear
-     layer that produces their input (what BatchNorm folding does to the weights);
+     layer that produces their input (what BatchNorm folding does to the weights; a layer scale folds
+     the same way); where no such layer precedes them (the attention block's BatchNorm on its input)
+     they are one canonical `affine` op (a per-channel scale and shift);
   4. compose the remaining elementwise ops with scalar constants into one function of one tensor and
-     name it by its values on a probe grid: relu, relu6, hard_sigmoid, hard_swish, or `unknown`
-     (HardSigmoid with ONNX's default alpha 0.2 is not relu6(x + 3) / 6 and stays apart);
-  5. list the canonical ops (conv, linear, global average pool, activation, add, scale) in depth order.
+     name it by its values on a probe grid: relu, relu6, hard_sigmoid, hard_swish, gelu (exact, erf),
+     or `unknown` (HardSigmoid with ONNX's default alpha 0.2 is not relu6(x + 3) / 6 and stays apart);
+  5. attention: a MatMul (or two-operand Einsum) of two computed tensors is a canonical `matmul`; scalar
+     scale steps on its operands, and on the input of the Softmax that reads it, fold into its `scale`
+     attribute, so softmax(q k^T / sqrt(d)) v reads matmul(scale=1/sqrt(d)), softmax, matmul(scale=1)
+     wherever the exporter put the factor; its MACs are the product's (batch excluded), from ONNX
+     shape inference;
+  6. list the canonical ops (conv, linear, global average pool, activation, add, scale, affine, matmul,
+     softmax) in depth order.
 The comparison reports the first canonical op where two graphs differ, with both sides.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-TRANSPARENT = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast", "Expand"}
+TRANSPARENT = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast", "Expand",
+               "Tile"}  # Expand and Tile: a key / value head repeated for every query head (a broadcast)
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Clip", "Relu", "HardSigmoid", "HardSwish", "Sigmoid",
-               "BatchNormalization", "Neg"}
+               "BatchNormalization", "Neg", "Erf", "Gelu"}
 SHAPE_OPS = {"Shape", "Gather", "Concat", "Slice", "ConstantOfShape", "Range"}
+_erf = np.vectorize(math.erf, otypes=[np.float64])
 PROBE = np.concatenate([np.linspace(-12.0, 12.0, 2401), [-3.0, 0.0, 3.0, 6.0]])
 KNOWN = {
     "identity": PROBE,
@@ -34,18 +47,20 @@ KNOWN = {
     "relu6": np.clip(PROBE, 0.0, 6.0),
     "hard_sigmoid": np.clip(PROBE + 3.0, 0.0, 6.0) / 6.0,
     "hard_swish": PROBE * np.clip(PROBE + 3.0, 0.0, 6.0) / 6.0,
+    "gelu": 0.5 * PROBE * (1.0 + _erf(PROBE / np.sqrt(2.0))),
 }
 
 
 @dataclass
 class Op:
-    kind: str  # conv, linear, pool, act, add, scale, pool_sum
+    kind: str  # conv, linear, pool, act, add, scale, pool_sum, affine, matmul, softmax
     attrs: dict = field(default_factory=dict)
     inputs: list[int] = field(default_factory=list)
     depth: int = 0
     folded: bool = False  # a BatchNorm (or per-channel affine) was folded into this conv / linear
     positions: int | None = None  # output positions of a conv (for MACs)
     weight_size: int = 0
+    macs: int = 0  # of a matmul of two computed tensors (attention)
 
     def signature(self) -> str:
         return f"{self.kind}({', '.join(f'{k}={v}' for k, v in sorted(self.attrs.items()))})"
@@ -87,7 +102,8 @@ def canonicalize(model, input_layout: str) -> Canonical:
     import onnx
     from onnx import inliner, numpy_helper, shape_inference
 
-    model = inliner.inline_local_functions(model)
+    if model.functions:  # (re-serialising a large model costs seconds: only when there is something to inline)
+        model = inliner.inline_local_functions(model)
     model = shape_inference.infer_shapes(model, data_prop=True)
     graph = model.graph
     constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
@@ -136,7 +152,7 @@ def canonicalize(model, input_layout: str) -> Canonical:
             if op == "Transpose" and layout is not None:
                 layout = tuple(layout[p] for p in attrs["perm"])
             elif op != "Transpose":
-                layout = layout if op in ("Identity", "Dropout", "Cast", "Expand") else None
+                layout = layout if op in ("Identity", "Dropout", "Cast", "Expand", "Tile") else None
             values[outs[0]] = _Value(value.source, value.fn, layout, value.pads)
             continue
         if op == "Pad":
@@ -165,6 +181,24 @@ def canonicalize(model, input_layout: str) -> Canonical:
             ops[source].weight_size = int(weight.size)
             values[outs[0]] = _Value(source, (), ("N", "C", "H", "W"))
             continue
+        if op in ("MatMul", "Einsum") and len(live) == 2:  # a product of two computed tensors: attention
+            factors, inputs = [], []
+            for name in live:
+                factor = _linear_factor(values[name].fn)
+                factors.append(1.0 if factor is None else factor)
+                inputs.append(values[name].source if factor is not None else materialise(name))
+            source = emit("matmul", {"scale": float(np.prod(factors))}, inputs)
+            ops[source].macs = _product_macs(op, attrs, [shapes.get(name) for name in live], shapes.get(outs[0]))
+            values[outs[0]] = _Value(source, (), None)
+            continue
+        if op == "Softmax":
+            value = values[live[0]]
+            factor = _linear_factor(value.fn)
+            if value.source is None or ops[value.source].kind != "matmul" or factor is None:
+                raise ValueError(f"Softmax {node.name!r} does not read a product of two tensors (attention scores)")
+            ops[value.source].attrs["scale"] *= factor  # softmax(c * q k^T): c is the product's scale
+            values[outs[0]] = _Value(emit("softmax", {}, [value.source]), (), None)
+            continue
         if op in ("Gemm", "MatMul"):
             weight = constants[ins[1]]
             transposed = op == "Gemm" and attrs.get("transB", 0)
@@ -184,6 +218,9 @@ def canonicalize(model, input_layout: str) -> Canonical:
         raise ValueError(f"no canonical form for {op} node {node.name!r}")
     (output,) = graph.output
     materialise(output.name)
+    for op in ops:
+        if op.kind == "matmul":  # as the spec states it, whatever float32 rounding the exporter's factors had
+            op.attrs["scale"] = float(f"{op.attrs['scale']:.5g}")
     _fold_pool_sums(ops)
     ops = finalize(ops)
     return Canonical(ops, _params(ops), _macs(ops))
@@ -204,10 +241,14 @@ def _elementwise(node, op, attrs, ins, live, values, constants, ops, emit, mater
     others = [constants[i] for i in ins if i in constants]
     if op == "BatchNormalization" or any(c.size > 1 for c in others):
         source = ops[value.source] if value.source is not None else None
-        if not value.fn and source is not None and source.kind in ("conv", "linear"):
+        if not value.fn and source is not None and source.kind in ("conv", "linear", "affine"):
             source.folded = True  # BatchNorm or a per-channel affine: folded into the weights
             return _Value(value.source, (), value.layout, value.pads)
-        raise ValueError(f"per-channel {op} {node.name!r} does not follow a convolution or linear layer")
+        if op not in ("BatchNormalization", "Mul", "Add", "Sub", "Div"):
+            raise ValueError(f"per-channel {op} {node.name!r} does not follow a convolution or linear layer")
+        # A BatchNorm on a block's input (not after a conv): a per-channel scale and shift of its own.
+        channels = int(others[0].size if op == "BatchNormalization" else max(c.size for c in others))
+        return _Value(emit("affine", {"channels": channels}, [materialise(live[0])]), (), value.layout, value.pads)
     step = _scalar_step(op, attrs, ins, live[0], constants)
     return _Value(value.source, (*value.fn, (f"{op}{_describe_constants(others, attrs)}", step)), value.layout,
                   value.pads)
@@ -232,6 +273,12 @@ def _scalar_step(op, attrs, ins, live, constants):
         return lambda x: 1.0 / (1.0 + np.exp(-x))
     if op == "Neg":
         return lambda x: -x
+    if op == "Erf":
+        return _erf
+    if op == "Gelu":
+        if attrs.get("approximate", "none") in ("tanh", b"tanh"):
+            return lambda x: 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+        return lambda x: 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))
     table = {"Add": lambda x: x + other, "Mul": lambda x: x * other, "Max": lambda x: np.maximum(x, other),
              "Min": lambda x: np.minimum(x, other),
              "Sub": (lambda x: x - other) if left else (lambda x: other - x),
@@ -266,6 +313,41 @@ def _classify(steps) -> str:
     if np.allclose(ratio, ratio[0], rtol=1e-6) and np.allclose(y[~nonzero], 0.0):
         return f"scale({ratio[0]:.6g})"
     return "unknown(" + "->".join(step[0] for step in steps) + ")"
+
+
+def _linear_factor(steps) -> float | None:
+    """c if the elementwise steps compute c * x (1.0 for none), else None."""
+    if not steps:
+        return 1.0
+    y = _compose(steps)(PROBE.copy())
+    nonzero = PROBE != 0
+    ratio = y[nonzero] / PROBE[nonzero]
+    if np.allclose(ratio, ratio[0], rtol=1e-6) and np.allclose(y[~nonzero], 0.0):
+        return float(ratio[0])
+    return None
+
+
+def _product_macs(op, attrs, in_shapes, out_shape) -> int:
+    """Multiply-accumulates of a MatMul / Einsum of two tensors, per image: the output's elements (its
+    leading batch axis left out) times the length of the contracted axis."""
+    if op == "Einsum":
+        equation = attrs["equation"].decode() if isinstance(attrs["equation"], bytes) else attrs["equation"]
+        operands, result = equation.replace(" ", "").split("->")
+        sizes = {}
+        for labels, shape in zip(operands.split(","), in_shapes):
+            for label, size in zip(labels, shape or []):
+                if size is not None:
+                    sizes[label] = size
+        contracted = set(operands) - set(result) - {","}
+        if not contracted or any(label not in sizes for label in contracted):
+            raise ValueError(f"no static contracted axis in Einsum {equation!r}: cannot count its MACs")
+        contraction = math.prod(sizes[label] for label in contracted)
+    else:
+        contraction = (in_shapes[0] or [None])[-1]
+    if not out_shape or contraction is None or None in out_shape[1:]:
+        raise ValueError(f"no static shape for a {op} of two tensors ({in_shapes} -> {out_shape}): "
+                         "cannot count its MACs")
+    return math.prod(out_shape[1:]) * contraction
 
 
 def _conv_pads(attrs, in_shape, out_shape, kernel) -> tuple[int, int, int, int]:
@@ -313,6 +395,8 @@ def _params(ops: list[Op]) -> int:
             total += op.attrs["out"] * op.attrs["in"] // op.attrs["group"] * op.attrs["k"] ** 2 + op.attrs["out"]
         elif op.kind == "linear":
             total += op.attrs["in"] * op.attrs["out"] + op.attrs["out"]
+        elif op.kind == "affine":
+            total += 2 * op.attrs["channels"]
     return total
 
 
@@ -325,6 +409,8 @@ def _macs(ops: list[Op]) -> int:
             total += op.positions * op.weight_size
         elif op.kind == "linear":
             total += op.attrs["in"] * op.attrs["out"]
+        elif op.kind == "matmul":
+            total += op.macs
     return total
 
 
@@ -358,7 +444,15 @@ def compare(a: Canonical | dict, b: Canonical | dict, names=("a", "b")) -> str |
 
 def from_spec(desc) -> Canonical:
     """The canonical graph the spec describes, for the variant, flavor and resolution of `desc`."""
-    from spec.resolve import DepthwiseSeparable, conv_output_size, padding_amounts
+    from spec.resolve import (
+        ConvBlock,
+        DepthwiseSeparable,
+        FusedInvertedBottleneck,
+        MobileMQA,
+        UniversalInvertedBottleneck,
+        conv_output_size,
+        padding_amounts,
+    )
 
     arch, padding = desc.architecture, desc.flavor_values.padding
     ops: list[Op] = []
@@ -382,33 +476,76 @@ def from_spec(desc) -> Canonical:
         ops[op].weight_size = cout * (cin // groups) * k * k
         return emit("act", {"fn": activation}, [op]) if activation != "identity" else op
 
+    def attention(x, block) -> int:
+        """Mobile MQA: BatchNorm on the input (an affine), query / key / value 1x1 convs (keys and values
+        from a strided depthwise conv first), softmax(q k^T / sqrt(key_dim)) v, 1x1 output conv."""
+        c, image = block.in_channels, list(size)
+        x = emit("affine", {"channels": c}, [x])
+        query = conv(x, c, block.heads * block.key_dim, 1, 1, "identity")
+        key_value = []
+        for width in (block.key_dim, block.value_dim):
+            size[:] = image
+            z = x
+            if block.kv_stride > 1:
+                z = conv(z, c, c, block.kv_kernel, block.kv_stride, "identity", c)
+            key_value.append(conv(z, c, width, 1, 1, "identity"))
+        products = block.heads * image[0] * image[1] * size[0] * size[1]  # heads * queries * keys
+        size[:] = image
+        scores = emit("matmul", {"scale": float(f"{block.key_dim ** -0.5:.5g}")}, [query, key_value[0]])
+        ops[scores].macs = products * block.key_dim
+        weights = emit("softmax", {}, [scores])
+        y = emit("matmul", {"scale": 1.0}, [weights, key_value[1]])
+        ops[y].macs = products * block.value_dim
+        return conv(y, block.heads * block.value_dim, block.out, 1, 1, "identity")
+
     x = conv(None, 3, arch.stem.out, arch.stem.kernel, arch.stem.stride, arch.stem.activation)
-    for block in arch.blocks:
+    for block in arch.blocks:  # a layer scale folds into the conv before it, like a BatchNorm
         if isinstance(block, DepthwiseSeparable):
             x = conv(x, block.in_channels, block.in_channels, block.kernel, block.stride, block.activation,
                      block.in_channels)
             x = conv(x, block.in_channels, block.out, 1, 1, block.activation)
             continue
+        if isinstance(block, ConvBlock):
+            x = conv(x, block.in_channels, block.out, block.kernel, block.stride, block.activation)
+            continue
         shortcut, y = x, x
-        if block.has_expand:
-            y = conv(y, block.in_channels, block.expanded, 1, 1, block.activation)
-        y = conv(y, block.expanded, block.expanded, block.kernel, block.stride, block.activation, block.expanded)
-        if block.squeeze:
-            gate = emit("pool", {}, [y])
-            gate = conv(gate, block.expanded, block.squeeze, 1, 1, arch.squeeze_excite_activation, spatial=False)
-            gate = conv(gate, block.squeeze, block.expanded, 1, 1, "hard_sigmoid", spatial=False)
-            y = emit("scale", {}, [y, gate])
-        y = conv(y, block.expanded, block.out, 1, 1, "identity")
+        if isinstance(block, MobileMQA):
+            y = attention(y, block)
+        elif isinstance(block, FusedInvertedBottleneck):
+            if block.has_expand:
+                y = conv(y, block.in_channels, block.expanded, block.kernel, block.stride, block.activation)
+            y = conv(y, block.expanded, block.out, 1, 1, "identity")
+        elif isinstance(block, UniversalInvertedBottleneck):
+            if block.start_kernel:
+                y = conv(y, block.in_channels, block.in_channels, block.start_kernel, block.start_stride, "identity",
+                         block.in_channels)
+            if block.has_expand:
+                y = conv(y, block.in_channels, block.expanded, 1, 1, block.activation)
+            if block.kernel:
+                y = conv(y, block.expanded, block.expanded, block.kernel, block.stride, block.activation,
+                         block.expanded)
+            y = conv(y, block.expanded, block.out, 1, 1, "identity")
+        else:  # inverted residual
+            if block.has_expand:
+                y = conv(y, block.in_channels, block.expanded, 1, 1, block.activation)
+            y = conv(y, block.expanded, block.expanded, block.kernel, block.stride, block.activation, block.expanded)
+            if block.squeeze:
+                gate = emit("pool", {}, [y])
+                gate = conv(gate, block.expanded, block.squeeze, 1, 1, arch.squeeze_excite_activation, spatial=False)
+                gate = conv(gate, block.squeeze, block.expanded, 1, 1, "hard_sigmoid", spatial=False)
+                y = emit("scale", {}, [y, gate])
+            y = conv(y, block.expanded, block.out, 1, 1, "identity")
         x = emit("add", {}, [shortcut, y]) if block.residual else y
     features = arch.blocks[-1].out
     if arch.last_conv:
         x = conv(x, features, arch.last_conv.out, 1, 1, arch.last_conv.activation)
         features = arch.last_conv.out
     x = emit("pool", {}, [x])
-    if arch.fc:
+    if arch.fc:  # with or without a BatchNorm (folded, as any exporter's optimiser may)
         x = emit("linear", {"in": features, "out": arch.fc.out}, [x])
         x = emit("act", {"fn": arch.fc.activation}, [x]) if arch.fc.activation != "identity" else x
         features = arch.fc.out
     emit("linear", {"in": features, "out": desc.num_classes}, [x])
     ops = finalize(ops)
     return Canonical(ops, _params(ops), _macs(ops))
+

@@ -23,9 +23,10 @@ LAYOUT = {"torch": "NCHW", "keras": "NHWC", "flax": "NHWC"}
 
 
 def cache_key(generated_file: Path, weights: Path, flavor: str, resolution: tuple[int, int]) -> str:
-    """Content hash of what an export depends on: the generated code, the weights, opset, flavor, size."""
+    """Content hash of what an export depends on: the generated code, the weights, opset, flavor, size,
+    and this module (a fix to an exporter's output invalidates the exports made without it)."""
     digest = hashlib.sha256()
-    for part in (Path(generated_file).read_bytes(), Path(weights).read_bytes(),
+    for part in (Path(generated_file).read_bytes(), Path(weights).read_bytes(), Path(__file__).read_bytes(),
                  json.dumps([OPSET, flavor, list(resolution)]).encode()):
         digest.update(hashlib.sha256(part).digest())
     return digest.hexdigest()
@@ -64,9 +65,34 @@ def _export_keras(model, resolution, path: Path):
     tmp = path.with_name(f".{path.name}.keras-export.onnx")
     try:
         model.export(str(tmp), format="onnx", opset_version=OPSET, verbose=False)
-        return onnx.load(str(tmp))
+        proto = onnx.load(str(tmp))
     finally:
         tmp.unlink(missing_ok=True)
+    _replace_erfc(proto)
+    return proto
+
+
+def _replace_erfc(proto) -> None:
+    """tf2onnx 1.17 has no converter for TensorFlow's Erfc (exact GELU: 0.5 x erfc(-x / sqrt 2)) and copies
+    it into the graph as `Erfc`, which is no ONNX op (the checker and ONNX Runtime reject it). Write
+    1 - Erf(x) in its place."""
+    import onnx
+
+    graph = proto.graph
+    if not any(node.op_type == "Erfc" and node.domain in ("", "ai.onnx") for node in graph.node):
+        return
+    one = "erfc_one"
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array(1.0, np.float32), one))
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "Erfc" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        erf = f"{node.output[0]}__erf"
+        nodes.append(onnx.helper.make_node("Erf", [node.input[0]], [erf], name=f"{node.name}__erf"))
+        nodes.append(onnx.helper.make_node("Sub", [one, erf], [node.output[0]], name=node.name))
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _export_flax(model, resolution):
