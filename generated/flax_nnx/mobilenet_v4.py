@@ -106,7 +106,7 @@ class Architecture(NamedTuple):
     stem: Conv
     blocks: tuple[Block, ...]
     last_conv: Conv | None  # 1x1 conv + BN + act before pooling
-    fc: Conv | None  # fully connected + act after pooling
+    fc: Conv | None  # fully connected (no bias) + BN + act after pooling
 
 
 def conv_padding(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int]:
