@@ -36,7 +36,7 @@ conformance-quick: $(STAMP)
 	$(VENV)/bin/mnforge conform --quick
 
 bench: $(STAMP)
-	$(PY) -m bench --json reports/bench.json
+	$(PY) -m bench --json reports/bench.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

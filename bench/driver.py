@@ -142,31 +142,50 @@ TITLES = {
 }
 
 
+COLUMNS = ("reference vs generated (flavor)", "mode", "batch", "reference ms", "generated ms", "generated img/s",
+           "ratio", "± (IQR/2)")
+NOTE = (f"ratio = reference time / generated time (>= 1.00: generated at least as fast; within ±{PARITY:.0%}: "
+        "parity); ± = half the interquartile range of the per-round ratios")
+
+
+def tables(report: dict):
+    """(title, rows of cells) per framework; the ratio cell is left a float."""
+    for framework, title in TITLES.items():
+        rows = [r for r in report["rows"] if r["framework"] == framework and "generated_s" in r]
+        if rows:
+            yield (f"{title}; {report['device']}, {report['threads']} thread(s) per process",
+                   [[r["pair"], r["mode"], str(r["batch"]), f"{r['reference_s'] * 1e3:.2f}",
+                     f"{r['generated_s'] * 1e3:.2f}", f"{r['batch'] / r['generated_s']:,.0f}", r["ratio"],
+                     "–" if r.get("spread") is None else f"{r['spread']:.1%}"] for r in rows])
+
+
 def print_tables(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 160)
-    for framework, title in TITLES.items():
-        rows = [r for r in report["rows"] if r["framework"] == framework and "generated_s" in r]
-        if not rows:
-            continue
-        table = Table(title=f"{title}; {report['device']}, {report['threads']} thread(s) per process")
-        for column in ("reference vs generated (flavor)", "mode", "batch"):
-            table.add_column(column)
-        for column in ("reference ms", "generated ms", "generated img/s", "ratio", "± (IQR/2)"):
-            table.add_column(column, justify="right")
-        for r in rows:
-            table.add_row(r["pair"], r["mode"], str(r["batch"]), f"{r['reference_s'] * 1e3:.2f}",
-                          f"{r['generated_s'] * 1e3:.2f}", f"{r['batch'] / r['generated_s']:,.0f}",
-                          ratio_cell(r["ratio"]), "–" if r.get("spread") is None else f"{r['spread']:.1%}")
+    for title, rows in tables(report):
+        table = Table(title=title)
+        for i, column in enumerate(COLUMNS):
+            table.add_column(column, justify="left" if i < 3 else "right")
+        for cells in rows:
+            colour = "green" if cells[6] >= 1 - PARITY else "red"
+            table.add_row(*cells[:6], f"[{colour}]{cells[6]:.2f}[/]", cells[7])
         console.print(table)
     for s in report["skipped"]:
         console.print(f"skipped ({s['framework']}): {s['pair']}: {s['why']}")
-    console.print(f"ratio = reference time / generated time (>= 1.00: generated at least as fast; "
-                  f"within ±{PARITY:.0%}: parity)")
+    console.print(NOTE)
 
 
-def ratio_cell(value: float) -> str:
-    colour = "green" if value >= 1 - PARITY else "red"
-    return f"[{colour}]{value:.2f}[/]"
+def markdown(report: dict) -> str:
+    """The same tables in Markdown (for bench/RESULTS.md): `python -m bench.driver --markdown FILE.json`."""
+    out = []
+    for title, rows in tables(report):
+        out += [f"**{title}**", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * 3 + "---:|" * 5]
+        out += ["| " + " | ".join(cells[:6] + [f"{cells[6]:.2f}", cells[7]]) + " |" for cells in rows]
+        out.append("")
+    return "\n".join(out + [NOTE])
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--markdown"]:
+    print(markdown(json.loads(Path(sys.argv[2]).read_text())))

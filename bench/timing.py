@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Settings:
-    warmup: int = 3  # calls of each callable before timing (after its first, compiling call)
-    rounds: int = 11  # timed rounds; the median is over these
+    warmup: int = 2  # calls of each callable before timing (after its first, compiling call)
+    rounds: int = 9  # timed rounds; the median is over these
     min_round_s: float = 0.25  # each round repeats a call until it lasts about this long
 
     @classmethod
