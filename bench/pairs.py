@@ -61,6 +61,7 @@ TORCH_PAIRS = (
     _pair("torchvision:mobilenet_v3_small", "mobilenet_v3"),
     _pair("timm:mobilenetv4_conv_small", "mobilenet_v4", "mobilenet_v4_conv_small", "timm"),
     _pair("timm:mobilenetv4_conv_medium", "mobilenet_v4", "mobilenet_v4_conv_medium", "timm"),
+    _pair("timm:mobilenetv4_hybrid_medium", "mobilenet_v4", "mobilenet_v4_hybrid_medium", "timm"),
 )
 
 # Keras (TensorFlow backend): generated vs keras.applications, built as conformance/porting/keras_refs.py

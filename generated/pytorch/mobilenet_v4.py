@@ -335,11 +335,13 @@ def architecture(variant: str, flavor: str) -> tuple[Architecture, Flavor]:
 
 
 def activation(name: str) -> nn.Module:
-    return {
-        "gelu": nn.GELU,
-        "relu": nn.ReLU,
-        "identity": nn.Identity,
-    }[name]()
+    # In place, as torchvision and timm do: every activation here acts on a fresh BatchNorm or linear
+    # output, and a new tensor per activation costs more than the activation itself at batch 32.
+    if name == "gelu":
+        return nn.GELU()
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    return nn.Identity()
 
 
 class ConvBNAct(nn.Module):
@@ -415,7 +417,9 @@ class FusedInvertedBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.project(self.expand(x) if self.expand is not None else x)
-        return x + y if self.residual else y
+        if self.residual:
+            y += x  # in place: y is this block's own fresh output
+        return y
 
 
 class UniversalInvertedBottleneck(nn.Module):
@@ -437,7 +441,9 @@ class UniversalInvertedBottleneck(nn.Module):
         for layer in (self.start_depthwise, self.expand, self.depthwise, self.project, self.layer_scale):
             if layer is not None:
                 y = layer(y)
-        return x + y if self.residual else y
+        if self.residual:
+            y += x  # in place: y is this block's own fresh output
+        return y
 
 
 class MobileMQA(nn.Module):
@@ -485,7 +491,9 @@ class MobileMQA(nn.Module):
         y = self.output(y.transpose(-1, -2).reshape(batch, self.heads * self.value_dim, height, width))
         if self.layer_scale is not None:
             y = self.layer_scale(y)
-        return x + y if self.residual else y
+        if self.residual:
+            y += x  # in place: y is this block's own fresh output
+        return y
 
 
 def block_module(block: Block, flavor: Flavor) -> nn.Module:
