@@ -24,7 +24,9 @@ class Adapter:
 
         self.keras = keras
         self.name = "keras" if keras.backend.backend() == "tensorflow" else f"keras-{keras.backend.backend()}"
-        self._block_models: dict[int, object] = {}
+        # (model, its block model), for the latest model only, matched by identity: a cache keyed by id()
+        # once handed a freed MobileNetV3's block model to a MobileNetV4 that reused its id.
+        self._block_model: tuple[object, object] | None = None
 
     def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
               dtype: str = "float32", abstract: bool = False):
@@ -83,10 +85,9 @@ class Adapter:
             variable.assign(value)
 
     def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:
-        key = id(model)
-        if key not in self._block_models:  # built once per model, its predict function compiled once
-            self._block_models[key] = self.module.forward_blocks_model(model)
-        outputs = self._block_models[key].predict_on_batch(images_nchw.transpose(0, 2, 3, 1))
+        if self._block_model is None or self._block_model[0] is not model:  # once per model: compiled once
+            self._block_model = (model, self.module.forward_blocks_model(model))
+        outputs = self._block_model[1].predict_on_batch(images_nchw.transpose(0, 2, 3, 1))
         return {name: _to_nchw(np.asarray(value)) for name, value in outputs.items()}
 
     def logits(self, model, images_nchw: np.ndarray) -> np.ndarray:
