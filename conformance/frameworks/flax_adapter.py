@@ -26,7 +26,10 @@ class Adapter:
         from flax import nnx
 
         self.jax, self.nnx = jax, nnx
-        self._compiled: dict[int, object] = {}
+        # One jitted function for every model: the model is an argument (its graph the static part, its
+        # weights the traced part), so each architecture compiles once and loading new weights needs no
+        # recompile.
+        self._forward_blocks = nnx.jit(lambda m, x: m.forward_blocks(x))
 
     def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
               dtype: str = "float32", abstract: bool = False):
@@ -93,15 +96,9 @@ class Adapter:
                 raise WeightError(f"{name}: shape {value.shape} in Flax layout, the model has {tuple(variable.shape)}")
             variable.set_value(jnp.asarray(value))
         self.nnx.update(model, state)
-        self._compiled.pop(id(model), None)
-
-    def _forward(self, model):
-        if id(model) not in self._compiled:  # jit once per model; later calls reuse the compiled function
-            self._compiled[id(model)] = self.nnx.jit(lambda m, x: m.forward_blocks(x))
-        return self._compiled[id(model)]
 
     def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self._forward(model)(model, images_nchw.transpose(0, 2, 3, 1))
+        outputs = self._forward_blocks(model, images_nchw.transpose(0, 2, 3, 1))
         return {name: _to_nchw(np.asarray(value)) for name, value in outputs.items()}
 
     def logits(self, model, images_nchw: np.ndarray) -> np.ndarray:
