@@ -48,9 +48,14 @@ def layers(model) -> list[ReferenceLayer]:
             if module.bias is not None:
                 tensors["bias"] = module.bias
             out.append(ReferenceLayer(name, "linear", _numpy(tensors)))
-        elif type(module).__name__.startswith("LayerScale"):  # timm's LayerScale / LayerScale2d: `gamma`
+        elif is_layer_scale(module):
             out.append(ReferenceLayer(name, "layer_scale", _numpy({"gamma": module.gamma})))
     return out
+
+
+def is_layer_scale(module) -> bool:
+    """timm's LayerScale / LayerScale2d: a per-channel `gamma`, no torch.nn base class to test for."""
+    return type(module).__name__.startswith("LayerScale")
 
 
 def _numpy(tensors: dict) -> dict[str, np.ndarray]:

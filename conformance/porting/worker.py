@@ -146,7 +146,7 @@ def _random_reference(request: dict, desc, ref) -> dict:
                     module.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, module.num_features)))
                     module.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, module.num_features)))
                     module.bias.copy_(torch.from_numpy(rng.normal(0, 0.1, module.num_features)))
-                elif type(module).__name__.startswith("LayerScale"):
+                elif torch_refs.is_layer_scale(module):
                     # timm initialises it at 1e-5, which would hide the attention branch from the comparison
                     module.gamma.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, module.gamma.shape[0])))
             logits = model(torch.from_numpy(images)).numpy()
