@@ -238,6 +238,8 @@ class UniversalRow(Row):
             raise ValueError(f"a {self.block} row needs {', '.join(missing)}")
         if extra:
             raise ValueError(f"a {self.block} row takes no {', '.join(extra)} (write ~)")
+        if self.block == "mqa" and self.stride != 1:
+            raise ValueError("an mqa row keeps its input size: stride 1 (only keys and values are downsampled)")
         if self.block == "mqa" and self.kv_stride == 2 and self.k2 is None:
             raise ValueError("an mqa row with kv_stride 2 needs k2, the kernel of its key/value downsampling")
         if self.block == "uib" and self.stride == 2 and self.k1 is None and self.k2 is None:

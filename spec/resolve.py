@@ -246,14 +246,13 @@ def resolve_architecture(spec: Spec, variant: str, flavor: str | None = None) ->
 
 def _universal(row, table, in_channels: int, out: int, stride: int, stage: int, rounding, activation) -> Block:
     act = activation(row.activation or table.activation)
-    default_residual = stride == 1 and in_channels == out
-    residual = default_residual if row.residual is None else row.residual and default_residual
+    residual = stride == 1 and in_channels == out and row.residual is not False  # `residual: false` turns it off
     if row.block == "conv":
         return ConvBlock(in_channels, out, row.k2, stride, act, stage)
     if row.block == "mqa":
         kv_kernel = row.k2 if row.kv_stride > 1 else 0
-        return MobileMQA(in_channels, out, row.heads, row.key_dim, row.key_dim, row.kv_stride, kv_kernel,
-                         in_channels == out and row.residual is not False, table.layer_scale or 0.0, stage)
+        return MobileMQA(in_channels, out, row.heads, row.key_dim, row.key_dim, row.kv_stride, kv_kernel, residual,
+                         table.layer_scale or 0.0, stage)
     expanded = make_divisible(in_channels * row.expansion, rounding)
     if row.block == "fused_ib":
         if expanded == in_channels and stride > 1:
