@@ -10,6 +10,7 @@ variant it happened in. Imports of a framework happen here and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> int:
                 _save_npz(out / f"{job['variant']}.{framework}.{result['dtype']}.npz", blocks)
             if job.get("count_macs"):
                 t = time.perf_counter()
-                result["macs"] = adapter.count_macs(model, desc.resolution)
+                result["macs"] = dataclasses.asdict(adapter.count_macs(model, desc.resolution))
                 timings["macs"] = time.perf_counter() - t
             if job.get("onnx") and blocks is not None:
                 t = time.perf_counter()

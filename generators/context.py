@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 
+from generators.frameworks import FRAMEWORKS
 from spec.loader import LoadedSpec
 from spec.resolve import (
     Architecture,
@@ -18,11 +19,6 @@ from spec.resolve import (
     flavor_values,
     resolve_architecture,
 )
-
-# framework key -> package under generated/
-FRAMEWORKS = {"pytorch": "pytorch", "keras": "keras3", "flax": "flax_nnx"}
-FRAMEWORK_TITLES = {"pytorch": "PyTorch", "keras": "Keras 3", "flax": "Flax NNX"}
-
 
 # resolved block class -> the NamedTuple the generated tables use for it (universal tables)
 BLOCK_TUPLES = {"ConvBlock": "ConvBlock", "FusedInvertedBottleneck": "FusedIB",
@@ -103,7 +99,8 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
         raise ValueError(f"{family_name}: every fc of a family has BatchNorm, or none does")
     return {
         "framework": framework,
-        "framework_title": FRAMEWORK_TITLES[framework],
+        "framework_title": FRAMEWORKS[framework].title,
+        "layout": FRAMEWORKS[framework].layout,
         "family": family_name,
         "title": family.title,
         "class_name": family.title.replace(" ", ""),

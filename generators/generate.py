@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from generators.context import BLOCK_TUPLES, FRAMEWORKS, block_row, family_context
+from generators.context import BLOCK_TUPLES, block_row, family_context
+from generators.frameworks import FRAMEWORKS
 from spec import SpecError, load_spec
 from spec.loader import DEFAULT_SPEC, LoadedSpec
 from spec.schema import schema_text
@@ -59,16 +60,15 @@ def render_all(loaded: LoadedSpec) -> dict[str, str]:
     """Relative path under generated/ -> file text, for the whole spec."""
     env = _environment()
     files: dict[str, str] = {"__init__.py": env.get_template("package_init.py.j2").render(
-        framework=None, families=[], spec_sha256=loaded.sha256)}
-    for framework, package in FRAMEWORKS.items():
-        names = []
-        for family in loaded.spec.families:
-            context = family_context(loaded, family, framework)
-            text = env.get_template(f"{framework}/model.py.j2").render(**context)
-            files[f"{package}/{family}.py"] = text
-            names.append(family)
-        files[f"{package}/__init__.py"] = env.get_template("package_init.py.j2").render(
-            framework=framework, families=names, spec_sha256=loaded.sha256
+        framework=None, packages=[f.package for f in FRAMEWORKS.values()], spec_sha256=loaded.sha256)}
+    families = list(loaded.spec.families)
+    for framework in FRAMEWORKS.values():
+        for family in families:
+            context = family_context(loaded, family, framework.key)
+            text = env.get_template(f"{framework.key}/model.py.j2").render(**context)
+            files[f"{framework.package}/{family}.py"] = text
+        files[f"{framework.package}/__init__.py"] = env.get_template("package_init.py.j2").render(
+            framework=framework.title, families=families, spec_sha256=loaded.sha256
         )
     return {path: _format(text, path) for path, text in sorted(files.items())}
 

@@ -11,6 +11,7 @@ import importlib
 
 import numpy as np
 
+from conformance.frameworks.protocol import MacCount
 from conformance.weights import WeightError
 
 BN_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
@@ -18,8 +19,8 @@ NAMES = {"kernel": "weight", "bias": "bias", "gamma": "gamma"}  # conv / linear,
 
 
 class Adapter:
-    name = "flax"
-    channels_last = True
+    run_key = "flax"
+    device = "cpu"  # on a GPU run JAX uses the GPU it sees
 
     def __init__(self):
         import jax
@@ -107,7 +108,7 @@ class Adapter:
     def logits_at(self, model, desc, resolution: tuple[int, int], batch: int) -> np.ndarray:
         return self.logits(model, np.zeros((batch, 3, *resolution), np.float32))
 
-    def count_macs(self, model, resolution: tuple[int, int]) -> dict:
+    def count_macs(self, model, resolution: tuple[int, int]) -> MacCount:
         """XLA's cost analysis of each convolution and linear layer, lowered on its own input shape.
 
         XLA reports 2 FLOPs per multiply-accumulate, skips kernel taps that fall into a convolution's own
@@ -161,9 +162,8 @@ class Adapter:
                 cache[key] = ((int(cost["flops"]) - bias_flops) // 2, _padding_taps(module, shape, out.shape))
             macs += cache[key][0]
             padding_taps += cache[key][1]
-        return {"counter": "XLA cost_analysis per conv/linear ((FLOPs - bias adds) / 2), attention products from "
-                           "the shapes given to jax.nn.dot_product_attention", "macs": macs + attention_macs,
-                "padding_taps": padding_taps}
+        return MacCount("XLA cost_analysis per conv/linear ((FLOPs - bias adds) / 2), attention products from "
+                        "the shapes given to jax.nn.dot_product_attention", macs + attention_macs, padding_taps)
 
 
 def _padding_taps(module, in_shape, out_shape) -> int:

@@ -10,6 +10,7 @@ import importlib
 
 import numpy as np
 
+from conformance.frameworks.protocol import MacCount
 from conformance.weights import WeightError
 
 # Keras variable name -> neutral tensor name, per layer class.
@@ -17,13 +18,13 @@ BN_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "m
 
 
 class Adapter:
-    channels_last = True
+    device = "cpu"  # on a GPU run Keras uses the GPU its backend sees
 
     def __init__(self):
         import keras
 
         self.keras = keras
-        self.name = "keras" if keras.backend.backend() == "tensorflow" else f"keras-{keras.backend.backend()}"
+        self.run_key = "keras" if keras.backend.backend() == "tensorflow" else f"keras-{keras.backend.backend()}"
         # (model, its block model), for the latest model only, matched by identity: a cache keyed by id()
         # once handed a freed MobileNetV3's block model to a MobileNetV4 that reused its id.
         self._block_model: tuple[object, object] | None = None
@@ -98,7 +99,7 @@ class Adapter:
         other = self.build(desc.family, desc.variant, desc.flavor, desc.num_classes, resolution)
         return self.logits(other, np.zeros((batch, 3, *resolution), np.float32))
 
-    def count_macs(self, model, resolution: tuple[int, int]) -> dict:
+    def count_macs(self, model, resolution: tuple[int, int]) -> MacCount:
         """MACs from Keras' own layer objects: each Conv2D / DepthwiseConv2D / Dense layer's kernel size
         times the number of output positions Keras computed for it (its symbolic output shape)."""
         layers = self.keras.layers
@@ -113,8 +114,7 @@ class Adapter:
                 query, key, value = (tensor.shape for tensor in layer.input)
                 heads, queries, keys = layer.heads, int(np.prod(query[1:3])), int(np.prod(key[1:3]))
                 macs += heads * queries * keys * (key[-1] + value[-1])
-        return {"counter": "Keras layer kernels x output positions (+ attention products from layer shapes)",
-                "macs": macs}
+        return MacCount("Keras layer kernels x output positions (+ attention products from layer shapes)", macs)
 
 
 def _to_nchw(value: np.ndarray) -> np.ndarray:

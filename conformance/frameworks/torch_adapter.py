@@ -6,12 +6,12 @@ import importlib
 
 import numpy as np
 
+from conformance.frameworks.protocol import MacCount
 from conformance.weights import WeightError
 
 
 class Adapter:
-    name = "torch"
-    channels_last = False
+    run_key = "torch"
     device = "cpu"  # the worker sets "cuda" for `mnforge conform --device gpu`
 
     def __init__(self):
@@ -64,7 +64,7 @@ class Adapter:
     def logits_at(self, model, desc, resolution: tuple[int, int], batch: int) -> np.ndarray:
         return self.logits(model, np.zeros((batch, 3, *resolution), np.float32))
 
-    def count_macs(self, model, resolution: tuple[int, int]) -> dict:
+    def count_macs(self, model, resolution: tuple[int, int]) -> MacCount:
         """FlopCounterMode counts 2 FLOPs per multiply-accumulate of convolutions and matmuls. PyTorch gives
         it a formula for the CUDA attention kernels only; the CPU one gets the same two products here."""
         from torch.utils.flop_counter import FlopCounterMode
@@ -80,5 +80,4 @@ class Adapter:
         with FlopCounterMode(display=False, custom_mapping=mapping) as counter, self.torch.no_grad():
             model(x)
         flops = counter.get_total_flops()
-        return {"counter": "torch.utils.flop_counter.FlopCounterMode (FLOPs / 2)", "macs": flops // 2,
-                "raw": flops}
+        return MacCount("torch.utils.flop_counter.FlopCounterMode (FLOPs / 2)", flops // 2, details={"flops": flops})
