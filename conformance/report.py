@@ -9,7 +9,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from conformance.checks import Check
 from conformance.console import console
-from conformance.files import atomic_write
+from spec.files import atomic_write
 from conformance.report_html import html_report
 from conformance.runner import RunResult
 from spec import describe

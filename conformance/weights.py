@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance.files import atomic_write
+from spec.files import atomic_write
 from spec.resolve import Description
 
 FORMAT = "mnforge-neutral-1"

@@ -160,7 +160,7 @@ def _onnx(framework: str, adapter, model, desc, job: dict, images, own_logits) -
         info.update(cached=True, export_s=0.0)
     else:
         info.update(cached=False, export_s=onnx_export.export(base, model, desc.resolution, path))
-        from conformance.files import atomic_write
+        from spec.files import atomic_write
 
         atomic_write(key_file, key)
     info.update(onnx_export.validate(path))
@@ -205,7 +205,7 @@ def _save_npz(path: Path, arrays: dict) -> None:
 
     import numpy as np
 
-    from conformance.files import atomic_write
+    from spec.files import atomic_write
 
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -213,7 +213,7 @@ def _save_npz(path: Path, arrays: dict) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from conformance.files import atomic_write
+    from spec.files import atomic_write
 
     atomic_write(path, json.dumps(data, indent=1, default=str))
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from generators.context import BLOCK_TUPLES, block_row, family_context
 from generators.frameworks import FRAMEWORKS
 from spec import SpecError, load_spec
+from spec.files import atomic_write
 from spec.loader import DEFAULT_SPEC, LoadedSpec
 from spec.schema import schema_text
 
@@ -113,19 +112,10 @@ def write(rendered: dict[str, str], out: Path) -> list[str]:
     changed = stale_files(rendered, out)
     for path in changed:
         if path in rendered:
-            write_atomic(out / path, rendered[path])
+            atomic_write(out / path, rendered[path])
         else:
             (out / path).unlink()
     return changed
-
-
-def write_atomic(target: Path, text: str) -> None:
-    """A temporary file in the target's folder, then a rename: readers never see half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, delete=False,
-                                     prefix=f".{target.name}.", suffix=".tmp") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     changed = write(rendered, args.out)
     if _read(schema_file) != schema:
-        write_atomic(schema_file, schema)
+        atomic_write(schema_file, schema)
         changed.append(schema_file.name)
     print(f"{args.out}: {len(rendered)} files, {len(changed)} changed ({time.perf_counter() - start:.2f} s)")
     return 0

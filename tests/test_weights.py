@@ -8,11 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from conformance import files
 from conformance import weights as neutral
 from conformance.checks import evaluate
 from conformance.runner import Worker, prepare, run
-from spec import describe, load_spec
+from spec import describe, files, load_spec
 
 SPEC = load_spec()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance.files import atomic_write
+from spec.files import atomic_write
 
 OPSET = 18
 INPUT, OUTPUT, BATCH = "images", "logits", "batch"

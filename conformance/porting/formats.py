@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance.files import atomic_write
+from spec.files import atomic_path, atomic_write
 from conformance.weights import WeightError, check_tensors, expected_tensors
 from spec.resolve import Description
 
@@ -130,18 +130,9 @@ def _load_keras_weights(model, path: Path) -> None:
 
 
 def _save_keras_weights(model, path: Path) -> None:
-    import os
-    import tempfile
-
     _keras_weights_path(path)
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp.weights.h5")
-    os.close(fd)
-    try:
-        model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".tmp.weights.h5") as tmp:
+        model.save_weights(str(tmp), overwrite=True)
 
 
 def _keras_generated(desc: Description):

@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
 
         result = {"error": str(exc) if isinstance(exc, (WeightError, KeyError)) else f"{type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc(limit=5)}
-    from conformance.files import atomic_write
+    from spec.files import atomic_write
 
     atomic_write(result_path, json.dumps(result, default=str))
     return 0
@@ -84,7 +84,7 @@ def _run(request: dict, desc) -> dict:
 
     import numpy as np
 
-    from conformance.files import atomic_write
+    from spec.files import atomic_write
     from conformance.frameworks import adapter as get_adapter
     from conformance.porting import formats
 
