@@ -9,10 +9,10 @@ from xml.sax.saxutils import escape, quoteattr
 
 from conformance.checks import Check
 from conformance.console import console
-from spec.files import atomic_write
 from conformance.report_html import html_report
 from conformance.runner import RunResult
 from spec import describe
+from spec.files import atomic_write
 
 CHECKS = ("build", "structure", "params", "round_trip", "shapes", "macs", "resolutions", "outputs", "onnx")
 

@@ -69,8 +69,7 @@ def test_a_failure_leaves_the_old_content_and_no_temporary_file(tmp_path, monkey
 
 
 def test_a_failing_writer_leaves_no_temporary_file(tmp_path):
-    with pytest.raises(RuntimeError, match="exporter failed"):
-        with atomic_path(tmp_path / "model.onnx") as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("exporter failed")
+    with pytest.raises(RuntimeError, match="exporter failed"), atomic_path(tmp_path / "model.onnx") as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("exporter failed")
     assert list(tmp_path.iterdir()) == []

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spec.files import atomic_path, atomic_write
 from conformance.weights import WeightError, check_tensors, expected_tensors
+from spec.files import atomic_path, atomic_write
 from spec.resolve import Description
 
 FORMATS = ("safetensors", "torch", "keras", "flax", "torchvision", "timm", "keras-applications")

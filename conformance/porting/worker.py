@@ -84,9 +84,9 @@ def _run(request: dict, desc) -> dict:
 
     import numpy as np
 
-    from spec.files import atomic_write
     from conformance.frameworks import adapter as get_adapter
     from conformance.porting import formats
+    from spec.files import atomic_write
 
     framework = request["framework"]
     tensors = formats.read_weights(Path(request["path"]), framework, desc)
