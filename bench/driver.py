@@ -20,11 +20,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.pairs import pairs
+from bench.pairs import PAIRS
 from bench.timing import Settings
+from bench.worker import bench_module
+from generators.frameworks import FRAMEWORKS
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ("torch", "flax", "keras")
+# Each framework right after the one its benchmark is set against (generators/frameworks.py: bench_against).
+ORDER = tuple(key for own in FRAMEWORKS if FRAMEWORKS[own].bench_against is None
+              for key in (own, *(k for k, f in FRAMEWORKS.items() if f.bench_against == own)))
 PARITY = 0.03  # ratios within 1 +- this are parity (run-to-run noise of medians on a shared machine)
 # Flax mode -> the PyTorch reference modes it is set against.
 FLAX_AGAINST = {"jit": ("eager", "compiled"), "fp32 jit": ("fp32",), "bf16 jit": ("bf16+channels_last compiled",)}
@@ -50,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     device = "gpu" if args.gpu else "cpu"
     batches = [int(b) for b in args.batches.split(",")] if args.batches else ([256] if args.gpu else [1, 32])
     settings = Settings.quick() if args.quick else Settings()
-    frameworks = [args.only] if args.only else [f for f in ORDER if not (args.gpu and f == "keras")]
+    frameworks = [args.only] if args.only else [f for f in ORDER
+                                                if not args.gpu or getattr(bench_module(f), "GPU_MODES", ())]
     wanted = set(args.pairs.split(",")) if args.pairs else None
     report = {"date": datetime.date.today().isoformat(), "device": device, "threads": args.threads,
               "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
@@ -60,13 +65,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{settings.rounds} rounds after {settings.warmup} warm-up calls", file=sys.stderr)
     jobs = []
     for framework in frameworks:
-        run_pairs, missing = pairs(framework)
-        report["skipped"] += [{"framework": framework, "pair": p.label, "why": f"no module {p.module(framework)}"}
-                              for p in missing]
-        chosen = [p.reference.name for p in run_pairs if wanted is None or p.reference.name in wanted]
+        chosen = [p.reference.name for p in PAIRS[framework] if wanted is None or p.reference.name in wanted]
         jobs.append((framework, chosen, False))
-    if args.only == "flax":  # Flax is set against the PyTorch reference: time it (alone) first
-        jobs.insert(0, ("torch", jobs[0][1], True))
+    against = FRAMEWORKS[args.only].bench_against if args.only else None
+    if against:  # set against another framework's references: time them (alone) first
+        jobs.insert(0, (against, jobs[0][1], True))
     status = 0
     for framework, chosen, reference_only in jobs:
         result = run_worker(framework, chosen, device, args.threads, batches, settings, reference_only)

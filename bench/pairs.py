@@ -3,20 +3,18 @@ generated modules of its own framework).
 
 A pair is a reference model (conformance/porting/references.py: library, builder, and the spec variant
 and flavor that reproduce it) and the generated module that holds that variant. Adding a pair is one
-row. MobileNetV4 rows are listed already: a pair whose generated module does not exist yet is skipped
-(found with importlib, nothing imported), so they run as soon as the generated code lands.
+row. A framework times the pairs whose references run in it, or in the framework it is set against
+(generators/frameworks.py: `bench_against`).
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from conformance.porting.references import REFERENCES, Reference
-
-PACKAGES = {"torch": "pytorch", "keras": "keras3", "flax": "flax_nnx"}
+from generators.frameworks import FRAMEWORKS
 
 
 @dataclass(frozen=True)
@@ -37,19 +35,12 @@ class Pair:
         return f"{self.reference.name} vs {self.variant} ({self.flavor})"
 
     def module(self, framework: str) -> str:
-        return f"generated.{PACKAGES[framework]}.{self.family}"
-
-    def generated_exists(self, framework: str) -> bool:
-        return importlib.util.find_spec(self.module(framework)) is not None
+        return f"{FRAMEWORKS[framework].module_prefix}.{self.family}"
 
 
-def _pair(name: str, family: str, variant: str | None = None, flavor: str | None = None) -> Pair:
-    """A pair for the reference `name` ("library:builder"): the porting table's entry where it has one,
-    else (a reference the porting table does not list yet) one built from `variant` and `flavor`."""
-    if name in REFERENCES:
-        return Pair(REFERENCES[name], family)
-    library, builder = name.split(":")
-    return Pair(Reference(name, library, variant, flavor, builder), family)
+def _pair(name: str, family: str) -> Pair:
+    """The pair of the porting table's reference `name` ("library:builder")."""
+    return Pair(REFERENCES[name], family)
 
 
 # PyTorch: generated vs torchvision / timm, in one process. Flax times the same variants and flavors
@@ -59,9 +50,9 @@ TORCH_PAIRS = (
     _pair("torchvision:mobilenet_v2", "mobilenet_v2"),
     _pair("torchvision:mobilenet_v3_large", "mobilenet_v3"),
     _pair("torchvision:mobilenet_v3_small", "mobilenet_v3"),
-    _pair("timm:mobilenetv4_conv_small", "mobilenet_v4", "mobilenet_v4_conv_small", "timm"),
-    _pair("timm:mobilenetv4_conv_medium", "mobilenet_v4", "mobilenet_v4_conv_medium", "timm"),
-    _pair("timm:mobilenetv4_hybrid_medium", "mobilenet_v4", "mobilenet_v4_hybrid_medium", "timm"),
+    _pair("timm:mobilenetv4_conv_small", "mobilenet_v4"),
+    _pair("timm:mobilenetv4_conv_medium", "mobilenet_v4"),
+    _pair("timm:mobilenetv4_hybrid_medium", "mobilenet_v4"),
 )
 
 # Keras (TensorFlow backend): generated vs keras.applications, built as conformance/porting/keras_refs.py
@@ -74,7 +65,8 @@ KERAS_PAIRS = (
     _pair("keras-applications:MobileNetV3Small_100", "mobilenet_v3"),
 )
 
-PAIRS = {"torch": TORCH_PAIRS, "keras": KERAS_PAIRS, "flax": TORCH_PAIRS}
+PAIRS = {key: tuple(p for p in TORCH_PAIRS + KERAS_PAIRS if p.reference.framework == (f.bench_against or key))
+         for key, f in FRAMEWORKS.items()}
 
 
 def factories(framework: str, names: list[str]) -> tuple[list[tuple[Pair, Callable]], list[dict]]:
@@ -91,10 +83,3 @@ def factories(framework: str, names: list[str]) -> tuple[list[tuple[Pair, Callab
             found.append((pair, factory))
     return found, skipped
 
-
-def pairs(framework: str) -> tuple[list[Pair], list[Pair]]:
-    """(pairs to run, pairs skipped because their generated module does not exist) for `framework`."""
-    run, skipped = [], []
-    for pair in PAIRS[framework]:
-        (run if pair.generated_exists(framework) else skipped).append(pair)
-    return run, skipped

@@ -2,7 +2,7 @@
 
 Pins the process to the requested number of cores before any framework is imported (every framework
 then sizes its thread pool to them; PyTorch and TensorFlow are also told explicitly), runs the
-framework's benchmark (bench/{torch,keras,flax}_bench.py) and writes its rows as JSON. Progress goes to
+framework's benchmark (bench/<framework key>_bench.py) and writes its rows as JSON. Progress goes to
 stderr. A benchmark that cannot run (e.g. --gpu without a GPU) writes {"error": ...} and exits with 3.
 """
 
@@ -17,7 +17,11 @@ import time
 import traceback
 from pathlib import Path
 
-MODULES = {"torch": "bench.torch_bench", "keras": "bench.keras_bench", "flax": "bench.flax_bench"}
+
+def bench_module(framework: str):
+    """bench/<key>_bench.py: `run(request, progress)`, and GPU_MODES where it times on a GPU. Importing it
+    imports no framework."""
+    return importlib.import_module(f"bench.{framework}_bench")
 
 
 class BenchError(RuntimeError):
@@ -45,8 +49,7 @@ def main(argv: list[str]) -> int:
                     "cores": cores, "python": platform.python_version()}
     start = time.perf_counter()
     try:
-        module = importlib.import_module(MODULES[request["framework"]])
-        result.update(module.run(request, progress))
+        result.update(bench_module(request["framework"]).run(request, progress))
     except BenchError as exc:
         result["error"] = str(exc)
     except Exception as exc:  # noqa: BLE001 (reported by the driver with its traceback)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from conformance.console import console
+from generators.frameworks import FRAMEWORKS, RUNS
 from spec import SpecError, UnknownName, describe, load_spec
 from spec.loader import DEFAULT_SPEC
 
@@ -35,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("variants", nargs="*")
     p.add_argument("--all", action="store_true", help="every variant in the spec")
     p.add_argument("--quick", action="store_true", help="one variant per architecture")
-    p.add_argument("--frameworks", default="torch,keras,keras-jax,keras-torch,flax",
-                   help="comma-separated: torch, keras (TensorFlow backend), keras-jax, keras-torch, flax")
+    p.add_argument("--frameworks", default=",".join(RUNS),
+                   help="comma-separated: " + ", ".join(f"{r.key} ({r.title})" for r in RUNS.values()))
     p.add_argument("--flavor", default=None)
     p.add_argument("--resolution", type=_resolution, default=(224, 192), help="R or HxW (default 224x192)")
     p.add_argument("--num-classes", type=int, default=1000)
@@ -53,23 +54,26 @@ def main(argv: list[str] | None = None) -> int:
 
     p = commands.add_parser("port", help="convert a checkpoint between formats (see README: Port a checkpoint)")
     p.add_argument("variant")
+    from conformance.porting.formats import FORMATS
+
     p.add_argument("--from", dest="source", required=True, metavar="FORMAT:PATH",
-                   help="safetensors, torch, keras, flax, torchvision, timm or keras-applications, then the file")
+                   help=f"{', '.join(FORMATS[:-1])} or {FORMATS[-1]}, then the file")
     p.add_argument("--to", dest="target", required=True, metavar="FORMAT:PATH")
     p.add_argument("--flavor", default=None, help="default: recorded in the file, or implied by its format")
     p.add_argument("--num-classes", type=int, default=1000)
 
     p = commands.add_parser("run", help="run a generated model with weights on an .npy input, write logits")
     p.add_argument("variant")
-    p.add_argument("--framework", required=True, choices=("torch", "keras", "flax"))
+    p.add_argument("--framework", required=True, choices=tuple(FRAMEWORKS))
     p.add_argument("--weights", type=Path, required=True)
-    p.add_argument("--input", type=Path, required=True, help="NCHW for torch, NHWC for keras and flax (float32)")
+    p.add_argument("--input", type=Path, required=True,
+                   help="float32, " + ", ".join(f"{f.layout} for {f.key}" for f in FRAMEWORKS.values()))
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--flavor", default=None, help="default: the flavor recorded with the weights")
 
     p = commands.add_parser("onnx", help="export a generated model to ONNX (opset 18) and validate it")
     p.add_argument("variant")
-    p.add_argument("--framework", required=True, choices=("torch", "keras", "flax"))
+    p.add_argument("--framework", required=True, choices=tuple(FRAMEWORKS))
     p.add_argument("--flavor", default=None)
     p.add_argument("--resolution", type=_resolution, default=None, help="R or HxW (default: 224 or the family's)")
     p.add_argument("--num-classes", type=int, default=1000)
@@ -173,9 +177,9 @@ def _onnx(loaded, args) -> int:
                          "resolution": list(desc.resolution), "path": str(args.output),
                          "weights": str(args.weights) if args.weights else None},
                         args.framework, f"exporting {desc.variant} from {args.framework}")
-    from conformance.onnx.export import LAYOUT, OPSET
+    from conformance.onnx.export import OPSET
 
-    print(f"wrote {args.output}: opset {OPSET}, input `images` {LAYOUT[args.framework]} (batch dynamic), output "
+    print(f"wrote {args.output}: opset {OPSET}, input `images` {FRAMEWORKS[args.framework].layout} (batch dynamic), output "
           f"`logits`; checker ok; exported in {result['seconds']:.1f} s", file=sys.stderr)
     return 0
 
@@ -202,11 +206,9 @@ def _conform(loaded, args) -> int:
 
     variants = _select(loaded, args)
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
-    from conformance.frameworks import FRAMEWORKS
-
-    unknown = [f for f in frameworks if f not in FRAMEWORKS]
+    unknown = [f for f in frameworks if f not in RUNS]
     if unknown:
-        raise ValueError(f"unknown framework(s) {unknown}; expected some of {', '.join(FRAMEWORKS)}")
+        raise ValueError(f"unknown framework(s) {unknown}; expected some of {', '.join(RUNS)}")
     flavor = args.flavor or loaded.spec.default_flavor
     if args.device == "gpu" and args.onnx:
         raise ValueError("--onnx exports and checks on the CPU; run it without --device gpu")

@@ -7,8 +7,7 @@ import math
 from html import escape
 
 from conformance.checks import Check
-
-COLORS = {"torch": "#1f77b4", "keras": "#d62728", "keras-jax": "#ff7f0e", "keras-torch": "#9467bd", "flax": "#2ca02c"}
+from generators.frameworks import RUNS
 
 
 def error_plot(checks: list[Check], width: int = 760, height: int = 220) -> str:
@@ -40,7 +39,7 @@ def error_plot(checks: list[Check], width: int = 760, height: int = 220) -> str:
             parts.append(f'<text x="{x(i):.1f}" y="{top + plot_h + 14}" text-anchor="middle">{escape(block)}</text>')
     for n, (subject, per_block) in enumerate(series.items()):
         points = " ".join(f"{x(i):.1f},{y(per_block[b]['rel']):.1f}" for i, b in enumerate(blocks) if b in per_block)
-        color = COLORS.get(subject, "#555")
+        color = RUNS[subject].color if subject in RUNS else "#555"
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{points}"/>')
         parts.append(f'<text x="{left + 10 + 95 * n}" y="{height - 5}" fill="{color}">{escape(subject)}</text>')
     parts.append("</svg>")

@@ -23,16 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from conformance import weights as neutral
+from generators.frameworks import REFERENCE_RUN, RUNS
 from spec import describe
 from spec.loader import LoadedSpec
 
 WORKER_COMMAND = [sys.executable, "-m", "conformance.worker"]
-ALL_FRAMEWORKS = ("torch", "keras", "keras-jax", "keras-torch", "flax")
-REFERENCE = ("torch", "float64")
+REFERENCE = (REFERENCE_RUN, "float64")
 TIMEOUT_BASE = 120.0  # seconds for a worker's imports, on top of `timeout_per_variant` per variant
-# Workers start heaviest first, so that the last one to start is a short one (`conform --all` on 2 cores:
-# keras-jax about 140 s, flax 70 s, keras 40 s, keras-torch 12 s, each PyTorch worker 5 s).
-START_ORDER = ("keras-jax", "flax", "keras", "keras-torch")
 
 
 @dataclass(frozen=True)
@@ -132,8 +129,8 @@ def run(loaded: LoadedSpec, variants: list[str], frameworks: list[str], flavor: 
 
 def _run_workers(loaded, workers, variants, flavor, resolution, num_classes, work, parallel, timeout_per_variant,
                  progress, options: Options) -> list[WorkerRun]:
-    pending = sorted(workers, key=lambda w: START_ORDER.index(w.framework) if w.framework in START_ORDER
-                     else len(START_ORDER))
+    # Most costly first (generators.frameworks: Run.start_cost), so that the last worker to start is a short one.
+    pending = sorted(workers, key=lambda w: -RUNS[w.framework].start_cost)
     running: list[tuple[WorkerRun, subprocess.Popen, float, object]] = []
     done: list[WorkerRun] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3",

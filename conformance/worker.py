@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 import traceback
@@ -21,12 +20,10 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[0]).read_text())
-    framework = request["framework"]
-    from conformance.frameworks import FRAMEWORKS
+    framework = request["framework"]  # a run key: generators.frameworks.RUNS
+    from conformance.frameworks import set_up_process
 
-    backend = FRAMEWORKS[framework][1]
-    if backend:
-        os.environ["KERAS_BACKEND"] = backend  # before keras is imported, in this process only
+    set_up_process(framework)  # KERAS_BACKEND, before any framework is imported
 
     import numpy as np
 
@@ -112,8 +109,9 @@ def _use_device(framework: str, device: str) -> str | None:
     full float32 and passes the CPU tolerances. Returns an error message, or None."""
     if device == "cpu":
         return None
-    uses = {"torch": "torch", "keras-torch": "torch", "flax": "jax", "keras-jax": "jax", "keras": "tensorflow"}
-    library = uses[framework]
+    from generators.frameworks import run
+
+    library = run(framework).library
     if library == "torch":
         import torch
 
@@ -145,21 +143,22 @@ def _onnx(framework: str, adapter, model, desc, job: dict, images, own_logits) -
     import numpy as np
 
     from conformance.onnx import export as onnx_export
+    from generators.frameworks import RUNS
 
-    base = {"torch": "torch", "keras": "keras", "flax": "flax"}.get(framework)
-    if base is None:
-        return {"skipped": f"{framework}: ONNX export is checked from torch, keras (TensorFlow) and flax"}
-    package = {"torch": "pytorch", "keras": "keras3", "flax": "flax_nnx"}[base]
-    generated = Path(importlib.import_module(f"generated.{package}.{desc.family}").__file__)
+    if not RUNS[framework].native:
+        natives = ", ".join(f"{r.key} ({r.title})" for r in RUNS.values() if r.native)
+        return {"skipped": f"{framework}: ONNX export is checked from {natives}"}
+    base = RUNS[framework].framework
+    generated = Path(importlib.import_module(f"{base.module_prefix}.{desc.family}").__file__)
     folder = Path(job["onnx"]["dir"])
     path = folder / f"{desc.variant}.{desc.flavor}.{framework}.onnx"
     key = onnx_export.cache_key(generated, Path(job["weights"]), desc.flavor, desc.resolution)
     key_file = path.with_name(path.name + ".sha256")
-    info: dict = {"path": str(path), "layout": onnx_export.LAYOUT[base], "opset": onnx_export.OPSET}
+    info: dict = {"path": str(path), "layout": base.layout, "opset": onnx_export.OPSET}
     if path.exists() and key_file.exists() and key_file.read_text() == key:
         info.update(cached=True, export_s=0.0)
     else:
-        info.update(cached=False, export_s=onnx_export.export(base, model, desc.resolution, path))
+        info.update(cached=False, export_s=onnx_export.export(base.key, model, desc.resolution, path))
         from spec.files import atomic_write
 
         atomic_write(key_file, key)
@@ -168,8 +167,8 @@ def _onnx(framework: str, adapter, model, desc, job: dict, images, own_logits) -
 
     from conformance.onnx.canonical import canonicalize
 
-    info["canonical"] = canonicalize(onnx.load(str(path)), onnx_export.LAYOUT[base]).summary()
-    native = images if base == "torch" else images.transpose(0, 2, 3, 1)
+    info["canonical"] = canonicalize(onnx.load(str(path)), base.layout).summary()
+    native = images.transpose(0, 2, 3, 1) if base.channels_last else images
     scale = float(np.max(np.abs(own_logits))) or 1.0
     ort_logits = onnx_export.run_onnxruntime(path, native)
     info["ort_rel_error"] = float(np.max(np.abs(ort_logits - own_logits))) / scale

@@ -21,8 +21,11 @@ class Framework:
     package: str  # generated/<package>/<family>.py
     layout: str  # image layout of the generated models: "NCHW" or "NHWC"
     onnx_exporter: str  # what `mnforge onnx` uses for this framework
-    weights_suffix: str  # the framework's own weight file (port --to KEY:PATH)
+    weights_suffix: str  # the framework's own weight file (port --to KEY:PATH; the format is named KEY)
     adapter: str  # module with the conformance adapter (conformance/frameworks/protocol.py)
+    # bench/: the framework whose reference models this one's benchmark is set against (timed in that
+    # framework's process just before); None: its own references, in its own process.
+    bench_against: str | None = None
 
     @property
     def channels_last(self) -> bool:
@@ -40,6 +43,20 @@ class Run:
     framework: Framework
     library: str  # the library that computes: "torch", "tensorflow" or "jax" (GPU setup, import rules)
     keras_backend: str | None = None  # KERAS_BACKEND for this run's worker process
+    color: str = "#555555"  # its line in report.html's error plots
+    # Seconds of `conform --all` on 2 cores: workers start most costly first, so that the last to start
+    # is a short one.
+    start_cost: float = 0.0
+
+    @property
+    def native(self) -> bool:
+        """The framework on its own library: the run that `port`, `run` and `onnx` use and whose ONNX
+        export the conformance checks (Keras exports through tf2onnx, from TensorFlow)."""
+        return self.key == self.framework.key
+
+    @property
+    def title(self) -> str:
+        return f"{self.framework.title} on {self.library}" if self.keras_backend else self.framework.title
 
 
 TORCH = Framework("torch", "PyTorch", "pytorch", "NCHW", "torch.onnx.export (dynamo)", ".pt",
@@ -47,16 +64,16 @@ TORCH = Framework("torch", "PyTorch", "pytorch", "NCHW", "torch.onnx.export (dyn
 KERAS = Framework("keras", "Keras 3", "keras3", "NHWC", "tf2onnx (TensorFlow backend)", ".weights.h5",
                   "conformance.frameworks.keras_adapter")
 FLAX = Framework("flax", "Flax NNX", "flax_nnx", "NHWC", "jax2onnx", ".msgpack",
-                 "conformance.frameworks.flax_adapter")
+                 "conformance.frameworks.flax_adapter", bench_against="torch")
 
 FRAMEWORKS: dict[str, Framework] = {f.key: f for f in (TORCH, KERAS, FLAX)}
 
 RUNS: dict[str, Run] = {r.key: r for r in (
-    Run("torch", TORCH, "torch"),
-    Run("keras", KERAS, "tensorflow", keras_backend="tensorflow"),
-    Run("keras-jax", KERAS, "jax", keras_backend="jax"),
-    Run("keras-torch", KERAS, "torch", keras_backend="torch"),
-    Run("flax", FLAX, "jax"),
+    Run("torch", TORCH, "torch", color="#1f77b4", start_cost=5),
+    Run("keras", KERAS, "tensorflow", keras_backend="tensorflow", color="#d62728", start_cost=40),
+    Run("keras-jax", KERAS, "jax", keras_backend="jax", color="#ff7f0e", start_cost=140),
+    Run("keras-torch", KERAS, "torch", keras_backend="torch", color="#9467bd", start_cost=12),
+    Run("flax", FLAX, "jax", color="#2ca02c", start_cost=70),
 )}
 
 # The float64 run that every other run is compared with.

@@ -1,9 +1,10 @@
-"""bench/: the timing is interleaved and its ratios are reference / generated; pairs whose generated code
-does not exist are skipped; --gpu without a GPU fails clearly; and `mnforge conform --device`: cpu is
+"""bench/: the timing is interleaved and its ratios are reference / generated; pairs are the porting
+table's references, run in the framework the registry says; --gpu without a GPU fails clearly; and `mnforge conform --device`: cpu is
 unchanged (GPUs hidden from the workers), gpu without a GPU fails clearly. Correctness only, no timings."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from bench import pairs as bench_pairs
-from bench.driver import flax_vs_torch
+from bench.driver import ORDER, flax_vs_torch
 from bench.timing import Settings, Timing, interleaved, ratio
 from conformance import runner
 from conformance.cli import main as mnforge
 from conformance.porting.references import REFERENCES
 from conformance.runner import Options, run
+from generators.frameworks import FRAMEWORKS
 from spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,17 +65,24 @@ def test_ratio_is_reference_over_generated_with_spread():
     assert result["spread"] > 0  # per-round ratios 2, 1, 1, 1, 0.5
 
 
-def test_pairs_match_the_porting_references_and_skip_missing_generated_code(monkeypatch):
+def test_pairs_match_the_porting_references_and_their_generated_modules_exist():
     for pair in bench_pairs.TORCH_PAIRS + bench_pairs.KERAS_PAIRS:
-        if pair.family != "mobilenet_v4":  # V4 rows wait for the generated code (and its porting entries)
-            assert REFERENCES[pair.reference.name] == pair.reference
-    run_, skipped = bench_pairs.pairs("torch")
-    assert {p.reference.name for p in run_} >= {"torchvision:mobilenet_v2", "torchvision:mobilenet_v3_large",
-                                                 "torchvision:mobilenet_v3_small", "timm:mobilenetv1_100"}
-    monkeypatch.setattr(bench_pairs.Pair, "generated_exists", lambda self, framework: self.family != "mobilenet_v2")
-    run_, skipped = bench_pairs.pairs("keras")
-    assert [p.reference.name for p in skipped] == ["keras-applications:MobileNetV2_100"]
-    assert len(run_) == len(bench_pairs.KERAS_PAIRS) - 1
+        assert REFERENCES[pair.reference.name] == pair.reference
+    for framework, chosen in bench_pairs.PAIRS.items():
+        against = FRAMEWORKS[framework].bench_against or framework
+        assert chosen and all(p.reference.framework == against for p in chosen), framework
+        for pair in chosen:
+            assert importlib.util.find_spec(pair.module(framework)) is not None, pair.module(framework)
+    assert {p.reference.name for p in bench_pairs.PAIRS["torch"]} >= {
+        "torchvision:mobilenet_v2", "torchvision:mobilenet_v3_large", "torchvision:mobilenet_v3_small",
+        "timm:mobilenetv1_100"}
+
+
+def test_each_framework_runs_right_after_the_one_it_is_set_against():
+    for framework, entry in FRAMEWORKS.items():
+        if entry.bench_against:
+            assert ORDER.index(framework) == ORDER.index(entry.bench_against) + 1
+    assert set(ORDER) == set(FRAMEWORKS)
 
 
 def test_flax_rows_are_set_against_the_torch_reference_of_the_same_pair_and_batch():

@@ -14,6 +14,7 @@ from conformance import runner
 from conformance import weights as neutral
 from conformance.checks import evaluate
 from conformance.runner import Options, Worker, chain, prepare, run
+from generators.frameworks import FRAMEWORKS, REFERENCE_RUN
 from spec import load_spec
 
 SPEC = load_spec()
@@ -70,8 +71,12 @@ def test_hanging_worker_times_out(tmp_path, monkeypatch):
     assert "timed out" in build[0].summary
 
 
-@pytest.mark.parametrize("frameworks", [["torch", "keras", "flax", "torch"], ["torch", "flax", "keras", "torch"]],
-                         ids=["torch-keras-flax-torch", "torch-flax-keras-torch"])
+# Through every framework and back to the reference's, in both orders.
+_OTHERS = [key for key in FRAMEWORKS if key != REFERENCE_RUN]
+CHAINS = [[REFERENCE_RUN, *others, REFERENCE_RUN] for others in (_OTHERS, _OTHERS[::-1])]
+
+
+@pytest.mark.parametrize("frameworks", CHAINS, ids=["-".join(c) for c in CHAINS])
 def test_weights_chain_through_frameworks_bit_exact(tmp_path, frameworks):
     start, end, _ = chain(SPEC, "mobilenet_v2_035", frameworks, "tf", tmp_path)
     assert set(start) == set(end)

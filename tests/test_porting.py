@@ -17,14 +17,14 @@ import pytest
 
 from conformance.cli import main as cli
 from conformance.porting.port import PortError, port, run_model, run_worker
-from conformance.porting.references import REFERENCES
+from conformance.porting.references import LIBRARIES, REFERENCES
+from generators.frameworks import FRAMEWORKS
 from spec import load_spec
 
 SPEC = load_spec()
 SAME_FRAMEWORK, CROSS_FRAMEWORK = 1e-6, 1e-4
 DEFAULT_REFERENCES = ["torchvision:mobilenet_v3_small", "timm:tf_mobilenetv3_small_minimal_100",
                       "keras-applications:MobileNetV2_035", "timm:mobilenetv4_hybrid_medium"]
-SUFFIX = {"torch": ".pth", "keras": ".weights.h5"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def images(tmp_path_factory) -> Path:
 
 def random_reference(name: str, folder: Path, images: Path) -> tuple[Path, np.ndarray]:
     ref = REFERENCES[name]
-    path = folder / f"{name.split(':')[1]}{SUFFIX[ref.framework]}"
+    path = folder / f"{name.split(':')[1]}{LIBRARIES[ref.library].suffix}"
     run_worker({"spec": str(SPEC.path), "op": "reference", "reference": name, "variant": ref.variant,
                 "flavor": ref.flavor, "path": str(path), "input": str(images / "nchw.npy"),
                 "logits": str(folder / "reference_logits.npy")}, ref.framework, f"building {name}")
@@ -51,10 +51,10 @@ def _reproduce(name: str, tmp_path: Path, images: Path):
     port(SPEC, ref.variant, f"{ref.library}:{checkpoint}", f"safetensors:{tmp_path / 'neutral.safetensors'}",
          flavor=ref.flavor, echo=lambda line: None)
     errors = {}
-    for framework in ("torch", "keras", "flax"):
+    for framework, entry in FRAMEWORKS.items():
         out = tmp_path / f"{framework}.npy"
         run_model(SPEC, ref.variant, framework, tmp_path / "neutral.safetensors",
-                  images / ("nchw.npy" if framework == "torch" else "nhwc.npy"), out)
+                  images / ("nhwc.npy" if entry.channels_last else "nchw.npy"), out)
         logits = np.load(out)
         errors[framework] = float(np.max(np.abs(logits - expected)) / np.max(np.abs(expected)))
         tolerance = SAME_FRAMEWORK if framework == ref.framework else CROSS_FRAMEWORK

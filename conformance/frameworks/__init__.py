@@ -1,24 +1,32 @@
 """One adapter per framework: build a generated model, move neutral weights in and out, run it.
 
+Which module serves which run, and with which Keras backend, is read from generators/frameworks.py.
 Each adapter imports its framework only when used, and each runs in its own worker process
-(conformance/worker.py): TensorFlow and torchvision must never share an interpreter.
+(conformance/worker.py, conformance/porting/worker.py): TensorFlow and torchvision must never share an
+interpreter.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 
-# name -> (module, KERAS_BACKEND or None). "keras" is Keras 3 on TensorFlow.
-FRAMEWORKS = {
-    "torch": ("conformance.frameworks.torch_adapter", None),
-    "keras": ("conformance.frameworks.keras_adapter", "tensorflow"),
-    "keras-jax": ("conformance.frameworks.keras_adapter", "jax"),
-    "keras-torch": ("conformance.frameworks.keras_adapter", "torch"),
-    "flax": ("conformance.frameworks.flax_adapter", None),
-}
+from conformance.frameworks.protocol import FrameworkAdapter
+from generators.frameworks import run
 
 
-def adapter(name: str):
-    if name not in FRAMEWORKS:
-        raise ValueError(f"unknown framework {name!r}; expected one of {', '.join(FRAMEWORKS)}")
-    return importlib.import_module(FRAMEWORKS[name][0]).Adapter()
+def set_up_process(key: str) -> None:
+    """Before the run's framework is imported: KERAS_BACKEND for a Keras run, in this process only."""
+    backend = run(key).keras_backend
+    if backend:
+        os.environ["KERAS_BACKEND"] = backend
+
+
+def adapter(key: str) -> FrameworkAdapter:
+    """The adapter of the run `key` (generators.frameworks.RUNS), in a process set up for it."""
+    run_ = run(key)
+    instance = importlib.import_module(run_.framework.adapter).Adapter()
+    if instance.run_key != key:
+        raise RuntimeError(f"the {run_.framework.adapter} adapter serves {instance.run_key!r}, not {key!r} "
+                           "(call set_up_process before the framework is imported)")
+    return instance

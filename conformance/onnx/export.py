@@ -2,8 +2,9 @@
 
 One opset for all three exporters, stated here: 18 (HardSigmoid and HardSwish are native ops from
 opset 14; tf2onnx 1.17 goes up to 18). Every exported graph has one input `images` with a dynamic batch
-axis and one output `logits`. Layouts are each framework's own: `images` is NCHW from PyTorch
-(torch.onnx.export, dynamo) and NHWC from Keras (tf2onnx, TensorFlow backend) and Flax NNX (jax2onnx).
+axis and one output `logits`. Layouts are each framework's own (generators/frameworks.py: `layout`):
+`images` is NCHW from PyTorch (torch.onnx.export, dynamo) and NHWC from Keras (tf2onnx, TensorFlow
+backend) and Flax NNX (jax2onnx). The exporter of framework KEY is `_export_KEY` below.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from generators.frameworks import FRAMEWORKS
+from generators.frameworks import framework as framework_entry
 from spec.files import atomic_write
 
 OPSET = 18
 INPUT, OUTPUT, BATCH = "images", "logits", "batch"
-LAYOUT = {"torch": "NCHW", "keras": "NHWC", "flax": "NHWC"}
 
 
 def cache_key(generated_file: Path, weights: Path, flavor: str, resolution: tuple[int, int]) -> str:
@@ -35,20 +37,13 @@ def cache_key(generated_file: Path, weights: Path, flavor: str, resolution: tupl
 def export(framework: str, model, resolution: tuple[int, int], path: Path) -> float:
     """Write `model` as ONNX to `path` (atomically); returns the export's seconds."""
     start = time.perf_counter()
-    if framework == "torch":
-        proto = _export_torch(model, resolution)
-    elif framework == "keras":
-        proto = _export_keras(model, resolution, Path(path))
-    elif framework == "flax":
-        proto = _export_flax(model, resolution)
-    else:
-        raise ValueError(f"no ONNX export for {framework!r}; expected torch, keras (TensorFlow backend) or flax")
+    proto = EXPORTERS[framework_entry(framework).key](model, resolution, Path(path))
     _normalise_io(proto)
     atomic_write(Path(path), proto.SerializeToString())
     return time.perf_counter() - start
 
 
-def _export_torch(model, resolution):
+def _export_torch(model, resolution, path: Path):
     import torch
 
     example = torch.zeros(1, 3, *resolution, dtype=next(model.parameters()).dtype)
@@ -95,7 +90,7 @@ def _replace_erfc(proto) -> None:
     graph.node.extend(nodes)
 
 
-def _export_flax(model, resolution):
+def _export_flax(model, resolution, path: Path):
     from jax2onnx import to_onnx
 
     proto = to_onnx(model, inputs=[(BATCH, *resolution, 3)], opset=OPSET, input_names=[INPUT],
@@ -104,6 +99,10 @@ def _export_flax(model, resolution):
     # which the full checker rejects; the nodes are right. Drop the hints; shape inference redoes them.
     del proto.graph.value_info[:]
     return proto
+
+
+# framework key -> its exporter: (model, resolution, target path) -> ModelProto. One per registry entry.
+EXPORTERS = {key: globals()[f"_export_{key}"] for key in FRAMEWORKS}
 
 
 def _normalise_io(proto) -> None:

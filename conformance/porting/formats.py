@@ -1,5 +1,7 @@
 """Weight file formats, each read and written by its own framework (run inside a port worker process).
 
+A format is named by a framework's key (generators/frameworks.py), by a reference library
+(references.py: LIBRARIES), or is the neutral `safetensors`:
   safetensors          the neutral file (conformance/weights.py): no framework needed
   torch                state dict of the generated PyTorch model (.pt / .pth), torch.save / torch.load(weights_only=True)
   keras                weights of the generated Keras model (.weights.h5), save_weights / load_weights
@@ -8,6 +10,7 @@
                        file, holds data only (no pickle, no code), and needs nothing beyond flax itself.
   torchvision, timm    the reference model's own state dict (.pth), torch.load(weights_only=True)
   keras-applications   the keras.applications model's weights (.weights.h5)
+Framework KEY's format is read by `read_KEY` and written by `write_KEY` below.
 
 Formats that cannot hold metadata get a sidecar `<file>.mnforge.json` with format, variant, flavor and
 classes; safetensors keeps them in its metadata. Every write goes through a temporary file and a rename.
@@ -21,13 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
+from conformance.frameworks import adapter as get_adapter
+from conformance.porting.references import LIBRARIES
 from conformance.weights import WeightError, check_tensors, expected_tensors
+from generators.frameworks import FRAMEWORKS
 from spec.files import atomic_path, atomic_write
 from spec.resolve import Description
 
-FORMATS = ("safetensors", "torch", "keras", "flax", "torchvision", "timm", "keras-applications")
-FRAMEWORK_OF = {"safetensors": None, "torch": "torch", "torchvision": "torch", "timm": "torch",
-                "keras": "keras", "keras-applications": "keras", "flax": "flax"}
+NEUTRAL = "safetensors"
+# format -> the framework whose process reads and writes it (None: the neutral file, no framework)
+FRAMEWORK_OF: dict[str, str | None] = {NEUTRAL: None, **{key: key for key in FRAMEWORKS},
+                                       **{name: lib.framework for name, lib in LIBRARIES.items()}}
+FORMATS = tuple(FRAMEWORK_OF)
 SIDECAR_SUFFIX = ".mnforge.json"
 
 
@@ -94,9 +102,7 @@ def read_torch(path: Path, desc: Description) -> dict[str, np.ndarray]:
 
 
 def write_torch(path: Path, desc: Description, tensors: dict[str, np.ndarray]) -> None:
-    from conformance.frameworks.torch_adapter import Adapter
-
-    adapter = Adapter()
+    adapter = get_adapter("torch")
     model = adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, desc.resolution)
     adapter.load(model, tensors)
     _torch_save(path, model.state_dict())
@@ -136,9 +142,7 @@ def _save_keras_weights(model, path: Path) -> None:
 
 
 def _keras_generated(desc: Description):
-    from conformance.frameworks.keras_adapter import Adapter
-
-    adapter = Adapter()
+    adapter = get_adapter("keras")
     return adapter, adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, desc.resolution)
 
 
@@ -178,13 +182,11 @@ def write_keras_reference(path: Path, desc: Description, ref, tensors: dict[str,
 def read_flax(path: Path, desc: Description) -> dict[str, np.ndarray]:
     from flax import nnx, serialization
 
-    from conformance.frameworks.flax_adapter import Adapter
-
     try:
         restored = serialization.msgpack_restore(Path(path).read_bytes())
     except Exception as exc:
         raise WeightError(f"{path}: not a readable msgpack file ({type(exc).__name__}: {exc})") from None
-    adapter = Adapter()
+    adapter = get_adapter("flax")
     model = adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, desc.resolution, abstract=True)
     state = adapter.state(model)
     try:
@@ -200,9 +202,7 @@ def read_flax(path: Path, desc: Description) -> dict[str, np.ndarray]:
 def write_flax(path: Path, desc: Description, tensors: dict[str, np.ndarray]) -> None:
     from flax import serialization
 
-    from conformance.frameworks.flax_adapter import Adapter
-
-    adapter = Adapter()
+    adapter = get_adapter("flax")
     model = adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, desc.resolution, abstract=True)
     adapter.load(model, tensors)
     pure = adapter.state(model).to_pure_dict()
@@ -222,8 +222,23 @@ def _numpy_tree(tree):
     return np.asarray(tree)
 
 
-READERS = {"torch": read_torch, "keras": read_keras, "flax": read_flax}
-WRITERS = {"torch": write_torch, "keras": write_keras, "flax": write_flax}
+# framework key -> reader / writer of its own weight file: one of each per registry entry
+READERS = {key: globals()[f"read_{key}"] for key in FRAMEWORKS}
+WRITERS = {key: globals()[f"write_{key}"] for key in FRAMEWORKS}
+
+
+def read_format(fmt: str, path: Path, desc: Description, ref=None) -> dict[str, np.ndarray]:
+    """A file in a framework's format, or a reference library's (`ref`: the reference model it holds)."""
+    if fmt in LIBRARIES:
+        return globals()[f"read_{LIBRARIES[fmt].framework}_reference"](path, desc, ref)
+    return READERS[fmt](path, desc)
+
+
+def write_format(fmt: str, path: Path, desc: Description, tensors: dict[str, np.ndarray], ref=None) -> None:
+    if fmt in LIBRARIES:
+        globals()[f"write_{LIBRARIES[fmt].framework}_reference"](path, desc, ref, tensors)
+    else:
+        WRITERS[fmt](path, desc, tensors)
 
 
 def read_weights(path: Path, framework: str, desc: Description) -> dict[str, np.ndarray]:
@@ -231,4 +246,4 @@ def read_weights(path: Path, framework: str, desc: Description) -> dict[str, np.
     from conformance.weights import load
 
     path = Path(path)
-    return load(path)[0] if path.suffix == ".safetensors" else READERS[framework](path, desc)
+    return load(path)[0] if path.suffix == f".{NEUTRAL}" else READERS[framework](path, desc)

@@ -16,13 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conformance import weights as neutral
-from conformance.porting.formats import FORMATS, FRAMEWORK_OF, read_metadata
-from conformance.porting.references import for_variant
+from conformance.porting.formats import FORMATS, FRAMEWORK_OF, NEUTRAL, read_metadata
+from conformance.porting.references import LIBRARIES, for_variant
+from generators.frameworks import FRAMEWORKS
 from spec import describe
 from spec.loader import LoadedSpec
 
-IMPLIED_FLAVOR = {"torchvision": "torchvision", "timm": "timm", "keras-applications": "keras"}
-REFERENCE_FORMATS = ("torchvision", "timm", "keras-applications")
 WORKER_TIMEOUT = 900
 
 
@@ -45,7 +44,8 @@ def choose_flavor(loaded: LoadedSpec, variant: str, explicit: str | None, source
         if recorded and recorded != explicit:
             echo(f"note: {source} was written for flavor {recorded}; reinterpreting it as {explicit} (--flavor)")
         return explicit
-    return recorded or IMPLIED_FLAVOR.get(source_fmt) or IMPLIED_FLAVOR.get(target_fmt) or loaded.spec.default_flavor
+    implied = [LIBRARIES[fmt].flavor for fmt in (source_fmt, target_fmt) if fmt in LIBRARIES]
+    return recorded or (implied or [None])[0] or loaded.spec.default_flavor
 
 
 def _check_recorded_variant(path: Path, variant: str) -> None:
@@ -55,11 +55,10 @@ def _check_recorded_variant(path: Path, variant: str) -> None:
 
 
 def run_worker(request: dict, framework: str | None, what: str) -> dict:
-    """One port step in a fresh process of `framework`; raises PortError with the worker's message."""
+    """One port step in a fresh process of `framework` (its native run: Keras on TensorFlow); raises
+    PortError with the worker's message."""
     with tempfile.TemporaryDirectory(prefix="mnforge-port-") as tmp:
-        request = {**request, "result": str(Path(tmp) / "result.json")}
-        if framework == "keras":
-            request["keras_backend"] = "tensorflow"
+        request = {**request, "result": str(Path(tmp) / "result.json"), "run": framework}
         (Path(tmp) / "request.json").write_text(json.dumps(request))
         try:
             proc = subprocess.run([sys.executable, "-m", "conformance.porting.worker", str(Path(tmp) / "request.json")],
@@ -90,7 +89,7 @@ def port(loaded: LoadedSpec, variant: str, source: str, target: str, flavor: str
     with tempfile.TemporaryDirectory(prefix="mnforge-port-") as tmp:
         middle = Path(tmp) / "neutral.safetensors"
         echo(f"reading {source_fmt}:{source_path} ({size_mb:.1f} MB) as {variant}, flavor {flavor}")
-        if source_fmt == "safetensors":
+        if source_fmt == NEUTRAL:
             tensors, _ = neutral.load(source_path)
             neutral.check_tensors(tensors, neutral.expected_tensors(desc), str(source_path))
             neutral.save(middle, tensors, {"variant": variant, "flavor": flavor, "num_classes": str(num_classes)})
@@ -101,7 +100,7 @@ def port(loaded: LoadedSpec, variant: str, source: str, target: str, flavor: str
         tensors, _ = neutral.load(middle)
         echo(f"writing {target_fmt}:{target_path}")
         target_path.parent.mkdir(parents=True, exist_ok=True)
-        if target_fmt == "safetensors":
+        if target_fmt == NEUTRAL:
             neutral.save(target_path, tensors, {"variant": variant, "flavor": flavor, "num_classes": str(num_classes),
                                                 "source": f"{source_fmt}:{source_path.name}"})
         else:
@@ -118,7 +117,7 @@ def port(loaded: LoadedSpec, variant: str, source: str, target: str, flavor: str
 
 
 def _reference_name(fmt: str, variant: str, flavor: str) -> str | None:
-    if fmt not in REFERENCE_FORMATS:
+    if fmt not in LIBRARIES:
         return None
     try:
         choose = flavor if fmt == "timm" and flavor in ("timm", "timm_tf") else None
@@ -129,8 +128,8 @@ def _reference_name(fmt: str, variant: str, flavor: str) -> str | None:
 
 def run_model(loaded: LoadedSpec, variant: str, framework: str, weights: Path, inputs: Path, output: Path,
               flavor: str | None = None, num_classes: int | None = None) -> dict:
-    if framework not in ("torch", "keras", "flax"):
-        raise PortError(f"--framework takes torch, keras or flax; got {framework!r}")
+    if framework not in FRAMEWORKS:
+        raise PortError(f"--framework takes {', '.join(FRAMEWORKS)}; got {framework!r}")
     if not weights.is_file():
         raise PortError(f"{weights}: no such file")
     if not inputs.is_file():

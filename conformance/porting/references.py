@@ -10,9 +10,26 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class Library:
+    """A library of reference models; its name is also a weight format of `mnforge port`."""
+
+    name: str
+    framework: str  # the framework it runs in (generators.frameworks.FRAMEWORKS): the port worker's
+    flavor: str  # the flavor its checkpoints imply when neither --flavor nor the file says
+    suffix: str  # its checkpoints' file suffix
+
+
+LIBRARIES = {lib.name: lib for lib in (
+    Library("torchvision", "torch", "torchvision", ".pth"),
+    Library("timm", "torch", "timm", ".pth"),
+    Library("keras-applications", "keras", "keras", ".weights.h5"),
+)}
+
+
+@dataclass(frozen=True)
 class Reference:
     name: str  # e.g. "torchvision:mobilenet_v3_large", "timm:tf_mobilenetv3_small_075"
-    library: str  # torchvision, timm, keras-applications
+    library: str  # a key of LIBRARIES
     variant: str  # the spec's variant
     flavor: str  # the flavor that makes the generated model the same function
     builder: str  # the library's constructor
@@ -20,7 +37,7 @@ class Reference:
 
     @property
     def framework(self) -> str:
-        return "keras" if self.library == "keras-applications" else "torch"
+        return LIBRARIES[self.library].framework
 
 
 def _refs() -> dict[str, Reference]:

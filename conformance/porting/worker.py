@@ -12,7 +12,6 @@ The worker writes `{"ok": true, ...}` or `{"error": "..."}` to the request's "re
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -22,8 +21,10 @@ def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[0]).read_text())
     result_path = Path(request["result"])
     try:
-        if request.get("keras_backend"):
-            os.environ["KERAS_BACKEND"] = request["keras_backend"]
+        if request.get("run"):
+            from conformance.frameworks import set_up_process
+
+            set_up_process(request["run"])  # KERAS_BACKEND, before any framework is imported
         result = {"ok": True, **_dispatch(request)}
     except Exception as exc:  # reported to the caller, which prints it and writes nothing
         from conformance.weights import WeightError
@@ -50,22 +51,12 @@ def _dispatch(request: dict) -> dict:
                 "num_classes": str(desc.num_classes)}
     op = request["op"]
     if op == "read":
-        if fmt in formats.READERS:
-            tensors = formats.READERS[fmt](path, desc)
-        elif fmt in ("torchvision", "timm"):
-            tensors = formats.read_torch_reference(path, desc, ref)
-        else:
-            tensors = formats.read_keras_reference(path, desc, ref)
+        tensors = formats.read_format(fmt, path, desc, ref)
         neutral.save(Path(request["neutral"]), tensors, {**metadata, "source": f"{fmt}:{path.name}"})
         return {"tensors": len(tensors), "values": int(sum(v.size for v in tensors.values()))}
     if op == "write":
         tensors, _ = neutral.load(Path(request["neutral"]))
-        if fmt in formats.WRITERS:
-            formats.WRITERS[fmt](path, desc, tensors)
-        elif fmt in ("torchvision", "timm"):
-            formats.write_torch_reference(path, desc, ref, tensors)
-        else:
-            formats.write_keras_reference(path, desc, ref, tensors)
+        formats.write_format(fmt, path, desc, tensors, ref)
         recorded = {k: v for k, v in metadata.items() if k != "format"}
         formats.write_sidecar(path, {**recorded, "weights_format": fmt, "written_by": "mnforge port",
                                      **({"reference": ref.name} if ref else {})})
@@ -86,12 +77,13 @@ def _run(request: dict, desc) -> dict:
 
     from conformance.frameworks import adapter as get_adapter
     from conformance.porting import formats
+    from generators.frameworks import framework as framework_entry
     from spec.files import atomic_write
 
     framework = request["framework"]
     tensors = formats.read_weights(Path(request["path"]), framework, desc)
     images = np.load(request["input"], allow_pickle=False)
-    channels_first = framework == "torch"
+    channels_first = not framework_entry(framework).channels_last
     if images.ndim != 4 or images.shape[1 if channels_first else 3] != 3:
         layout = "NCHW (batch, 3, H, W)" if channels_first else "NHWC (batch, H, W, 3)"
         raise ValueError(f"input of shape {images.shape}: {framework} takes {layout}")
