@@ -14,6 +14,7 @@ from itertools import combinations
 
 import numpy as np
 
+from conformance.results import WorkerResult
 from conformance.runner import REFERENCE, RunResult
 from conformance.weights import is_state
 from spec import describe
@@ -31,11 +32,14 @@ class Check:
     ok: bool
     summary: str
     figures: dict = field(default_factory=dict)
+    graph_equals_spec: bool | None = None  # onnx checks of one framework: its canonical graph is the spec's
 
-
-def relative_error(a: np.ndarray, b: np.ndarray, reference: np.ndarray) -> float:
-    scale = float(np.max(np.abs(reference))) or 1.0
-    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) / scale
+    def to_json(self) -> dict:
+        """For report.json and `conform --json`: every field, graph_equals_spec only where it was checked."""
+        data = dict(self.__dict__)
+        if self.graph_equals_spec is None:
+            del data["graph_equals_spec"]
+        return data
 
 
 def evaluate(loaded: LoadedSpec, run: RunResult) -> list[Check]:
@@ -47,10 +51,10 @@ def evaluate(loaded: LoadedSpec, run: RunResult) -> list[Check]:
         usable = []
         for key in keys:
             result = run.results.get((variant, key))
-            if result is None or "error" in result:
+            if result is None or result.error is not None:
                 checks.append(Check(variant, "build", key, False, _failure(key, result, crashed)))
                 continue
-            checks.append(Check(variant, "build", key, True, f"built in {result['timings'].get('build', 0):.1f} s"))
+            checks.append(Check(variant, "build", key, True, f"built in {result.timings.get('build', 0):.1f} s"))
             usable.append(key)
             checks += _structure_checks(variant, key, result, desc)
         checks += _mac_checks(variant, run, usable, desc)
@@ -61,9 +65,9 @@ def evaluate(loaded: LoadedSpec, run: RunResult) -> list[Check]:
     return checks
 
 
-def _failure(key: str, result: dict | None, crashed: dict) -> str:
+def _failure(key: str, result: WorkerResult | None, crashed: dict) -> str:
     if result is not None:
-        return result["error"]
+        return result.error
     worker = crashed.get(key)
     if worker is None:
         return "no result written"
@@ -71,15 +75,15 @@ def _failure(key: str, result: dict | None, crashed: dict) -> str:
     return f"worker {how}; stderr tail:\n{worker.stderr_tail}"
 
 
-def _structure_checks(variant: str, key: str, result: dict, desc) -> list[Check]:
+def _structure_checks(variant: str, key: str, result: WorkerResult, desc) -> list[Check]:
     checks = []
-    error = result.get("structure_error")
+    error = result.structure_error
     checks.append(Check(variant, "structure", key, error is None,
-                        error or f"{len(result['tensor_shapes'])} tensors, names and shapes as the spec"))
+                        error or f"{len(result.tensor_shapes)} tensors, names and shapes as the spec"))
     per_layer: dict[str, int] = defaultdict(int)
-    for tensor, count in result["trainable"].items():
+    for tensor, count in result.trainable.items():
         per_layer[tensor.rsplit(".", 1)[0]] += count
-    state = sum(int(np.prod(shape)) for name, shape in result["tensor_shapes"].items() if is_state(name))
+    state = sum(int(np.prod(shape)) for name, shape in result.tensor_shapes.items() if is_state(name))
     spec_layers = desc.params_by_layer()
     differing = sorted(set(per_layer) ^ set(spec_layers) | {n for n in per_layer if per_layer[n] != spec_layers.get(n)})
     total = sum(per_layer.values())
@@ -87,18 +91,18 @@ def _structure_checks(variant: str, key: str, result: dict, desc) -> list[Check]
     summary = (f"{total:,} params, {state:,} BN state (spec {desc.params:,} / {desc.state:,})"
                + (f"; layers differing: {differing[:5]}" if differing else ""))
     checks.append(Check(variant, "params", key, ok, summary, {"params": total, "state": state}))
-    if "round_trip" in result:
-        rt = result["round_trip"]
-        checks.append(Check(variant, "round_trip", key, rt["differing_count"] == 0,
-                            f"{rt['tensors']} tensors bit-exact" if rt["differing_count"] == 0
-                            else f"{rt['differing_count']} tensors changed: {rt['differing']}"))
-    if "block_shapes" in result:
-        batch = next(iter(result["block_shapes"].values()))[0]
+    rt = result.round_trip
+    if rt is not None:
+        checks.append(Check(variant, "round_trip", key, rt.ok,
+                            f"{rt.tensors} tensors bit-exact" if rt.ok
+                            else f"{rt.differing_count} tensors changed: {rt.differing}"))
+    if result.block_shapes is not None:
+        blocks = result.block_shapes
+        batch = next(iter(blocks.values()))[0]
         expected = {name: [batch, shape[0]] if name in ("pool", "fc", "classifier") else [batch, *shape]
                     for name, shape in desc.block_shapes.items()}
-        wrong = [f"{n}: {result['block_shapes'].get(n)} (spec {s})" for n, s in expected.items()
-                 if result["block_shapes"].get(n) != s]
-        extra = sorted(set(result["block_shapes"]) - set(expected))
+        wrong = [f"{n}: {blocks.get(n)} (spec {s})" for n, s in expected.items() if blocks.get(n) != s]
+        extra = sorted(set(blocks) - set(expected))
         checks.append(Check(variant, "shapes", key, not wrong and not extra,
                             f"{len(expected)} block outputs as the spec" if not wrong and not extra
                             else f"differing: {wrong[:3]} extra: {extra[:3]}"))
@@ -108,23 +112,22 @@ def _structure_checks(variant: str, key: str, result: dict, desc) -> list[Check]
 def _mac_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[Check]:
     checks = []
     for key in keys:
-        macs = run.results[(variant, key)].get("macs")
+        macs = run.results[(variant, key)].macs
         if not macs:
             continue
         expected, rule = desc.macs, "equal to the spec"
-        if macs["padding_taps"]:  # XLA skips kernel taps that fall into padding
-            expected, rule = desc.macs - macs["padding_taps"], "spec minus taps in padding"
-        ok = macs["macs"] == expected
-        checks.append(Check(variant, "macs", key, ok,
-                            f"{macs['macs']:,} MACs by {macs['counter']}; {rule}: {expected:,}",
-                            {"macs": macs["macs"], "spec": desc.macs}))
+        if macs.padding_taps:  # XLA skips kernel taps that fall into padding
+            expected, rule = desc.macs - macs.padding_taps, "spec minus taps in padding"
+        ok = macs.macs == expected
+        checks.append(Check(variant, "macs", key, ok, f"{macs.macs:,} MACs by {macs.counter}; {rule}: {expected:,}",
+                            {"macs": macs.macs, "spec": desc.macs}))
     return checks
 
 
 def _logits_shape_checks(variant: str, run: RunResult, keys: list[str]) -> list[Check]:
     checks = []
     for key in keys:
-        shapes = run.results[(variant, key)].get("logits_shapes")
+        shapes = run.results[(variant, key)].logits_shapes
         if shapes:
             wrong = {size: shape for size, shape in shapes.items() if shape != [2, run.num_classes]}
             checks.append(Check(variant, "resolutions", key, not wrong,
@@ -139,27 +142,26 @@ def _onnx_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[Ch
     from conformance.onnx.canonical import compare, from_spec
 
     checks, canonical = [], {}
-    if not any(run.results[(variant, key)].get("onnx") for key in keys):
+    exports = {key: run.results[(variant, key)].onnx for key in keys}
+    exports = {key: info for key, info in exports.items() if info is not None}
+    if not exports:
         return checks
     expected = from_spec(desc).summary()
-    for key in keys:
-        info = run.results[(variant, key)].get("onnx")
-        if not info or "skipped" in info:
-            continue
-        errors = {"ONNX Runtime": info["ort_rel_error"]}
-        if "reference_evaluator_rel_error" in info:
-            errors["onnx.reference"] = info["reference_evaluator_rel_error"]
-        difference = compare(expected, info["canonical"], ("spec", key))
-        canonical[key] = info["canonical"]
-        ok = all(e <= OUTPUT_TOLERANCE for e in errors.values()) and info["ort_top1_same"] and difference is None
-        how = "cached" if info["cached"] else f"exported in {info['export_s']:.1f} s"
-        summary = (f"opset {info['opset']}, {info['layout']} input, {how}, checker ok; "
+    for key, info in exports.items():
+        errors = {"ONNX Runtime": info.ort_rel_error}
+        if info.reference_evaluator_rel_error is not None:
+            errors["onnx.reference"] = info.reference_evaluator_rel_error
+        difference = compare(expected, info.canonical, ("spec", key))
+        canonical[key] = info.canonical
+        ok = all(e <= OUTPUT_TOLERANCE for e in errors.values()) and info.ort_top1_same and difference is None
+        how = "cached" if info.cached else f"exported in {info.export_s:.1f} s"
+        summary = (f"opset {info.opset}, {info.layout} input, {how}, checker ok; "
                    + ", ".join(f"{k} rel. error {v:.2e}" for k, v in errors.items())
-                   + ("" if info["ort_top1_same"] else "; top-1 DIFFERS")
+                   + ("" if info.ort_top1_same else "; top-1 DIFFERS")
                    + (f"; canonical graph = spec ({len(expected['sequence'])} ops, {expected['params']:,} params "
                       f"with BatchNorm folded, {expected['macs']:,} MACs)" if difference is None
                       else f"; canonical graph differs from the spec at {difference}"))
-        checks.append(Check(variant, "onnx", key, ok, summary, info))
+        checks.append(Check(variant, "onnx", key, ok, summary, info.to_json(), graph_equals_spec=difference is None))
     for a, b in combinations(sorted(canonical), 2):
         difference = compare(canonical[a], canonical[b], (a, b))
         checks.append(Check(variant, "onnx", f"{a}~{b}", difference is None,

@@ -202,7 +202,7 @@ def _port_or_run(loaded, args) -> int:
 def _conform(loaded, args) -> int:
     from conformance.checks import evaluate
     from conformance.report import print_summary, write_reports
-    from conformance.runner import run
+    from conformance.runner import Options, RunConfig, execute
 
     variants = _select(loaded, args)
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
@@ -224,12 +224,11 @@ def _conform(loaded, args) -> int:
         def advance(worker: str, variant: str) -> None:
             progress.update(task, advance=1, description=f"{worker}: {variant}")
 
-        from conformance.runner import Options
-
-        result = run(loaded, variants, frameworks, flavor, args.resolution, args.num_classes, work=args.work,
-                     parallel=args.parallel, progress=advance,
-                     options=Options(onnx=args.onnx, onnx_dir=str(args.onnx_cache.resolve()), device=args.device))
-    device_errors = sorted({r["error"] for r in result.results.values() if r.get("device_error")})
+        options = Options(onnx=args.onnx, onnx_dir=str(args.onnx_cache.resolve()), device=args.device)
+        result = execute(RunConfig.for_frameworks(
+            loaded, variants, frameworks, flavor, args.resolution, options, num_classes=args.num_classes,
+            work=args.work, parallel=args.parallel, progress=advance))
+    device_errors = sorted({r.error for r in result.results.values() if r.device_error})
     if device_errors:
         raise ValueError("\n".join(device_errors))
     check_start = time.perf_counter()
@@ -239,7 +238,7 @@ def _conform(loaded, args) -> int:
     if args.report:
         write_reports(args.report, loaded, result, checks)
     if args.json:
-        print(json.dumps({"failed": len(failed), "checks": [c.__dict__ for c in checks]}, indent=1, default=str))
+        print(json.dumps({"failed": len(failed), "checks": [c.to_json() for c in checks]}, indent=1, default=str))
     else:
         print_summary(loaded, result, checks, time.perf_counter() - start)
     return 1 if failed else 0

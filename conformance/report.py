@@ -41,9 +41,9 @@ def time_split(run: RunResult) -> dict[str, float]:
     split: dict[str, float] = defaultdict(float)
     for run_ in run.workers:
         results = [r for (v, key), r in run.results.items() if key == run_.worker.key]
-        split["import"] += results[0]["import_s"] if results else 0.0
+        split["import"] += results[0].import_s if results else 0.0
         for result in results:
-            for phase, seconds in result["timings"].items():
+            for phase, seconds in result.timings.items():
                 split[phase] += seconds
         split["worker wall"] += run_.seconds
     split["prepare (spec, weights)"] = run.spec_seconds
@@ -92,7 +92,7 @@ def write_reports(folder: Path, loaded, run: RunResult, checks: list[Check]) -> 
         "workers": [{"worker": r.worker.key, "seconds": r.seconds, "returncode": r.returncode,
                      "timed_out": r.timed_out} for r in run.workers],
         "variants": rows,
-        "checks": [c.__dict__ for c in checks],
+        "checks": [c.to_json() for c in checks],
     }, indent=1, default=str))
     atomic_write(folder / "report.md", _markdown(run, rows, checks))
     h, w = run.resolution
@@ -143,7 +143,7 @@ def _onnx_section(checks: list[Check]) -> list[str]:
         ops = ", ".join(f"{k} {v}" for k, v in info["canonical"]["ops"].items())
         lines.append(f"| {c.variant} | {c.subject} | {export} | ok | {info['ort_rel_error']:.2e} | "
                      f"{'–' if reference is None else f'{reference:.2e}'} | "
-                     f"{'yes' if 'canonical graph = spec' in c.summary else 'NO'} | "
+                     f"{'yes' if c.graph_equals_spec else 'NO'} | "
                      f"{'yes' if others and all(others) else 'NO' if others else '–'} | {ops} |")
     return lines
 

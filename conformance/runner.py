@@ -2,10 +2,12 @@
 
 1. From the spec alone: each variant's description, random neutral weights (with random BatchNorm
    statistics) and one shared non-square input batch.
-2. Workers, at most `parallel` at a time (one per core), each with a timeout: PyTorch float64 (the
-   reference), PyTorch, Keras on TensorFlow, JAX and PyTorch backends, Flax NNX.
+2. Workers, at most `parallel` at a time (one per core), each with a timeout: the reference run in
+   float64, then the runs asked for (generators/frameworks.py: RUNS; PyTorch, Keras on TensorFlow, JAX
+   and PyTorch, Flax NNX). Each writes a WorkerResult per variant (conformance/results.py).
 3. Checks (conformance/checks.py) on what the workers wrote.
 A worker that crashes or hangs becomes that framework's failure, with the tail of its stderr.
+One RunConfig carries a run's settings: `execute(RunConfig.for_frameworks(spec, variants, runs, ...))`.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from conformance import weights as neutral
+from conformance.results import WorkerResult, outputs_path, result_path
 from generators.frameworks import REFERENCE_RUN, RUNS
 from spec import describe
 from spec.loader import LoadedSpec
@@ -54,22 +57,73 @@ class WorkerRun:
     timed_out: bool = False
 
 
-@dataclass
-class RunResult:
-    variants: list[str]
+@dataclass(frozen=True)
+class Options:
+    """What the workers do besides building and counting."""
+
+    outputs: bool = True  # run every block on the shared input; adds the float64 reference worker
+    count_macs: bool = True  # each framework's own MAC counter
+    logits_at: tuple[tuple[int, int], ...] = ()  # also run logits at these resolutions (shape check)
+    published_resolutions: bool = False  # ... and at each variant's published resolutions
+    onnx: bool = False  # export to ONNX, validate, compare ONNX Runtime with the framework's own logits
+    onnx_dir: str | None = None  # where exports are cached (content-hashed); default: the run's folder
+    onnx_reference_evaluator: tuple[str, ...] = ()  # variants also run in onnx.reference (slow, pure Python)
+    device: str = "cpu"  # "gpu": every worker runs on the GPU with TF32 off (conformance/worker.py)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one conformance run is: what to build, where, and how the workers run."""
+
+    spec: LoadedSpec
+    variants: tuple[str, ...]
+    workers: tuple[Worker, ...]
     flavor: str
     resolution: tuple[int, int]
-    num_classes: int
+    num_classes: int = 1000
+    work: Path | None = None  # weights, inputs, requests and outputs; None: a new temporary folder
+    parallel: int | None = None  # workers at a time; None: one per core
+    timeout_per_variant: float = 240.0  # seconds, on top of TIMEOUT_BASE per worker
+    options: Options = Options()
+    progress: Callable[[str, str], None] | None = field(default=None, compare=False)  # (worker key, variant)
+
+    @classmethod
+    def for_frameworks(cls, spec: LoadedSpec, variants, frameworks, flavor: str, resolution: tuple[int, int],
+                       options: Options = Options(), **settings) -> RunConfig:
+        """The usual workers: the float64 reference (when outputs are compared), then each run named."""
+        workers = ([Worker(*REFERENCE)] if options.outputs else []) + [Worker(f) for f in frameworks]
+        return cls(spec, tuple(variants), tuple(workers), flavor, resolution, options=options, **settings)
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
     workers: list[WorkerRun]
-    results: dict[tuple[str, str], dict]  # (variant, worker key) -> worker's JSON
+    results: dict[tuple[str, str], WorkerResult]  # (variant, worker key) -> what the worker wrote
     outputs_dir: Path
     seconds: float
     spec_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return self.config.variants
+
+    @property
+    def flavor(self) -> str:
+        return self.config.flavor
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return self.config.resolution
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
     def outputs(self, variant: str, worker_key: str) -> dict[str, np.ndarray] | None:
         framework, _, dtype = worker_key.partition(":")
-        path = self.outputs_dir / f"{variant}.{framework}.{dtype or 'float32'}.npz"
+        path = outputs_path(self.outputs_dir, variant, framework, dtype or "float32")
         if not path.exists():
             return None
         with np.load(path) as data:
@@ -90,47 +144,44 @@ def prepare(loaded: LoadedSpec, variants: list[str], flavor: str, resolution: tu
     np.savez(work / "inputs.npz", images=images)
 
 
-@dataclass(frozen=True)
-class Options:
-    """What the workers do besides building and counting."""
-
-    outputs: bool = True  # run every block on the shared input; adds the float64 reference worker
-    count_macs: bool = True  # each framework's own MAC counter
-    logits_at: tuple[tuple[int, int], ...] = ()  # also run logits at these resolutions (shape check)
-    published_resolutions: bool = False  # ... and at each variant's published resolutions
-    onnx: bool = False  # export to ONNX, validate, compare ONNX Runtime with the framework's own logits
-    onnx_dir: str | None = None  # where exports are cached (content-hashed); default: the run's folder
-    onnx_reference_evaluator: tuple[str, ...] = ()  # variants also run in onnx.reference (slow, pure Python)
-    device: str = "cpu"  # "gpu": every worker runs on the GPU with TF32 off (conformance/worker.py)
+def execute(config: RunConfig) -> RunResult:
+    """Prepare (unless the work folder has inputs already), run every worker, read what they wrote."""
+    start = time.perf_counter()
+    config = replace(config, work=Path(config.work or tempfile.mkdtemp(prefix="mnforge-conform-")))
+    if not (config.work / "inputs.npz").exists():
+        prepare(config.spec, list(config.variants), config.flavor, config.resolution, config.num_classes,
+                config.work)
+    spec_seconds = time.perf_counter() - start
+    runs = _run_workers(config)
+    out = config.work / "out"
+    results = {}
+    for w in config.workers:
+        for variant in config.variants:
+            path = result_path(out, variant, w.framework, w.dtype)
+            if path.exists():
+                results[(variant, w.key)] = WorkerResult.from_json(path.read_text())
+    return RunResult(config, runs, results, out, time.perf_counter() - start, spec_seconds)
 
 
 def run(loaded: LoadedSpec, variants: list[str], frameworks: list[str], flavor: str,
         resolution: tuple[int, int], num_classes: int = 1000, work: Path | None = None, parallel: int | None = None,
         timeout_per_variant: float = 240.0, progress: Callable[[str, str], None] | None = None,
         options: Options = Options(), workers: list[Worker] | None = None) -> RunResult:
-    start = time.perf_counter()
-    work = Path(work or tempfile.mkdtemp(prefix="mnforge-conform-"))
-    if not (work / "inputs.npz").exists():
-        prepare(loaded, variants, flavor, resolution, num_classes, work)
-    spec_seconds = time.perf_counter() - start
+    """`execute` with the arguments spelt out (the form tests/test_onnx.py and tests/test_frameworks.py use)."""
+    settings = {"num_classes": num_classes, "work": work, "parallel": parallel,
+                "timeout_per_variant": timeout_per_variant, "progress": progress}
     if workers is None:
-        workers = ([Worker(*REFERENCE)] if options.outputs else []) + [Worker(f) for f in frameworks]
-    runs = _run_workers(loaded, workers, variants, flavor, resolution, num_classes, work,
-                        parallel or os.cpu_count() or 1, timeout_per_variant, progress, options)
-    results = {}
-    for w in workers:
-        for variant in variants:
-            path = work / "out" / f"{variant}.{w.framework}.{w.dtype}.json"
-            if path.exists():
-                results[(variant, w.key)] = json.loads(path.read_text())
-    return RunResult(variants, flavor, resolution, num_classes, runs, results, work / "out",
-                     time.perf_counter() - start, spec_seconds)
+        config = RunConfig.for_frameworks(loaded, variants, frameworks, flavor, resolution, options, **settings)
+    else:
+        config = RunConfig(loaded, tuple(variants), tuple(workers), flavor, resolution, options=options, **settings)
+    return execute(config)
 
 
-def _run_workers(loaded, workers, variants, flavor, resolution, num_classes, work, parallel, timeout_per_variant,
-                 progress, options: Options) -> list[WorkerRun]:
+def _run_workers(config: RunConfig) -> list[WorkerRun]:
+    work, options = config.work, config.options
     # Most costly first (generators.frameworks: Run.start_cost), so that the last worker to start is a short one.
-    pending = sorted(workers, key=lambda w: -RUNS[w.framework].start_cost)
+    pending = sorted(config.workers, key=lambda w: -RUNS[w.framework].start_cost)
+    parallel = config.parallel or os.cpu_count() or 1
     running: list[tuple[WorkerRun, subprocess.Popen, float, object]] = []
     done: list[WorkerRun] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -140,25 +191,12 @@ def _run_workers(loaded, workers, variants, flavor, resolution, num_classes, wor
         env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
     else:  # workers share the GPU: JAX and TensorFlow take memory as they need it, not all up front
         env.update(XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_FORCE_GPU_ALLOW_GROWTH="true")
-    timeout = TIMEOUT_BASE + timeout_per_variant * len(variants)
+    timeout = TIMEOUT_BASE + config.timeout_per_variant * len(config.variants)
     while pending or running:
         while pending and len(running) < parallel:
             worker = pending.pop(0)
             request = work / f"request.{worker.key.replace(':', '-')}.json"
-            request.write_text(json.dumps({
-                "framework": worker.framework, "spec": str(loaded.path), "out": str(work / "out"),
-                "inputs": str(work / "inputs.npz"), "device": options.device,
-                "jobs": [{"variant": v, "flavor": worker.flavor or flavor, "resolution": list(resolution),
-                          "num_classes": num_classes, "dtype": worker.dtype,
-                          "weights": str(Path(worker.weights or work / "weights") / f"{v}.safetensors"),
-                          "export": str(Path(worker.export) / f"{v}.safetensors") if worker.export else None,
-                          "forward": options.outputs, "count_macs": options.count_macs and worker.dtype == "float32",
-                          "logits_at": _logits_at(loaded, v, options) if worker.dtype == "float32" else [],
-                          "onnx": {"dir": options.onnx_dir or str(work / "onnx"),
-                                   "reference_evaluator": v in options.onnx_reference_evaluator}
-                          if options.onnx and worker.dtype == "float32" else None}
-                         for v in variants],
-            }))
+            request.write_text(json.dumps(_request(config, worker)))
             stderr = open(work / f"stderr.{worker.key.replace(':', '-')}.log", "w+")
             proc = subprocess.Popen([*WORKER_COMMAND, str(request)],
                                     stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
@@ -168,8 +206,8 @@ def _run_workers(loaded, workers, variants, flavor, resolution, num_classes, wor
         for item in list(running):
             run_, proc, started, stderr = item
             for line in _read_lines(proc):
-                if progress and line.endswith(" done"):
-                    progress(run_.worker.key, line.split()[1])
+                if config.progress and line.endswith(" done"):
+                    config.progress(run_.worker.key, line.split()[1])
             elapsed = time.perf_counter() - started
             if proc.poll() is None and elapsed < timeout:
                 continue
@@ -184,6 +222,25 @@ def _run_workers(loaded, workers, variants, flavor, resolution, num_classes, wor
             running.remove(item)
             done.append(run_)
     return done
+
+
+def _request(config: RunConfig, worker: Worker) -> dict:
+    """What one worker process is asked to do (conformance/worker.py reads it)."""
+    work, options, full = config.work, config.options, worker.dtype == "float32"
+    return {
+        "framework": worker.framework, "spec": str(config.spec.path), "out": str(work / "out"),
+        "inputs": str(work / "inputs.npz"), "device": options.device,
+        "jobs": [{"variant": v, "flavor": worker.flavor or config.flavor, "resolution": list(config.resolution),
+                  "num_classes": config.num_classes, "dtype": worker.dtype,
+                  "weights": str(Path(worker.weights or work / "weights") / f"{v}.safetensors"),
+                  "export": str(Path(worker.export) / f"{v}.safetensors") if worker.export else None,
+                  "forward": options.outputs, "count_macs": options.count_macs and full,
+                  "logits_at": _logits_at(config.spec, v, options) if full else [],
+                  "onnx": {"dir": options.onnx_dir or str(work / "onnx"),
+                           "reference_evaluator": v in options.onnx_reference_evaluator}
+                  if options.onnx and full else None}
+                 for v in config.variants],
+    }
 
 
 def _logits_at(loaded: LoadedSpec, variant: str, options: Options) -> list[list[int]]:
@@ -212,11 +269,10 @@ def chain(loaded: LoadedSpec, variant: str, frameworks: list[str], flavor: str, 
     source, runs = work / "weights", []
     for i, framework in enumerate(frameworks):
         target = work / f"hop{i}-{framework}"
-        result = run(loaded, [variant], [], flavor, resolution, work=work,
-                     options=Options(outputs=False, count_macs=False),
-                     workers=[Worker(framework, weights=str(source), export=str(target))])
+        result = execute(RunConfig(loaded, (variant,), (Worker(framework, weights=str(source), export=str(target)),),
+                                   flavor, resolution, work=work, options=Options(outputs=False, count_macs=False)))
         runs.append(result)
-        error = result.results.get((variant, framework), {}).get("error")
+        error = getattr(result.results.get((variant, framework)), "error", None)
         if error or not (target / f"{variant}.safetensors").exists():
             raise RuntimeError(f"hop {i} ({framework}) failed: {error or result.workers[0].stderr_tail}")
         source = target

@@ -10,7 +10,6 @@ variant it happened in. Imports of a framework happen here and nowhere else.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -29,47 +28,47 @@ def main(argv: list[str]) -> int:
 
     from conformance import weights as neutral
     from conformance.frameworks import adapter as get_adapter
+    from conformance.results import WorkerResult, outputs_path
+    from generators.frameworks import RUNS
     from spec import describe, load_spec
 
     start = time.perf_counter()
+    out = Path(request["out"])
     device_error = _use_device(framework, request.get("device", "cpu"))
     if device_error:  # every job fails with the same clear message; the CLI reports it and stops
-        Path(request["out"]).mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         for job in request["jobs"]:
-            _write_json(Path(request["out"]) / f"{job['variant']}.{framework}.{job.get('dtype', 'float32')}.json",
-                        {"framework": framework, "variant": job["variant"], "dtype": job.get("dtype", "float32"),
-                         "import_s": 0.0, "timings": {}, "error": device_error, "device_error": True})
+            _write_result(out, WorkerResult(framework, job["variant"], job.get("dtype", "float32"),
+                                            error=device_error, device_error=True))
         return 3
     adapter = get_adapter(framework)
-    if request.get("device") == "gpu" and hasattr(adapter, "device"):
+    if request.get("device") == "gpu":
         adapter.device = "cuda"  # PyTorch places models and inputs itself; the others use the GPU they see
     loaded = load_spec(request["spec"])
-    out = Path(request["out"])
     out.mkdir(parents=True, exist_ok=True)
     images = np.load(request["inputs"])["images"] if request.get("inputs") else None
     import_s = time.perf_counter() - start
     for job in request["jobs"]:
-        result = {"framework": framework, "variant": job["variant"], "flavor": job["flavor"],
-                  "dtype": job.get("dtype", "float32"), "import_s": import_s, "timings": {}}
-        timings = result["timings"]
+        result = WorkerResult(framework, job["variant"], job.get("dtype", "float32"), job["flavor"], import_s)
+        timings = result.timings
         try:
             desc = describe(loaded, job["variant"], job["flavor"], tuple(job["resolution"]), job["num_classes"])
             t = time.perf_counter()
             model = adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, desc.resolution,
-                                  job.get("dtype", "float32"), abstract=bool(job.get("weights")))
+                                  result.dtype, abstract=bool(job.get("weights")))
             timings["build"] = time.perf_counter() - t
             t = time.perf_counter()
             shapes = adapter.shapes(model)
-            result["tensor_shapes"] = {name: list(shape) for name, shape in shapes.items()}
-            result["trainable"] = adapter.trainable(model)
+            result.tensor_shapes = {name: list(shape) for name, shape in shapes.items()}
+            result.trainable = adapter.trainable(model)
             expected = neutral.expected_tensors(desc)
-            result["structure_error"] = _error_text(neutral.check_shapes, shapes, expected, f"{framework} model")
+            result.structure_error = _error_text(neutral.check_shapes, shapes, expected, f"{framework} model")
             if job.get("weights"):
                 weights, _ = neutral.load(job["weights"])
                 neutral.check_tensors(weights, expected, job["weights"])
                 adapter.load(model, weights)
                 exported = adapter.tensors(model)
-                result["round_trip"] = _round_trip(weights, exported)
+                result.round_trip = _round_trip(weights, exported)
                 if job.get("export"):
                     neutral.save(Path(job["export"]), exported,
                                  {"variant": desc.variant, "flavor": desc.flavor, "num_classes": str(desc.num_classes),
@@ -80,26 +79,31 @@ def main(argv: list[str]) -> int:
                 t = time.perf_counter()
                 blocks = adapter.forward_blocks(model, images)
                 timings["forward"] = time.perf_counter() - t
-                result["block_shapes"] = {name: list(value.shape) for name, value in blocks.items()}
-                _save_npz(out / f"{job['variant']}.{framework}.{result['dtype']}.npz", blocks)
+                result.block_shapes = {name: list(value.shape) for name, value in blocks.items()}
+                _save_npz(outputs_path(out, result.variant, framework, result.dtype), blocks)
             if job.get("count_macs"):
                 t = time.perf_counter()
-                result["macs"] = dataclasses.asdict(adapter.count_macs(model, desc.resolution))
+                result.macs = adapter.count_macs(model, desc.resolution)
                 timings["macs"] = time.perf_counter() - t
             if job.get("onnx") and blocks is not None:
                 t = time.perf_counter()
-                result["onnx"] = _onnx(framework, adapter, model, desc, job, images, blocks["classifier"])
+                if RUNS[framework].native:
+                    result.onnx = _onnx(RUNS[framework].framework, adapter, model, desc, job, images,
+                                        blocks["classifier"])
+                else:
+                    natives = ", ".join(f"{r.key} ({r.title})" for r in RUNS.values() if r.native)
+                    result.onnx_skipped = f"{framework}: ONNX export is checked from {natives}"
                 timings["onnx"] = time.perf_counter() - t
             if job.get("logits_at"):
                 t = time.perf_counter()
-                result["logits_shapes"] = {
+                result.logits_shapes = {
                     f"{h}x{w}": list(adapter.logits_at(model, desc, (h, w), batch=2).shape)
                     for h, w in job["logits_at"]}
                 timings["logits_at"] = time.perf_counter() - t
         except Exception as exc:  # reported per variant; the worker goes on with the next one
-            result["error"] = f"{type(exc).__name__}: {exc}"
-            result["traceback"] = traceback.format_exc(limit=6)
-        _write_json(out / f"{job['variant']}.{framework}.{result['dtype']}.json", result)
+            result.error = f"{type(exc).__name__}: {exc}"
+            result.traceback = traceback.format_exc(limit=6)
+        _write_result(out, result)
         print(f"{framework} {job['variant']} done", flush=True)
     return 0
 
@@ -136,47 +140,43 @@ def _use_device(framework: str, device: str) -> str | None:
     return None
 
 
-def _onnx(framework: str, adapter, model, desc, job: dict, images, own_logits) -> dict:
-    """Export (or reuse the export cached under the same content hash), validate, run in ONNX Runtime."""
+def _onnx(base, adapter, model, desc, job: dict, images, own_logits):
+    """Export (or reuse the export cached under the same content hash), validate, run in ONNX Runtime.
+    `base`: the framework (generators.frameworks.Framework) of a native run."""
     import importlib
 
     import numpy as np
-
-    from conformance.onnx import export as onnx_export
-    from generators.frameworks import RUNS
-
-    if not RUNS[framework].native:
-        natives = ", ".join(f"{r.key} ({r.title})" for r in RUNS.values() if r.native)
-        return {"skipped": f"{framework}: ONNX export is checked from {natives}"}
-    base = RUNS[framework].framework
-    generated = Path(importlib.import_module(f"{base.module_prefix}.{desc.family}").__file__)
-    folder = Path(job["onnx"]["dir"])
-    path = folder / f"{desc.variant}.{desc.flavor}.{framework}.onnx"
-    key = onnx_export.cache_key(generated, Path(job["weights"]), desc.flavor, desc.resolution)
-    key_file = path.with_name(path.name + ".sha256")
-    info: dict = {"path": str(path), "layout": base.layout, "opset": onnx_export.OPSET}
-    if path.exists() and key_file.exists() and key_file.read_text() == key:
-        info.update(cached=True, export_s=0.0)
-    else:
-        info.update(cached=False, export_s=onnx_export.export(base.key, model, desc.resolution, path))
-        from spec.files import atomic_write
-
-        atomic_write(key_file, key)
-    info.update(onnx_export.validate(path))
     import onnx
 
+    from conformance.onnx import export as onnx_export
     from conformance.onnx.canonical import canonicalize
+    from conformance.results import OnnxResult
+    from spec.files import atomic_write
 
-    info["canonical"] = canonicalize(onnx.load(str(path)), base.layout).summary()
+    generated = Path(importlib.import_module(f"{base.module_prefix}.{desc.family}").__file__)
+    folder = Path(job["onnx"]["dir"])
+    path = folder / f"{desc.variant}.{desc.flavor}.{base.key}.onnx"
+    key = onnx_export.cache_key(generated, Path(job["weights"]), desc.flavor, desc.resolution)
+    key_file = path.with_name(path.name + ".sha256")
+    cached = path.exists() and key_file.exists() and key_file.read_text() == key
+    export_s = 0.0 if cached else onnx_export.export(base.key, model, desc.resolution, path)
+    if not cached:
+        atomic_write(key_file, key)
+    validated = onnx_export.validate(path)
     native = images.transpose(0, 2, 3, 1) if base.channels_last else images
     scale = float(np.max(np.abs(own_logits))) or 1.0
     ort_logits = onnx_export.run_onnxruntime(path, native)
-    info["ort_rel_error"] = float(np.max(np.abs(ort_logits - own_logits))) / scale
-    info["ort_top1_same"] = bool(np.array_equal(ort_logits.argmax(-1), own_logits.argmax(-1)))
+    reference_error = None
     if job["onnx"].get("reference_evaluator"):
         reference = onnx_export.run_reference_evaluator(path, native)
-        info["reference_evaluator_rel_error"] = float(np.max(np.abs(reference - own_logits))) / scale
-    return info
+        reference_error = float(np.max(np.abs(reference - own_logits))) / scale
+    return OnnxResult(
+        path=str(path), layout=base.layout, opset=validated["opset"], cached=cached, export_s=export_s,
+        ops=validated["ops"], initializer_values=validated["initializer_values"],
+        canonical=canonicalize(onnx.load(str(path)), base.layout).summary(),
+        ort_rel_error=float(np.max(np.abs(ort_logits - own_logits))) / scale,
+        ort_top1_same=bool(np.array_equal(ort_logits.argmax(-1), own_logits.argmax(-1))),
+        reference_evaluator_rel_error=reference_error)
 
 
 def _error_text(check, *args) -> str | None:
@@ -189,14 +189,16 @@ def _error_text(check, *args) -> str | None:
     return None
 
 
-def _round_trip(weights: dict, exported: dict) -> dict:
+def _round_trip(weights: dict, exported: dict):
     """Neutral -> framework -> neutral must give the same bits (a float64 model: the same values)."""
     import numpy as np
+
+    from conformance.results import RoundTrip
 
     differing = [name for name, value in weights.items()
                  if name not in exported or exported[name].shape != value.shape
                  or not np.array_equal(exported[name].astype(value.dtype), value)]
-    return {"tensors": len(weights), "differing": differing[:10], "differing_count": len(differing)}
+    return RoundTrip(len(weights), differing[:10], len(differing))
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
@@ -211,10 +213,11 @@ def _save_npz(path: Path, arrays: dict) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def _write_json(path: Path, data: dict) -> None:
+def _write_result(out: Path, result) -> None:
+    from conformance.results import result_path
     from spec.files import atomic_write
 
-    atomic_write(path, json.dumps(data, indent=1, default=str))
+    atomic_write(result_path(out, result.variant, result.framework, result.dtype), result.to_json())
 
 
 if __name__ == "__main__":

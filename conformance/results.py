@@ -1,0 +1,100 @@
+"""What a conformance worker measured for one variant: typed, written by the worker (conformance/worker.py)
+as JSON, read back by the runner and used by the checks and reports. Field names are the JSON keys;
+fields a job did not measure are None (absent from the file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conformance.frameworks.protocol import MacCount
+
+
+def result_path(out: Path, variant: str, run_key: str, dtype: str) -> Path:
+    """Where a worker writes a variant's WorkerResult."""
+    return Path(out) / f"{variant}.{run_key}.{dtype}.json"
+
+
+def outputs_path(out: Path, variant: str, run_key: str, dtype: str) -> Path:
+    """Where a worker writes a variant's block outputs (.npz: block name -> array)."""
+    return Path(out) / f"{variant}.{run_key}.{dtype}.npz"
+
+
+def _to_json(obj) -> dict:
+    """A dataclass as a JSON-ready dict, leaving out fields at None."""
+    return {k: v for k, v in dataclasses.asdict(obj).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """Neutral -> framework -> neutral: the same bits (a float64 model: the same values)."""
+
+    tensors: int
+    differing: list[str]  # the first ten
+    differing_count: int
+
+    @property
+    def ok(self) -> bool:
+        return self.differing_count == 0
+
+
+@dataclass(frozen=True)
+class OnnxResult:
+    """An ONNX export of one framework's model: validated, run in ONNX Runtime against the framework."""
+
+    path: str
+    layout: str  # of the `images` input: the framework's own (generators/frameworks.py)
+    opset: int | None  # the opset the file declares
+    cached: bool  # reused an export under the same content hash
+    export_s: float
+    ops: dict[str, int]  # op histogram of the graph after shape inference
+    initializer_values: int
+    canonical: dict[str, Any]  # conformance/onnx/canonical.py: Canonical.summary()
+    ort_rel_error: float  # ONNX Runtime against the framework's own logits, relative to their max
+    ort_top1_same: bool
+    reference_evaluator_rel_error: float | None = None  # onnx.reference, where asked for
+
+    def to_json(self) -> dict:
+        return _to_json(self)
+
+
+@dataclass
+class WorkerResult:
+    """One variant in one worker (a run of generators.frameworks.RUNS, in one dtype)."""
+
+    framework: str  # the run key
+    variant: str
+    dtype: str = "float32"
+    flavor: str | None = None
+    import_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
+    tensor_shapes: dict[str, list[int]] | None = None  # canonical tensor name -> shape, neutral layout
+    trainable: dict[str, int] | None = None  # canonical tensor name -> trainable elements
+    structure_error: str | None = None  # names and shapes against the spec; None: as the spec
+    round_trip: RoundTrip | None = None
+    block_shapes: dict[str, list[int]] | None = None  # block name -> output shape on the shared input
+    macs: MacCount | None = None
+    onnx: OnnxResult | None = None
+    onnx_skipped: str | None = None  # why this run exports no ONNX
+    logits_shapes: dict[str, list[int]] | None = None  # "HxW" -> logits shape
+    error: str | None = None  # the exception that ended this variant's job
+    traceback: str | None = None
+    device_error: bool = False  # --device gpu, and this framework sees no GPU: the CLI stops
+
+    def to_json(self) -> str:
+        data = _to_json(self)
+        if not self.device_error:
+            del data["device_error"]
+        return json.dumps(data, indent=1, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerResult:
+        data = json.loads(text)
+        for name, kind in (("round_trip", RoundTrip), ("macs", MacCount), ("onnx", OnnxResult)):
+            if data.get(name) is not None:
+                data[name] = kind(**data[name])
+        return cls(**data)
