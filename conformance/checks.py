@@ -54,7 +54,8 @@ def evaluate(loaded: LoadedSpec, run: RunResult) -> list[Check]:
             if result is None or result.error is not None:
                 checks.append(Check(variant, "build", key, False, _failure(key, result, crashed)))
                 continue
-            checks.append(Check(variant, "build", key, True, f"built in {result.timings.get('build', 0):.1f} s"))
+            built = f"built in {result.timings.get('build', 0):.1f} s"
+            checks.append(Check(variant, "build", key, True, built))
             usable.append(key)
             checks += _structure_checks(variant, key, result, desc)
         checks += _mac_checks(variant, run, usable, desc)
@@ -119,8 +120,8 @@ def _mac_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[Che
         if macs.padding_taps:  # XLA skips kernel taps that fall into padding
             expected, rule = desc.macs - macs.padding_taps, "spec minus taps in padding"
         ok = macs.macs == expected
-        checks.append(Check(variant, "macs", key, ok, f"{macs.macs:,} MACs by {macs.counter}; {rule}: {expected:,}",
-                            {"macs": macs.macs, "spec": desc.macs}))
+        summary = f"{macs.macs:,} MACs by {macs.counter}; {rule}: {expected:,}"
+        checks.append(Check(variant, "macs", key, ok, summary, {"macs": macs.macs, "spec": desc.macs}))
     return checks
 
 
@@ -161,7 +162,8 @@ def _onnx_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[Ch
                    + (f"; canonical graph = spec ({len(expected['sequence'])} ops, {expected['params']:,} params "
                       f"with BatchNorm folded, {expected['macs']:,} MACs)" if difference is None
                       else f"; canonical graph differs from the spec at {difference}"))
-        checks.append(Check(variant, "onnx", key, ok, summary, info.to_json(), graph_equals_spec=difference is None))
+        checks.append(Check(variant, "onnx", key, ok, summary, info.to_json(),
+                            graph_equals_spec=difference is None))
     for a, b in combinations(sorted(canonical), 2):
         difference = compare(canonical[a], canonical[b], (a, b))
         checks.append(Check(variant, "onnx", f"{a}~{b}", difference is None,

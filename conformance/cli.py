@@ -119,18 +119,20 @@ def _list(loaded, args) -> int:
         desc = describe(loaded, name)
         family = loaded.spec.families[desc.family]
         rows.append({"variant": name, "family": desc.family, "width": desc.width, "params": desc.params,
-                     "macs": desc.macs, "resolutions": family.resolutions})
+                     "macs": desc.macs, "resolution": list(desc.resolution), "resolutions": family.resolutions})
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     from rich.table import Table
 
-    table = Table(title=f"{len(rows)} variants ({loaded.spec.default_flavor} flavor, 224x224, 1000 classes)")
-    for column in ("variant", "family", "width", "params", "MACs", "resolutions"):
-        table.add_column(column, justify="right" if column in ("width", "params", "MACs") else "left")
+    table = Table(title=f"{len(rows)} variants ({loaded.spec.default_flavor} flavor, 1000 classes; "
+                        "MACs at each row's input)")
+    for column in ("variant", "family", "width", "params", "input", "MACs", "resolutions"):
+        table.add_column(column, justify="right" if column in ("width", "params", "input", "MACs") else "left")
     for r in rows:
-        table.add_row(r["variant"], r["family"], f"{r['width']}", f"{r['params']:,}", f"{r['macs'] / 1e6:.1f} M",
-                      " ".join(map(str, r["resolutions"])))
+        h, w = r["resolution"]
+        table.add_row(r["variant"], r["family"], f"{r['width']}", f"{r['params']:,}", f"{h}x{w}",
+                      f"{r['macs'] / 1e6:.1f} M", " ".join(map(str, r["resolutions"])))
     console().print(table)
     return 0
 
@@ -179,7 +181,8 @@ def _onnx(loaded, args) -> int:
                         args.framework, f"exporting {desc.variant} from {args.framework}")
     from conformance.onnx.export import OPSET
 
-    print(f"wrote {args.output}: opset {OPSET}, input `images` {FRAMEWORKS[args.framework].layout} (batch dynamic), output "
+    layout = FRAMEWORKS[args.framework].layout
+    print(f"wrote {args.output}: opset {OPSET}, input `images` {layout} (batch dynamic), output "
           f"`logits`; checker ok; exported in {result['seconds']:.1f} s", file=sys.stderr)
     return 0
 
@@ -238,7 +241,8 @@ def _conform(loaded, args) -> int:
     if args.report:
         write_reports(args.report, loaded, result, checks)
     if args.json:
-        print(json.dumps({"failed": len(failed), "checks": [c.to_json() for c in checks]}, indent=1, default=str))
+        report = {"failed": len(failed), "checks": [c.to_json() for c in checks]}
+        print(json.dumps(report, indent=1, default=str))
     else:
         print_summary(loaded, result, checks, time.perf_counter() - start)
     return 1 if failed else 0

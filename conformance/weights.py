@@ -89,24 +89,35 @@ def _listing(label: str, items: list[str], first: int = 5) -> str:
     return f"{len(items)} {label} tensor(s): {', '.join(items[:first])}{more}"
 
 
+def random_batch_norm(rng: np.random.Generator, tensor: str, shape) -> np.ndarray:
+    """One random BatchNorm tensor (`tensor`: one of BN_TENSORS), away from the defaults (mean 0, variance 1,
+    scale 1, shift 0) that would hide epsilon and layout bugs. The one rule for the neutral test weights
+    and for the porting tests' reference models."""
+    if tensor == "running_mean":
+        return rng.normal(0.0, 0.5, shape)
+    if tensor == "running_var":
+        return rng.uniform(0.5, 2.0, shape)
+    if tensor == "weight":
+        return rng.uniform(0.5, 1.5, shape)
+    return rng.normal(0.0, 0.1, shape)
+
+
 def random_weights(desc: Description, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random float32 weights with non-trivial BatchNorm statistics (defaults would hide epsilon and layout bugs).
+    """Random float32 weights with non-trivial BatchNorm statistics (random_batch_norm).
 
     Scales keep activations of order one through the whole network, so that relative errors measure
     the arithmetic and not an exploding or vanishing signal.
     """
     rng = np.random.default_rng(seed)
+    batch_norms = {layer.name for layer in desc.layers if layer.kind == "batch_norm"}
     weights: dict[str, np.ndarray] = {}
     for name, shape in expected_tensors(desc).items():
-        if name.endswith(".running_mean"):
-            value = rng.normal(0.0, 0.5, shape)
-        elif name.endswith(".running_var"):
-            value = rng.uniform(0.5, 2.0, shape)
+        layer, tensor = name.rsplit(".", 1)
+        if layer in batch_norms:
+            value = random_batch_norm(rng, tensor, shape)
         elif len(shape) > 1:
             fan_in = int(np.prod(shape[1:]))
             value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
-        elif name.endswith(".bn.weight"):
-            value = rng.uniform(0.5, 1.5, shape)
         else:
             value = rng.normal(0.0, 0.1, shape)
         weights[name] = value.astype(np.float32)

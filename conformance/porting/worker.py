@@ -16,6 +16,9 @@ import sys
 import traceback
 from pathlib import Path
 
+# The order in which a reference model's BatchNorm tensors are drawn (conformance/weights.py: random_batch_norm).
+DRAW_ORDER = ("running_mean", "running_var", "weight", "bias")
+
 
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[0]).read_text())
@@ -121,6 +124,8 @@ def _random_reference(request: dict, desc, ref) -> dict:
     """Tests: a reference model with random weights, including random BatchNorm statistics (and layer scales)."""
     import numpy as np
 
+    from conformance.weights import random_batch_norm
+
     rng = np.random.default_rng(request.get("seed", 0))
     images = np.load(request["input"], allow_pickle=False)  # NCHW
     path = Path(request["path"])
@@ -134,10 +139,9 @@ def _random_reference(request: dict, desc, ref) -> dict:
         with torch.no_grad():
             for module in model.modules():
                 if isinstance(module, torch.nn.BatchNorm2d):
-                    module.running_mean.copy_(torch.from_numpy(rng.normal(0, 0.5, module.num_features)))
-                    module.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, module.num_features)))
-                    module.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, module.num_features)))
-                    module.bias.copy_(torch.from_numpy(rng.normal(0, 0.1, module.num_features)))
+                    for tensor in DRAW_ORDER:  # a state dict's names are the neutral ones
+                        value = random_batch_norm(rng, tensor, module.num_features)
+                        getattr(module, tensor).copy_(torch.from_numpy(value))
                 elif torch_refs.is_layer_scale(module):
                     # timm initialises it at 1e-5, which would hide the attention branch from the comparison
                     module.gamma.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, module.gamma.shape[0])))
@@ -151,11 +155,10 @@ def _random_reference(request: dict, desc, ref) -> dict:
         model = keras_refs.build(ref, (*images.shape[2:4], 3))
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
-                n = layer.gamma.shape[0]
-                layer.moving_mean.assign(rng.normal(0, 0.5, n))
-                layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
-                layer.gamma.assign(rng.uniform(0.5, 1.5, n))
-                layer.beta.assign(rng.normal(0, 0.1, n))
+                keras_names = {"running_mean": layer.moving_mean, "running_var": layer.moving_variance,
+                               "weight": layer.gamma, "bias": layer.beta}
+                for tensor in DRAW_ORDER:
+                    keras_names[tensor].assign(random_batch_norm(rng, tensor, layer.gamma.shape[0]))
         logits = np.asarray(model.predict_on_batch(images.transpose(0, 2, 3, 1)))
         formats._save_keras_weights(model, path)
     np.save(request["logits"], logits)
