@@ -1,9 +1,7 @@
-"""The neutral weight file: every tensor accounted for, bad files refused with the layer named, and
-nothing ever half-written."""
+"""The neutral weight file: every tensor accounted for, bad files refused with the layer named. (It is
+written by spec/files.py's atomic write: tests/test_files.py.)"""
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ import pytest
 from conformance import weights as neutral
 from conformance.checks import evaluate
 from conformance.runner import Worker, prepare, run
-from spec import describe, files, load_spec
+from spec import describe, load_spec
 
 SPEC = load_spec()
 
@@ -90,24 +88,6 @@ def test_file_without_our_metadata_is_refused(tmp_path):
     save_file({"x": np.zeros(2, np.float32)}, str(tmp_path / "foreign.safetensors"))
     with pytest.raises(neutral.WeightError, match="metadata format"):
         neutral.load(tmp_path / "foreign.safetensors")
-
-
-def test_failed_write_leaves_nothing_half_written(small, tmp_path, monkeypatch):
-    _, _, tensors = small
-    target = tmp_path / "w.safetensors"
-    target.write_bytes(b"previous")
-
-    def broken_replace(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
-        neutral.save(target, tensors, {"variant": "x"})
-    assert target.read_bytes() == b"previous"
-    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"], "no temporary file left behind"
-    monkeypatch.undo()
-    files.atomic_write(target, "new")
-    assert target.read_text() == "new"
 
 
 def test_worker_refuses_a_file_of_another_variant(tmp_path):
