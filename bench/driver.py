@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -26,9 +27,11 @@ from bench.worker import bench_module
 from generators.frameworks import FRAMEWORKS
 
 ROOT = Path(__file__).resolve().parent.parent
-# Each framework right after the one its benchmark is set against (generators/frameworks.py: bench_against).
+# The frameworks with a benchmark (bench/<key>_bench.py), each right after the one it is set against
+# (generators/frameworks.py: bench_against).
 ORDER = tuple(key for own in FRAMEWORKS if FRAMEWORKS[own].bench_against is None
-              for key in (own, *(k for k, f in FRAMEWORKS.items() if f.bench_against == own)))
+              for key in (own, *(k for k, f in FRAMEWORKS.items() if f.bench_against == own))
+              if importlib.util.find_spec(f"bench.{key}_bench") is not None)
 PARITY = 0.03  # ratios within 1 +- this are parity (run-to-run noise of medians on a shared machine)
 # Flax mode -> the PyTorch reference modes it is set against.
 FLAX_AGAINST = {"jit": ("eager", "compiled"), "fp32 jit": ("fp32",), "bf16 jit": ("bf16+channels_last compiled",)}

@@ -87,12 +87,14 @@ def main(argv: list[str]) -> int:
                 timings["macs"] = time.perf_counter() - t
             if job.get("onnx") and blocks is not None:
                 t = time.perf_counter()
-                if RUNS[framework].native:
+                from conformance.onnx.export import EXPORTERS
+
+                if RUNS[framework].native and framework in EXPORTERS:
                     result.onnx = _onnx(RUNS[framework].framework, adapter, model, desc, job, images,
                                         blocks["classifier"])
                 else:
-                    natives = ", ".join(f"{r.key} ({r.title})" for r in RUNS.values() if r.native)
-                    result.onnx_skipped = f"{framework}: ONNX export is checked from {natives}"
+                    exported = [f"{r.key} ({r.title})" for r in RUNS.values() if r.native and r.key in EXPORTERS]
+                    result.onnx_skipped = f"{framework}: ONNX export is checked from {', '.join(exported)}"
                 timings["onnx"] = time.perf_counter() - t
             if job.get("logits_at"):
                 t = time.perf_counter()

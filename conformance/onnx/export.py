@@ -37,7 +37,10 @@ def cache_key(generated_file: Path, weights: Path, flavor: str, resolution: tupl
 def export(framework: str, model, resolution: tuple[int, int], path: Path) -> float:
     """Write `model` as ONNX to `path` (atomically); returns the export's seconds."""
     start = time.perf_counter()
-    proto = EXPORTERS[framework_entry(framework).key](model, resolution, Path(path))
+    key = framework_entry(framework).key
+    if key not in EXPORTERS:
+        raise ValueError(f"no ONNX export for {key!r}; exported are {', '.join(EXPORTERS)}")
+    proto = EXPORTERS[key](model, resolution, Path(path))
     _normalise_io(proto)
     atomic_write(Path(path), proto.SerializeToString())
     return time.perf_counter() - start
@@ -101,8 +104,9 @@ def _export_flax(model, resolution, path: Path):
     return proto
 
 
-# framework key -> its exporter: (model, resolution, target path) -> ModelProto. One per registry entry.
-EXPORTERS = {key: globals()[f"_export_{key}"] for key in FRAMEWORKS}
+# framework key -> its exporter, `_export_KEY`: (model, resolution, target path) -> ModelProto. A framework
+# without one is not exported (`mnforge onnx` refuses it, `conform --onnx` skips it).
+EXPORTERS = {key: globals()[f"_export_{key}"] for key in FRAMEWORKS if f"_export_{key}" in globals()}
 
 
 def _normalise_io(proto) -> None:

@@ -32,10 +32,6 @@ from spec.files import atomic_path, atomic_write
 from spec.resolve import Description
 
 NEUTRAL = "safetensors"
-# format -> the framework whose process reads and writes it (None: the neutral file, no framework)
-FRAMEWORK_OF: dict[str, str | None] = {NEUTRAL: None, **{key: key for key in FRAMEWORKS},
-                                       **{name: lib.framework for name, lib in LIBRARIES.items()}}
-FORMATS = tuple(FRAMEWORK_OF)
 SIDECAR_SUFFIX = ".mnforge.json"
 
 
@@ -222,9 +218,16 @@ def _numpy_tree(tree):
     return np.asarray(tree)
 
 
-# framework key -> reader / writer of its own weight file: one of each per registry entry
-READERS = {key: globals()[f"read_{key}"] for key in FRAMEWORKS}
-WRITERS = {key: globals()[f"write_{key}"] for key in FRAMEWORKS}
+# framework key -> reader / writer of its own weight file (`read_KEY`, `write_KEY` above). A framework
+# without them has no format of its own: `port` moves its weights as safetensors.
+READERS = {key: globals()[f"read_{key}"] for key in FRAMEWORKS if f"read_{key}" in globals()}
+WRITERS = {key: globals()[f"write_{key}"] for key in FRAMEWORKS if f"write_{key}" in globals()}
+
+
+# format -> the framework whose process reads and writes it (None: the neutral file, no framework)
+FRAMEWORK_OF: dict[str, str | None] = {NEUTRAL: None, **{key: key for key in READERS if key in WRITERS},
+                                       **{name: lib.framework for name, lib in LIBRARIES.items()}}
+FORMATS = tuple(FRAMEWORK_OF)
 
 
 def read_format(fmt: str, path: Path, desc: Description, ref=None) -> dict[str, np.ndarray]:
