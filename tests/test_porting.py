@@ -91,7 +91,7 @@ def test_cli_round_trip_torchvision_flax_torch_torchvision_bit_exact(tmp_path, i
     assert sidecar["flavor"] == "torchvision" and sidecar["variant"] == "mobilenet_v3_small_100"
 
 
-def test_keras_applications_to_pytorch_and_timm_tf_to_keras(tmp_path, images):
+def test_keras_applications_to_torch_and_timm_tf_to_keras(tmp_path, images):
     checkpoint, expected = random_reference("keras-applications:MobileNet_025", tmp_path, images)
     assert cli(["port", "mobilenet_v1_025", "--from", f"keras-applications:{checkpoint}",
                 "--to", f"torch:{tmp_path / 'v1.pt'}"]) == 0
