@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from generators.context import BLOCK_TUPLES, block_row, family_context
+from generators.context import block_row, family_context
 from generators.frameworks import FRAMEWORKS
 from spec import SpecError, load_spec
 from spec.loader import DEFAULT_SPEC, LoadedSpec
@@ -42,7 +42,6 @@ def _environment():
     )
     env.filters["py"] = _literal
     env.filters["block_row"] = block_row
-    env.filters["block_tuple"] = BLOCK_TUPLES.__getitem__
     return env
 
 
