@@ -344,12 +344,13 @@ def conv_bn_act(
     depthwise: bool = False,
 ):
     """Convolution without bias, BatchNorm, activation: the unit every block is built from."""
+    # Keras' own "same" is the spec's padding at stride 1 only (k // 2 on each side, odd kernels): a strided
+    # conv pads explicitly, as the flavor says (TF SAME puts the odd pixel after, "symmetric" does not).
     if stride > 1:
-        # Strided convs pad explicitly: TF SAME puts the odd pixel bottom/right, "symmetric" does not.
         pads = tuple(padding_amounts(size, kernel, stride, flavor.padding) for size in x.shape[1:3])
         x = layers.ZeroPadding2D(pads, name=f"{name}-pad")(x)
     options = dict(
-        strides=stride, padding="same" if stride == 1 else "valid", use_bias=False, name=f"{name}-conv"
+        strides=stride, padding="valid" if stride > 1 else "same", use_bias=False, name=f"{name}-conv"
     )
     x = (
         layers.DepthwiseConv2D(kernel, **options)(x)

@@ -401,12 +401,13 @@ def conv_bn_act(
     depthwise: bool = False,
 ):
     """Convolution without bias, BatchNorm, activation: the unit every block is built from."""
+    # Keras' own "same" is the spec's padding at stride 1 only (k // 2 on each side, odd kernels): a strided
+    # conv pads explicitly, as the flavor says (TF SAME puts the odd pixel after, "symmetric" does not).
     if stride > 1:
-        # Strided convs pad explicitly: TF SAME puts the odd pixel bottom/right, "symmetric" does not.
         pads = tuple(padding_amounts(size, kernel, stride, flavor.padding) for size in x.shape[1:3])
         x = layers.ZeroPadding2D(pads, name=f"{name}-pad")(x)
     options = dict(
-        strides=stride, padding="same" if stride == 1 else "valid", use_bias=False, name=f"{name}-conv"
+        strides=stride, padding="valid" if stride > 1 else "same", use_bias=False, name=f"{name}-conv"
     )
     x = (
         layers.DepthwiseConv2D(kernel, **options)(x)
@@ -493,6 +494,8 @@ class MultiQueryAttention(layers.Layer):
         self.heads = heads
 
     def call(self, inputs):
+        # Not keras.ops.dot_product_attention: on the TensorFlow backend (Keras 3.15) it fails for one shared
+        # key / value head (its einsum does not broadcast 1 head to `heads`; it repeats only 2 or more).
         q, k, v = inputs
         height, width, key_dim, value_dim = q.shape[1], q.shape[2], k.shape[-1], v.shape[-1]
         q = ops.transpose(ops.reshape(q, (-1, height * width, self.heads, key_dim)), (0, 2, 1, 3))
