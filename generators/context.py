@@ -17,12 +17,7 @@ from spec.activations import ACTIVATIONS
 from spec.loader import LoadedSpec
 from spec.resolve import (
     Architecture,
-    ConvBlock,
     DepthwiseSeparable,
-    FusedInvertedBottleneck,
-    InvertedResidual,
-    MobileMQA,
-    UniversalInvertedBottleneck,
     default_resolution,
     describe,
     fixed_padding,
@@ -31,9 +26,6 @@ from spec.resolve import (
     resolve_architecture,
 )
 
-# resolved block class -> the NamedTuple the generated tables use for it
-BLOCK_TUPLES = {DepthwiseSeparable: "Block", InvertedResidual: "Block", ConvBlock: "ConvBlock",
-                FusedInvertedBottleneck: "FusedIB", UniversalInvertedBottleneck: "UIB", MobileMQA: "MQA"}
 WIDE_FIELDS = {"in_channels": 4, "expanded": 4, "out": 4, "squeeze": 3}  # aligned in table rows
 
 
@@ -44,13 +36,13 @@ def block_row(block) -> str:
         value = getattr(block, f.name)
         values.append(f"{value:{WIDE_FIELDS[f.name]}d}" if f.name in WIDE_FIELDS else json.dumps(value)
                       if isinstance(value, str) else repr(value))
-    return f"{BLOCK_TUPLES[type(block)]}({', '.join(values)})"
+    return f"{block.row_name}({', '.join(values)})"
 
 
 def block_tuple_source(cls) -> str:
     """The generated NamedTuple of a resolved block class: its fields and docstring, in the same order."""
     doc = inspect.getdoc(cls) or ""
-    lines = [f"class {BLOCK_TUPLES[cls]}(NamedTuple):", textwrap.indent(f'"""{doc}"""', "    "), ""]
+    lines = [f"class {cls.row_name}(NamedTuple):", textwrap.indent(f'"""{doc}"""', "    "), ""]
     notes = dict(re.findall(r"^    (\w+): [^#\n]*(#[^\n]*)$", inspect.getsource(cls), re.MULTILINE))
     lines += [f"    {f.name}: {f.type}  {notes[f.name]}" if f.name in notes else f"    {f.name}: {f.type}"
               for f in fields(cls)]
@@ -153,7 +145,7 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
         "has_squeeze_excite": has_squeeze_excite,
         "block_kinds": sorted(cls.__name__ for cls in block_classes),
         "block_tuples": [block_tuple_source(cls) for cls in block_classes],
-        "block_union": " | ".join(dict.fromkeys(BLOCK_TUPLES[cls] for cls in block_classes)),
+        "block_union": " | ".join(dict.fromkeys(cls.row_name for cls in block_classes)),
         "has_layer_scale": any(getattr(b, "layer_scale", 0) for b in blocks),
         "fc_batch_norm": any(a.fc_batch_norm for a in archs),
         "has_last_conv": any(a.last_conv for a in archs),

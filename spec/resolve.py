@@ -17,7 +17,7 @@ Counting conventions (also in the README):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 from spec.loader import LoadedSpec
 from spec.model import Family, FlavorValues, InvertedResidualRow, Spec, WidthRules
@@ -52,12 +52,14 @@ class ConvSpec:
 class DepthwiseSeparable:
     """kxk depthwise + BN + act, then 1x1 pointwise + BN + act."""
 
+    row_name: ClassVar[str] = "Block"  # its NamedTuple in the generated tables
+
     in_channels: int
     out: int
     kernel: int
     stride: int
     activation: str
-    residual = False  # (not a field)
+    residual: ClassVar[bool] = False
 
     def describe(self, walk: _Walker, name: str) -> None:
         walk.conv(f"{name}.depthwise", name, self.in_channels, self.kernel, self.stride, self.activation,
@@ -68,6 +70,8 @@ class DepthwiseSeparable:
 @dataclass(frozen=True)
 class InvertedResidual:
     """[1x1 expand + BN + act] -> kxk depthwise + BN + act -> [squeeze-excite] -> 1x1 project + BN."""
+
+    row_name: ClassVar[str] = "Block"  # its NamedTuple in the generated tables
 
     in_channels: int
     expanded: int
@@ -97,12 +101,14 @@ class InvertedResidual:
 class ConvBlock:
     """kxk conv + BN + act, as a block of a universal table (MobileNetV4-Conv-Small's first stages)."""
 
+    row_name: ClassVar[str] = "ConvBlock"  # its NamedTuple in the generated tables
+
     in_channels: int
     out: int
     kernel: int
     stride: int
     activation: str
-    residual = False  # (not a field)
+    residual: ClassVar[bool] = False
 
     def describe(self, walk: _Walker, name: str) -> None:
         walk.conv(name, name, self.out, self.kernel, self.stride, self.activation)
@@ -111,6 +117,8 @@ class ConvBlock:
 @dataclass(frozen=True)
 class FusedInvertedBottleneck:
     """[kxk conv expanding + BN + act] -> 1x1 project + BN (linear)."""
+
+    row_name: ClassVar[str] = "FusedIB"  # its NamedTuple in the generated tables
 
     in_channels: int
     expanded: int
@@ -131,6 +139,8 @@ class FusedInvertedBottleneck:
 class UniversalInvertedBottleneck:
     """[k1 depthwise + BN] -> [1x1 expand + BN + act] -> [k2 depthwise + BN + act] -> 1x1 project + BN
     -> [layer scale]. A kernel of 0 means that depthwise conv is absent."""
+
+    row_name: ClassVar[str] = "UIB"  # its NamedTuple in the generated tables
 
     in_channels: int
     start_kernel: int
@@ -162,6 +172,8 @@ class UniversalInvertedBottleneck:
 class MobileMQA:
     """BN -> multi-query attention -> [layer scale]: `heads` query heads share one key and one value head;
     keys and values come from a kv_kernel depthwise conv + BN of stride kv_stride (when kv_kernel > 0)."""
+
+    row_name: ClassVar[str] = "MQA"  # its NamedTuple in the generated tables
 
     in_channels: int
     out: int
