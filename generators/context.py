@@ -88,7 +88,7 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
     tables: list[Table] = []
     by_arch: dict[Architecture, str] = {}
     factories: list[Factory] = []
-    for arch_name, arch in family.architectures.items():
+    for arch in family.architectures.values():
         for variant_name, variant in arch.variants.items():
             resolution = default_resolution(spec, variant_name)
             groups: dict[Architecture, list[str]] = {}  # resolved architecture -> the flavors that give it
