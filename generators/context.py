@@ -1,41 +1,52 @@
 """What the templates see: a family's resolved tables, flavors and factories, as plain numbers.
 
-Everything here comes from spec/resolve.py; the templates only lay it out. Architectures that several
-flavors share (same resolved widths) are printed once.
+Everything here comes from spec/resolve.py and spec/activations.py; the templates only lay it out.
+Architectures that several flavors share (same resolved widths) are printed once.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
+import textwrap
 from dataclasses import dataclass, fields
 
 from generators.frameworks import FRAMEWORKS
+from spec.activations import ACTIVATIONS
 from spec.loader import LoadedSpec
 from spec.resolve import (
     Architecture,
     DepthwiseSeparable,
     default_resolution,
     describe,
+    fixed_padding,
     flavor_values,
+    padding_amounts,
     resolve_architecture,
 )
 
-# resolved block class -> the NamedTuple the generated tables use for it (universal tables)
-BLOCK_TUPLES = {"ConvBlock": "ConvBlock", "FusedInvertedBottleneck": "FusedIB",
-                "UniversalInvertedBottleneck": "UIB", "MobileMQA": "MQA"}
-WIDE_FIELDS = ("in_channels", "expanded", "out")  # aligned in table rows
+WIDE_FIELDS = {"in_channels": 4, "expanded": 4, "out": 4, "squeeze": 3}  # aligned in table rows
 
 
 def block_row(block) -> str:
-    """One universal-table row as generated code: `UIB(  80, 3,  320, 5,   80, 1, "relu", True, 0.0)`."""
+    """One table row as generated code: `UIB(  80, 3, 1,  320, 5,   80, 1, "relu", True, True, 0.0)`."""
     values = []
     for f in fields(block):
-        if f.name == "stage":
-            continue
         value = getattr(block, f.name)
-        values.append(f"{value:4d}" if f.name in WIDE_FIELDS else json.dumps(value) if isinstance(value, str)
-                      else repr(value))
-    return f"{BLOCK_TUPLES[type(block).__name__]}({', '.join(values)})"
+        values.append(f"{value:{WIDE_FIELDS[f.name]}d}" if f.name in WIDE_FIELDS else json.dumps(value)
+                      if isinstance(value, str) else repr(value))
+    return f"{block.row_name}({', '.join(values)})"
+
+
+def block_tuple_source(cls) -> str:
+    """The generated NamedTuple of a resolved block class: its fields and docstring, in the same order."""
+    doc = inspect.getdoc(cls) or ""
+    lines = [f"class {cls.row_name}(NamedTuple):", textwrap.indent(f'"""{doc}"""', "    "), ""]
+    notes = dict(re.findall(r"^    (\w+): [^#\n]*(#[^\n]*)$", inspect.getsource(cls), re.MULTILINE))
+    lines += [f"    {f.name}: {f.type}  {notes[f.name]}" if f.name in notes else f"    {f.name}: {f.type}"
+              for f in fields(cls)]
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -54,49 +65,66 @@ class Factory:
     width: float
     minimalistic: bool
     tables: dict[str, str]  # flavor -> table const
-    figures: tuple[tuple[str, int, int], ...]  # (flavors, params, MACs) per distinct table
+    figures: tuple[tuple[str, int, int], ...]  # (flavors, params, MACs) per distinct table, reference flavors
     resolution: int  # the published default
 
 
-def _title(variant: str, family_title: str, width: float, minimalistic: bool) -> str:
-    size = " Large" if "_large" in variant else " Small" if "_small" in variant else ""
-    return f"{family_title}{size}{' minimalistic' if minimalistic else ''} {width}"
+def _title(architecture_title: str, width: float, minimalistic: bool) -> str:
+    return f"{architecture_title}{' minimalistic' if minimalistic else ''} {width}"
+
+
+def _table_const(variant: str, flavors: list[str], default_flavor: str) -> str:
+    """The default flavor's table is named by the variant; any other by the variant and every flavor it serves."""
+    if default_flavor in flavors:
+        return variant.upper()
+    return "_".join([variant.upper(), *(f.upper() for f in flavors)])
 
 
 def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict:
     spec = loaded.spec
     family = spec.families[family_name]
+    references = family.references or list(spec.flavors)
     flavors = {name: flavor_values(spec, family_name, name)[0] for name in spec.flavors}
     tables: list[Table] = []
     by_arch: dict[Architecture, str] = {}
     factories: list[Factory] = []
-    for arch_name, arch in family.architectures.items():
+    for arch in family.architectures.values():
         for variant_name, variant in arch.variants.items():
             resolution = default_resolution(spec, variant_name)
-            chosen: dict[str, str] = {}
-            figures: dict[str, list] = {}
+            groups: dict[Architecture, list[str]] = {}  # resolved architecture -> the flavors that give it
             for flavor in spec.flavors:
-                resolved = resolve_architecture(spec, variant_name, flavor)
+                groups.setdefault(resolve_architecture(spec, variant_name, flavor), []).append(flavor)
+            chosen: dict[str, str] = {}
+            figures = []
+            for resolved, group in groups.items():
                 if resolved not in by_arch:
-                    const = variant_name.upper() if not chosen else f"{variant_name.upper()}_{flavor.upper()}"
-                    by_arch[resolved] = const
-                    desc = describe(spec, variant_name, flavor, resolution)
-                    tables.append(Table(const, resolved, _block_inputs(desc), (variant_name,), resolution))
-                const = by_arch[resolved]
-                chosen[flavor] = const
-                if const not in figures:
-                    desc = describe(spec, variant_name, flavor, resolution)
-                    figures[const] = [[], desc.params, desc.macs]
-                figures[const][0].append(flavor)
+                    by_arch[resolved] = _table_const(variant_name, group, spec.default_flavor)
+                    desc = describe(spec, variant_name, group[0], resolution)
+                    tables.append(Table(by_arch[resolved], resolved, _block_inputs(desc), (variant_name,),
+                                        resolution))
+                chosen.update({flavor: by_arch[resolved] for flavor in group})
+                shown = [flavor for flavor in group if flavor in references]
+                if shown:
+                    desc = describe(spec, variant_name, shown[0], resolution)
+                    figures.append((", ".join(shown), desc.params, desc.macs))
             factories.append(Factory(
-                variant_name, _title(variant_name, family.title, variant.width, variant.minimalistic),
-                variant.width, variant.minimalistic, chosen,
-                tuple((", ".join(f), p, m) for f, p, m in figures.values()), resolution,
+                variant_name, _title(arch.title or family.title, variant.width, variant.minimalistic),
+                variant.width, variant.minimalistic, {flavor: chosen[flavor] for flavor in spec.flavors},
+                tuple(figures), resolution,
             ))
     archs = [t.architecture for t in tables]
     blocks = [b for a in archs for b in a.blocks]
     if len({a.fc_batch_norm for a in archs if a.fc}) > 1:
         raise ValueError(f"{family_name}: every fc of a family has BatchNorm, or none does")
+    se_activation = family.squeeze_excite.activation if family.squeeze_excite else None
+    se_gate = family.squeeze_excite.gate if family.squeeze_excite else None
+    has_squeeze_excite = any(getattr(b, "squeeze", 0) for b in blocks)
+    activations = sorted({b.activation for b in blocks if hasattr(b, "activation")}
+                         | {a.stem.activation for a in archs}
+                         | {x.activation for a in archs for x in (a.last_conv, a.fc) if x}
+                         | ({se_activation, se_gate} - {None} if has_squeeze_excite else set()))
+    block_classes = list(dict.fromkeys(type(b) for b in blocks))
+    ops = {name: getattr(ACTIVATIONS[name], framework) for name in dict.fromkeys([*activations, "identity"])}
     return {
         "framework": framework,
         "framework_title": FRAMEWORKS[framework].title,
@@ -109,20 +137,25 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
         "resolution": factories[0].resolution,
         "spec_sha256": loaded.sha256,
         "flavors": flavors,
-        "flavor_descriptions": {name: f.description for name, f in spec.flavors.items()},
+        "references": references,
         "default_flavor": spec.default_flavor,
         "block_type": archs[0].block_type,
-        "se_activation": family.squeeze_excite.activation if family.squeeze_excite else None,
-        "has_squeeze_excite": any(getattr(b, "squeeze", 0) for b in blocks),
-        "block_kinds": sorted({type(b).__name__ for b in blocks}),
+        "se_activation": se_activation,
+        "se_gate": se_gate,
+        "has_squeeze_excite": has_squeeze_excite,
+        "block_kinds": sorted(cls.__name__ for cls in block_classes),
+        "block_tuples": [block_tuple_source(cls) for cls in block_classes],
+        "block_union": " | ".join(dict.fromkeys(cls.row_name for cls in block_classes)),
         "has_layer_scale": any(getattr(b, "layer_scale", 0) for b in blocks),
         "fc_batch_norm": any(a.fc_batch_norm for a in archs),
         "has_last_conv": any(a.last_conv for a in archs),
         "has_fc": any(a.fc for a in archs),
-        "activations": sorted({b.activation for b in blocks if hasattr(b, "activation")}
-                              | {a.stem.activation for a in archs}
-                              | {x.activation for a in archs for x in (a.last_conv, a.fc) if x}
-                              | ({a.squeeze_excite_activation for a in archs} - {None})),
+        "activations": activations,
+        # name -> this framework's op (spec/activations.py), for every activation the family uses
+        "activation_ops": ops,
+        "activation_formulas": {name: ACTIVATIONS[name].formula for name in ops},
+        "imports_functools": any(op.startswith("functools.") for op in ops.values()),
+        "padding_source": "\n\n\n".join(inspect.getsource(f).strip() for f in (fixed_padding, padding_amounts)),
         "tables": tables,
         "factories": factories,
         "is_depthwise_separable": isinstance(archs[0].blocks[0], DepthwiseSeparable),
@@ -131,5 +164,6 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
 
 def _block_inputs(desc) -> tuple[str, ...]:
     """Input size of each block at the default resolution, for the table comments."""
-    shapes = [desc.block_shapes["stem"]] + [desc.block_shapes[f"blocks.{i}"] for i in range(len(desc.architecture.blocks))]
+    shapes = [desc.block_shapes["stem"]] + [desc.block_shapes[f"blocks.{i}"]
+                                            for i in range(len(desc.architecture.blocks))]
     return tuple(f"{c}x{h}x{w}".split("x", 1)[1] for c, h, w in shapes[:-1])

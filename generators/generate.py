@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from generators.context import BLOCK_TUPLES, block_row, family_context
+from generators.context import block_row, family_context
 from generators.frameworks import FRAMEWORKS
 from spec import SpecError, load_spec
 from spec.files import atomic_write
@@ -41,7 +41,6 @@ def _environment():
     )
     env.filters["py"] = _literal
     env.filters["block_row"] = block_row
-    env.filters["block_tuple"] = BLOCK_TUPLES.__getitem__
     return env
 
 

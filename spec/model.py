@@ -10,12 +10,14 @@ from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from spec.activations import HARD_SIGMOID_FORMULA, LAYER_ACTIVATIONS
+
 IDENTIFIER = r"^[a-z][a-z0-9_]*$"
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER, max_length=64)]
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 Stride = Literal[1, 2]
 Kernel = Literal[1, 3, 5, 7]
-Activation = Literal["relu", "relu6", "hard_swish", "gelu", "identity"]
+Activation = Literal[LAYER_ACTIVATIONS]  # spec/activations.py: formulas and framework ops
 Width = Annotated[float, Field(gt=0, le=4)]
 
 
@@ -80,12 +82,16 @@ FcLayoutField = Annotated[
 ]
 
 
+# The gate formula a flavor states; only the published one is accepted (spec/activations.py computes it).
+HardSigmoid = Literal[HARD_SIGMOID_FORMULA]
+
+
 class FlavorValues(Strict):
     """The numeric conventions of one reference implementation (all fields explicit)."""
 
     padding: Literal["symmetric", "same"]
     batch_norm: BatchNorm
-    hard_sigmoid: Literal["relu6(x+3)/6"]
+    hard_sigmoid: HardSigmoid
     dropout: Annotated[float, Field(ge=0, lt=1)]
     fc_layout: FcLayoutField
 
@@ -95,7 +101,7 @@ class FlavorOverride(Strict):
 
     padding: Literal["symmetric", "same"] | None = None
     batch_norm: BatchNorm | None = None
-    hard_sigmoid: Literal["relu6(x+3)/6"] | None = None
+    hard_sigmoid: HardSigmoid | None = None
     dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
     fc_layout: FcLayoutField | None = None
     width_rules: WidthRules | None = None
@@ -269,6 +275,7 @@ class Variant(Strict):
 
 
 class Architecture(Strict):
+    title: str | None = None  # for people: "MobileNetV3-Large"; default: the family's title
     resolution: Annotated[int, Field(ge=32, le=1024, strict=True)] | None = None  # published default
     stem: Stem
     blocks: StageTable
@@ -293,6 +300,9 @@ class Family(Strict):
     paper: str
     resolutions: list[Annotated[int, Field(ge=32, le=1024, strict=True)]] = Field(min_length=1)
     width_rules: WidthRules
+    # The flavors whose reference library publishes this family (default: every flavor). Any flavor's
+    # conventions still build the family; the factories' docstrings list the figures of these only.
+    references: list[Identifier] | None = None
     squeeze_excite: SqueezeExcite | None = None
     minimalistic: Minimalistic | None = None
     architectures: dict[Identifier, Architecture] = Field(min_length=1)
@@ -338,6 +348,9 @@ class Spec(Strict):
                     )
         seen: dict[str, str] = {}
         for family_name, family in self.families.items():
+            unknown = sorted(set(family.references or ()) - set(self.flavors))
+            if unknown:
+                raise ValueError(f"family {family_name!r} references unknown flavors {unknown}")
             for arch_name, arch in family.architectures.items():
                 for variant in arch.variants:
                     if variant in seen:

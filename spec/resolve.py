@@ -16,9 +16,8 @@ Counting conventions (also in the README):
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Literal
 
 from spec.loader import LoadedSpec
 from spec.model import Family, FlavorValues, InvertedResidualRow, Spec, WidthRules
@@ -43,95 +42,138 @@ class ConvSpec:
     activation: str
 
 
+# Resolved blocks carry every decision (stride placement, residual, whether an expansion conv exists):
+# the generated tables print their fields in this order, and the templates build from them without
+# deciding anything. Each block's `describe` lists its layers under their canonical names, the one
+# place those names are written outside the templates' attribute names.
+
+
 @dataclass(frozen=True)
 class DepthwiseSeparable:
+    """kxk depthwise + BN + act, then 1x1 pointwise + BN + act."""
+
+    row_name: ClassVar[str] = "Block"  # its NamedTuple in the generated tables
+
     in_channels: int
     out: int
     kernel: int
     stride: int
     activation: str
-    stage: int
+    residual: ClassVar[bool] = False
+
+    def describe(self, walk: _Walker, name: str) -> None:
+        walk.conv(f"{name}.depthwise", name, self.in_channels, self.kernel, self.stride, self.activation,
+                  depthwise=True)
+        walk.conv(f"{name}.pointwise", name, self.out, activation=self.activation)
 
 
 @dataclass(frozen=True)
 class InvertedResidual:
+    """[1x1 expand + BN + act] -> kxk depthwise + BN + act -> [squeeze-excite] -> 1x1 project + BN."""
+
+    row_name: ClassVar[str] = "Block"  # its NamedTuple in the generated tables
+
     in_channels: int
-    expanded: int  # == in_channels: no expand conv
+    expanded: int
     out: int
     kernel: int
     stride: int
     squeeze: int  # squeeze-excite bottleneck width; 0: no squeeze-excite
     activation: str
-    stage: int
+    has_expand: bool  # False: the depthwise reads the input (expanded == in_channels)
+    residual: bool
 
-    @property
-    def has_expand(self) -> bool:
-        return self.expanded != self.in_channels
-
-    @property
-    def residual(self) -> bool:
-        return self.stride == 1 and self.in_channels == self.out
+    def describe(self, walk: _Walker, name: str) -> None:
+        if self.has_expand:
+            walk.conv(f"{name}.expand", name, self.expanded, activation=self.activation)
+        walk.conv(f"{name}.depthwise", name, self.expanded, self.kernel, self.stride, self.activation,
+                  depthwise=True)
+        if self.squeeze:
+            gated = walk.layers[-1].name
+            walk.conv(f"{name}.squeeze_excite.reduce", name, self.squeeze, activation=walk.se_activation,
+                      bias=True, batch_norm=False, pooled=True)
+            walk.conv(f"{name}.squeeze_excite.expand", name, self.expanded, activation=walk.se_gate, bias=True,
+                      batch_norm=False, gates=gated)
+        walk.conv(f"{name}.project", name, self.out)
 
 
 @dataclass(frozen=True)
 class ConvBlock:
     """kxk conv + BN + act, as a block of a universal table (MobileNetV4-Conv-Small's first stages)."""
 
+    row_name: ClassVar[str] = "ConvBlock"  # its NamedTuple in the generated tables
+
     in_channels: int
     out: int
     kernel: int
     stride: int
     activation: str
-    stage: int
+    residual: ClassVar[bool] = False
+
+    def describe(self, walk: _Walker, name: str) -> None:
+        walk.conv(name, name, self.out, self.kernel, self.stride, self.activation)
 
 
 @dataclass(frozen=True)
 class FusedInvertedBottleneck:
     """[kxk conv expanding + BN + act] -> 1x1 project + BN (linear)."""
 
+    row_name: ClassVar[str] = "FusedIB"  # its NamedTuple in the generated tables
+
     in_channels: int
-    expanded: int  # == in_channels: no expand conv, the projection carries the block
+    expanded: int
     out: int
     kernel: int
     stride: int
     activation: str
+    has_expand: bool  # False (expanded == in_channels): the projection carries the block
     residual: bool
-    stage: int
 
-    @property
-    def has_expand(self) -> bool:
-        return self.expanded != self.in_channels
+    def describe(self, walk: _Walker, name: str) -> None:
+        if self.has_expand:
+            walk.conv(f"{name}.expand", name, self.expanded, self.kernel, self.stride, self.activation)
+        walk.conv(f"{name}.project", name, self.out)
 
 
 @dataclass(frozen=True)
 class UniversalInvertedBottleneck:
-    """[k1 depthwise + BN] -> 1x1 expand + BN + act -> [k2 depthwise + BN + act] -> 1x1 project + BN
+    """[k1 depthwise + BN] -> [1x1 expand + BN + act] -> [k2 depthwise + BN + act] -> 1x1 project + BN
     -> [layer scale]. A kernel of 0 means that depthwise conv is absent."""
+
+    row_name: ClassVar[str] = "UIB"  # its NamedTuple in the generated tables
 
     in_channels: int
     start_kernel: int
+    start_stride: int  # the k1 depthwise carries the stride only when there is no k2 depthwise
     expanded: int
     kernel: int
     out: int
-    stride: int  # carried by the k2 depthwise, or by the k1 depthwise when there is no k2
+    stride: int  # of the k2 depthwise
     activation: str
+    has_expand: bool
     residual: bool
     layer_scale: float  # initial value of the learned per-channel output scale; 0.0: none
-    stage: int
 
-    @property
-    def start_stride(self) -> int:
-        return 1 if self.kernel else self.stride
-
-    @property
-    def has_expand(self) -> bool:
-        return self.expanded != self.in_channels
+    def describe(self, walk: _Walker, name: str) -> None:
+        if self.start_kernel:
+            walk.conv(f"{name}.start_depthwise", name, self.in_channels, self.start_kernel, self.start_stride,
+                      depthwise=True)
+        if self.has_expand:
+            walk.conv(f"{name}.expand", name, self.expanded, activation=self.activation)
+        if self.kernel:
+            walk.conv(f"{name}.depthwise", name, self.expanded, self.kernel, self.stride, self.activation,
+                      depthwise=True)
+        walk.conv(f"{name}.project", name, self.out)
+        if self.layer_scale:
+            walk.layer_scale(f"{name}.layer_scale", name)
 
 
 @dataclass(frozen=True)
 class MobileMQA:
     """BN -> multi-query attention -> [layer scale]: `heads` query heads share one key and one value head;
-    with kv_stride 2, keys and values come from a kv_kernel depthwise conv + BN of stride 2."""
+    keys and values come from a kv_kernel depthwise conv + BN of stride kv_stride (when kv_kernel > 0)."""
+
+    row_name: ClassVar[str] = "MQA"  # its NamedTuple in the generated tables
 
     in_channels: int
     out: int
@@ -139,15 +181,33 @@ class MobileMQA:
     key_dim: int
     value_dim: int
     kv_stride: int
-    kv_kernel: int  # 0 when kv_stride is 1
+    kv_kernel: int  # 0: no key / value downsampling
     residual: bool
     layer_scale: float  # initial value of the learned per-channel output scale; 0.0: none
-    stage: int
+
+    def describe(self, walk: _Walker, name: str) -> None:
+        """The layers in the order the references run them: norm, query, key, value, output."""
+        walk.batch_norm(f"{name}.bn", name)
+        normed = f"{name}.bn"
+        walk.conv(f"{name}.query", name, self.heads * self.key_dim, batch_norm=False)
+        branches = []
+        for branch, width in (("key", self.key_dim), ("value", self.value_dim)):
+            source = normed
+            if self.kv_kernel:
+                walk.conv(f"{name}.{branch}_down", name, self.in_channels, self.kv_kernel, self.kv_stride,
+                          depthwise=True, source=source)
+                source = walk.layers[-1].name
+            walk.conv(f"{name}.{branch}", name, width, batch_norm=False, source=source)
+            branches.append(f"{name}.{branch}")
+        walk.attention(f"{name}.attention", name, self.heads, self.key_dim, self.value_dim,
+                       (f"{name}.query", *branches))
+        walk.conv(f"{name}.output", name, self.out, batch_norm=False)
+        if self.layer_scale:
+            walk.layer_scale(f"{name}.layer_scale", name)
 
 
-Block = DepthwiseSeparable | InvertedResidual | ConvBlock | FusedInvertedBottleneck | UniversalInvertedBottleneck | MobileMQA
-UNIVERSAL_BLOCKS = {"conv": ConvBlock, "fused_ib": FusedInvertedBottleneck, "uib": UniversalInvertedBottleneck,
-                    "mqa": MobileMQA}
+Block = (DepthwiseSeparable | InvertedResidual | ConvBlock | FusedInvertedBottleneck | UniversalInvertedBottleneck
+         | MobileMQA)
 
 
 @dataclass(frozen=True)
@@ -160,13 +220,8 @@ class Architecture:
     last_conv: ConvSpec | None
     fc: ConvSpec | None
     squeeze_excite_activation: str | None = None
+    squeeze_excite_gate: str | None = None
     fc_batch_norm: bool = False  # MobileNetV4: the fc has no bias and a BatchNorm before its activation
-
-    @property
-    def features(self) -> int:
-        """Width of the pooled features that the fc / classifier sees."""
-        last = self.last_conv.out if self.last_conv else self.blocks[-1].out
-        return self.fc.out if self.fc else last
 
 
 @dataclass(frozen=True)
@@ -225,11 +280,11 @@ def resolve_architecture(spec: Spec, variant: str, flavor: str | None = None) ->
         for repeat in range(row.repeats):
             stride = row.stride if repeat == 0 else 1
             if table.type == "depthwise_separable":
-                blocks.append(DepthwiseSeparable(in_channels, out, table.kernel, stride, table.activation, stage))
+                blocks.append(DepthwiseSeparable(in_channels, out, table.kernel, stride, table.activation))
             elif table.type == "universal":
                 blocks.append(_universal(row, table, in_channels, out, stride, stage, rounding, activation))
             else:
-                blocks.append(_inverted_residual(row, table, family, rules, in_channels, base_in, out, stride, stage,
+                blocks.append(_inverted_residual(row, table, family, rules, in_channels, base_in, out, stride,
                                                  width, rounding, minimal, activation))
             in_channels, base_in = out, row.out
     head = arch.head
@@ -241,29 +296,36 @@ def resolve_architecture(spec: Spec, variant: str, flavor: str | None = None) ->
         fc = ConvSpec(apply_width_rule(head.fc.out, width, rules.fc, rounding), 1, 1, activation(head.fc.activation))
     se = family.squeeze_excite
     return Architecture(table.type, stem, tuple(blocks), last_conv, fc, se.activation if se else None,
-                        bool(head.fc and head.fc.batch_norm))
+                        se.gate if se else None, bool(head.fc and head.fc.batch_norm))
+
+
+def _residual(in_channels: int, out: int, stride: int) -> bool:
+    """A block adds its input to its output when their shapes agree: stride 1 and in == out."""
+    return stride == 1 and in_channels == out
 
 
 def _universal(row, table, in_channels: int, out: int, stride: int, stage: int, rounding, activation) -> Block:
     act = activation(row.activation or table.activation)
-    residual = stride == 1 and in_channels == out and row.residual is not False  # `residual: false` turns it off
+    residual = _residual(in_channels, out, stride) and row.residual is not False  # `residual: false` turns it off
     if row.block == "conv":
-        return ConvBlock(in_channels, out, row.k2, stride, act, stage)
+        return ConvBlock(in_channels, out, row.k2, stride, act)
     if row.block == "mqa":
         kv_kernel = row.k2 if row.kv_stride > 1 else 0
         return MobileMQA(in_channels, out, row.heads, row.key_dim, row.key_dim, row.kv_stride, kv_kernel, residual,
-                         table.layer_scale or 0.0, stage)
+                         table.layer_scale or 0.0)
     expanded = make_divisible(in_channels * row.expansion, rounding)
+    has_expand = expanded != in_channels
     if row.block == "fused_ib":
-        if expanded == in_channels and stride > 1:
+        if not has_expand and stride > 1:
             raise ValueError(f"stage {stage}: a fused_ib row with t = 1 has no conv to carry stride {stride}")
-        return FusedInvertedBottleneck(in_channels, expanded, out, row.k2, stride, act, residual, stage)
-    return UniversalInvertedBottleneck(in_channels, row.k1 or 0, expanded, row.k2 or 0, out, stride, act, residual,
-                                       table.layer_scale or 0.0, stage)
+        return FusedInvertedBottleneck(in_channels, expanded, out, row.k2, stride, act, has_expand, residual)
+    k1, k2 = row.k1 or 0, row.k2 or 0
+    return UniversalInvertedBottleneck(in_channels, k1, 1 if k2 else stride, expanded, k2, out, stride, act,
+                                       has_expand, residual, table.layer_scale or 0.0)
 
 
 def _inverted_residual(row: InvertedResidualRow, table, family: Family, rules: WidthRules, in_channels: int,
-                       base_in: int, out: int, stride: int, stage: int, width: float, rounding, minimal,
+                       base_in: int, out: int, stride: int, width: float, rounding, minimal,
                        activation) -> InvertedResidual:
     if row.expansion is not None:  # V2's t: always a ratio of the actual input width
         expanded = make_divisible(in_channels * row.expansion, rounding)
@@ -275,7 +337,8 @@ def _inverted_residual(row: InvertedResidualRow, table, family: Family, rules: W
     squeeze = make_divisible(expanded * family.squeeze_excite.ratio, rounding) if use_se else 0
     kernel = minimal.kernel if minimal else (row.kernel or table.kernel)
     return InvertedResidual(in_channels, expanded, out, kernel, stride, squeeze,
-                            activation(row.activation or table.activation), stage)
+                            activation(row.activation or table.activation), expanded != in_channels,
+                            _residual(in_channels, out, stride))
 
 
 # ---- analytic description --------------------------------------------------------------------------
@@ -283,10 +346,11 @@ def _inverted_residual(row: InvertedResidualRow, table, family: Family, rules: W
 
 @dataclass(frozen=True)
 class Layer:
-    """One layer with weights (or the pooling), as every framework names it."""
+    """One layer with weights (or the pooling), as every framework names it, with the decisions the
+    canonical ONNX graph is built from (conformance/onnx/from_spec.py)."""
 
     name: str
-    kind: str  # conv, depthwise_conv, batch_norm, linear, pool
+    kind: str  # conv, depthwise_conv, batch_norm, linear, pool, layer_scale, attention
     in_channels: int
     out_channels: int
     kernel: int
@@ -298,6 +362,12 @@ class Layer:
     state: int
     macs: int
     block: str  # the block it belongs to: stem, blocks.3, last_conv, fc, classifier
+    activation: str = "identity"  # applied to this layer's output (a conv's is on its BatchNorm)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right: a conv's zero padding
+    inputs: tuple[str, ...] = ()  # the layers it reads; (): the layer before it
+    pooled: bool = False  # reads the global average pool of its input (squeeze-excite)
+    gates: str = ""  # its output multiplies that layer's output; the next layer reads the product
+    residual: bool = False  # the block's last layer: the block's input is added to its output
 
 
 @dataclass(frozen=True)
@@ -332,13 +402,23 @@ class Description:
         return {layer.name: layer.state for layer in self.layers if layer.state}
 
 
-def padding_amounts(size: int, kernel: int, stride: int, padding: Padding) -> tuple[int, int]:
-    """(before, after) padding of one spatial axis: "symmetric" pads kernel // 2 on both sides (PyTorch);
-    "same" is TensorFlow's SAME, just enough for ceil(size / stride) outputs with the odd pixel after.
-    The generated code states the same rule as `conv_padding` (generators/templates/common/data.py.j2)."""
-    if padding == "symmetric":
-        return kernel // 2, kernel // 2
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+# The padding rule. The generated files are self-contained, so they carry these two functions too: the
+# generator copies their source (generators/context.py, `padding_source`), it is not written twice.
+def fixed_padding(kernel: int, stride: int, padding: str) -> int | None:
+    """Zero padding on every side when it does not depend on the input size, else None.
+
+    "symmetric" (PyTorch) pads kernel // 2; TensorFlow's "same" pads the same at stride 1 (odd kernels),
+    and at a larger stride just enough for ceil(size / stride) outputs: see `padding_amounts`.
+    """
+    return kernel // 2 if padding == "symmetric" or stride == 1 else None
+
+
+def padding_amounts(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int]:
+    """(before, after) padding of one spatial axis of `size` pixels; SAME puts the odd pixel after."""
+    fixed = fixed_padding(kernel, stride, padding)
+    if fixed is not None:
+        return fixed, fixed
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
 
 
@@ -348,53 +428,77 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: Padding) -> i
 
 
 class _Walker:
-    def __init__(self, padding: Padding, channels: int, height: int, width: int):
-        self.padding, self.shape, self.layers = padding, (channels, height, width), []
+    """Appends the layers of a network in order, following each layer's output shape."""
 
-    def conv(self, name: str, block: str, out: int, kernel: int = 1, stride: int = 1, depthwise: bool = False,
-             bias: bool = False, batch_norm: bool = True, spatial: bool = True) -> None:
-        c, h, w = self.shape
-        if spatial:
+    def __init__(self, padding: Padding, channels: int, height: int, width: int, se_activation: str | None,
+                 se_gate: str | None):
+        self.padding, self.shape, self.layers = padding, (channels, height, width), []
+        self.se_activation, self.se_gate = se_activation, se_gate
+        self.shapes: dict[str, tuple[int, int, int]] = {}  # output shape of each layer
+
+    def _add(self, layer: Layer) -> None:
+        self.layers.append(layer)
+        self.shapes[layer.name] = self.shape = layer.out_shape
+
+    def conv(self, name: str, block: str, out: int, kernel: int = 1, stride: int = 1, activation: str = "identity",
+             depthwise: bool = False, bias: bool = False, batch_norm: bool = True, pooled: bool = False,
+             gates: str = "", source: str = "") -> None:
+        """A convolution (`name`.conv, then `name`.bn, with a BatchNorm); `source`: the layer it reads, if
+        not the one before; `pooled`: it acts on the global average pool of its input (1x1)."""
+        c, h, w = self.shapes[source] if source else self.shape
+        pads = (0, 0, 0, 0)
+        if pooled:
+            h = w = 1
+        else:
+            (top, bottom), (left, right) = (padding_amounts(n, kernel, stride, self.padding) for n in (h, w))
+            pads = (top, left, bottom, right)
             h = conv_output_size(h, kernel, stride, self.padding)
             w = conv_output_size(w, kernel, stride, self.padding)
         groups = c if depthwise else 1
         weights = out * (c // groups) * kernel * kernel
-        self.layers.append(Layer(
+        self._add(Layer(
             f"{name}.conv" if batch_norm else name, "depthwise_conv" if depthwise else "conv", c, out, kernel,
-            stride, groups, bias, (out, h, w), weights + (out if bias else 0), 0, weights * h * w, block))
+            stride, groups, bias, (out, h, w), weights + (out if bias else 0), 0, weights * h * w, block,
+            "identity" if batch_norm else activation, pads, (source,) if source else (), pooled, gates))
         if batch_norm:
-            self.layers.append(Layer(f"{name}.bn", "batch_norm", out, out, 1, 1, 1, True, (out, h, w),
-                                     2 * out, 2 * out, 0, block))
-        self.shape = (out, h, w)
+            self._add(Layer(f"{name}.bn", "batch_norm", out, out, 1, 1, 1, True, (out, h, w), 2 * out, 2 * out, 0,
+                            block, activation))
+        if gates:  # the product has the gated layer's shape
+            self.shape = self.shapes[gates]
 
-    def linear(self, name: str, out: int, block: str | None = None, bias: bool = True) -> None:
+    def linear(self, name: str, out: int, block: str | None = None, bias: bool = True,
+               activation: str = "identity") -> None:
         c = self.shape[0]
-        self.layers.append(Layer(name, "linear", c, out, 1, 1, 1, bias, (out, 1, 1), c * out + (out if bias else 0),
-                                 0, c * out, block or name))
-        self.shape = (out, 1, 1)
+        self._add(Layer(name, "linear", c, out, 1, 1, 1, bias, (out, 1, 1), c * out + (out if bias else 0), 0,
+                        c * out, block or name, activation))
 
-    def batch_norm(self, name: str, block: str) -> None:
+    def batch_norm(self, name: str, block: str, activation: str = "identity") -> None:
         c = self.shape[0]
-        self.layers.append(Layer(name, "batch_norm", c, c, 1, 1, 1, True, self.shape, 2 * c, 2 * c, 0, block))
+        self._add(Layer(name, "batch_norm", c, c, 1, 1, 1, True, self.shape, 2 * c, 2 * c, 0, block, activation))
 
     def layer_scale(self, name: str, block: str) -> None:
         c = self.shape[0]
-        self.layers.append(Layer(name, "layer_scale", c, c, 1, 1, 1, False, self.shape, c, 0, 0, block))
+        self._add(Layer(name, "layer_scale", c, c, 1, 1, 1, False, self.shape, c, 0, 0, block))
 
     def attention(self, name: str, block: str, heads: int, key_dim: int, value_dim: int,
-                  query_shape: tuple[int, int, int], kv_shape: tuple[int, int, int]) -> None:
-        """softmax(q k^T / sqrt(key_dim)) v for every head: two matrix products, heads * L * S * (dk + dv)
-        MACs for L query and S key positions. Output: the heads' values concatenated, at the queries' size."""
+                  inputs: tuple[str, str, str]) -> None:
+        """softmax(q k^T / sqrt(key_dim)) v for every head, reading the query, key and value layers: two
+        matrix products, heads * L * S * (dk + dv) MACs for L query and S key positions. Output: the
+        heads' values concatenated, at the queries' size."""
+        query_shape, kv_shape = self.shapes[inputs[0]], self.shapes[inputs[1]]
         queries, keys = query_shape[1] * query_shape[2], kv_shape[1] * kv_shape[2]
         out = heads * value_dim
-        self.layers.append(Layer(name, "attention", query_shape[0], out, 0, 1, heads, False,
-                                 (out, *query_shape[1:]), 0, 0, heads * queries * keys * (key_dim + value_dim), block))
-        self.shape = (out, *query_shape[1:])
+        self._add(Layer(name, "attention", query_shape[0], out, 0, 1, heads, False, (out, *query_shape[1:]), 0, 0,
+                        heads * queries * keys * (key_dim + value_dim), block, inputs=inputs))
 
     def pool(self) -> None:
         c = self.shape[0]
-        self.layers.append(Layer("pool", "pool", c, c, 0, 1, 1, False, (c, 1, 1), 0, 0, 0, "pool"))
-        self.shape = (c, 1, 1)
+        self._add(Layer("pool", "pool", c, c, 0, 1, 1, False, (c, 1, 1), 0, 0, 0, "pool"))
+
+    def close_block(self, residual: bool) -> None:
+        """Mark the block's last layer: where its input is added, for a residual block."""
+        if residual:
+            self.layers[-1] = replace(self.layers[-1], residual=True)
 
 
 def describe(loaded: LoadedSpec | Spec, variant: str, flavor: str | None = None,
@@ -409,79 +513,28 @@ def describe(loaded: LoadedSpec | Spec, variant: str, flavor: str | None = None,
     height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
     if min(height, width) < 32 or num_classes < 1:
         raise ValueError(f"resolution must be at least 32 and num_classes at least 1, got {resolution}, {num_classes}")
-    walk = _Walker(values.padding, 3, height, width)
+    walk = _Walker(values.padding, 3, height, width, arch.squeeze_excite_activation, arch.squeeze_excite_gate)
     shapes: dict[str, tuple[int, int, int]] = {}
-    walk.conv("stem", "stem", arch.stem.out, arch.stem.kernel, arch.stem.stride)
+    walk.conv("stem", "stem", arch.stem.out, arch.stem.kernel, arch.stem.stride, arch.stem.activation)
     shapes["stem"] = walk.shape
     for i, block in enumerate(arch.blocks):
         name = f"blocks.{i}"
-        if isinstance(block, DepthwiseSeparable):
-            walk.conv(f"{name}.depthwise", name, block.in_channels, block.kernel, block.stride, depthwise=True)
-            walk.conv(f"{name}.pointwise", name, block.out)
-        elif isinstance(block, ConvBlock):
-            walk.conv(name, name, block.out, block.kernel, block.stride)
-        elif isinstance(block, FusedInvertedBottleneck):
-            if block.has_expand:
-                walk.conv(f"{name}.expand", name, block.expanded, block.kernel, block.stride)
-            walk.conv(f"{name}.project", name, block.out)
-        elif isinstance(block, UniversalInvertedBottleneck):
-            if block.start_kernel:
-                walk.conv(f"{name}.start_depthwise", name, block.in_channels, block.start_kernel, block.start_stride,
-                          depthwise=True)
-            if block.has_expand:
-                walk.conv(f"{name}.expand", name, block.expanded)
-            if block.kernel:
-                walk.conv(f"{name}.depthwise", name, block.expanded, block.kernel, block.stride, depthwise=True)
-            walk.conv(f"{name}.project", name, block.out)
-            if block.layer_scale:
-                walk.layer_scale(f"{name}.layer_scale", name)
-        elif isinstance(block, MobileMQA):
-            _describe_mqa(walk, name, block)
-        else:
-            if block.has_expand:
-                walk.conv(f"{name}.expand", name, block.expanded)
-            walk.conv(f"{name}.depthwise", name, block.expanded, block.kernel, block.stride, depthwise=True)
-            if block.squeeze:
-                spatial = walk.shape
-                walk.shape = (spatial[0], 1, 1)
-                walk.conv(f"{name}.squeeze_excite.reduce", name, block.squeeze, bias=True, batch_norm=False,
-                          spatial=False)
-                walk.conv(f"{name}.squeeze_excite.expand", name, block.expanded, bias=True, batch_norm=False,
-                          spatial=False)
-                walk.shape = spatial
-            walk.conv(f"{name}.project", name, block.out)
+        block.describe(walk, name)
+        walk.close_block(block.residual)
         shapes[name] = walk.shape
     if arch.last_conv:
-        walk.conv("last_conv", "last_conv", arch.last_conv.out)
+        walk.conv("last_conv", "last_conv", arch.last_conv.out, activation=arch.last_conv.activation)
         shapes["last_conv"] = walk.shape
     walk.pool()
     shapes["pool"] = walk.shape
     if arch.fc and arch.fc_batch_norm:
         walk.linear("fc.linear", arch.fc.out, block="fc", bias=False)
-        walk.batch_norm("fc.bn", "fc")
+        walk.batch_norm("fc.bn", "fc", arch.fc.activation)
         shapes["fc"] = walk.shape
     elif arch.fc:
-        walk.linear("fc", arch.fc.out)
+        walk.linear("fc", arch.fc.out, activation=arch.fc.activation)
         shapes["fc"] = walk.shape
     walk.linear("classifier", num_classes)
     shapes["classifier"] = walk.shape
     return Description(variant, info.family, flavor, info.width, (height, width), num_classes, values, arch,
                        tuple(walk.layers), shapes)
-
-
-def _describe_mqa(walk: _Walker, name: str, block: MobileMQA) -> None:
-    """The attention block's layers in the order the references run them: norm, query, key, value, output."""
-    walk.batch_norm(f"{name}.bn", name)
-    normed = walk.shape
-    walk.conv(f"{name}.query", name, block.heads * block.key_dim, batch_norm=False)
-    query_shape = walk.shape
-    for branch, width in (("key", block.key_dim), ("value", block.value_dim)):
-        walk.shape = normed
-        if block.kv_stride > 1:
-            walk.conv(f"{name}.{branch}_down", name, block.in_channels, block.kv_kernel, block.kv_stride,
-                      depthwise=True)
-        walk.conv(f"{name}.{branch}", name, width, batch_norm=False)
-    walk.attention(f"{name}.attention", name, block.heads, block.key_dim, block.value_dim, query_shape, walk.shape)
-    walk.conv(f"{name}.output", name, block.out, batch_norm=False)
-    if block.layer_scale:
-        walk.layer_scale(f"{name}.layer_scale", name)

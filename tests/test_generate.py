@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 import shutil
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from generators.generate import DEFAULT_OUT, main, render_all, stale_files
@@ -92,17 +94,175 @@ def test_json_schema_accepts_the_spec_and_rejects_a_bad_value():
 
 
 def test_generated_padding_rule_equals_the_resolvers(rendered):
-    """Generated files are self-contained, so they state the padding rule again: it must be the spec's."""
+    """Generated files are self-contained, so they carry the padding rule: a copy of spec/resolve.py's."""
     from spec.resolve import padding_amounts
 
     source = rendered["pytorch/mobilenet_v1.py"]
-    function = next(node for node in ast.parse(source).body
-                    if isinstance(node, ast.FunctionDef) and node.name == "conv_padding")
+    functions = [node for node in ast.parse(source).body
+                 if isinstance(node, ast.FunctionDef) and node.name in ("fixed_padding", "padding_amounts")]
     namespace: dict = {}
-    exec(compile(ast.Module([function], []), "conv_padding", "exec"), namespace)
+    exec(compile(ast.Module(functions, []), "padding", "exec"), namespace)
     for padding in ("symmetric", "same"):
         for kernel in (1, 3, 5, 7):
             for stride in (1, 2):
                 for size in range(1, 260):
-                    assert namespace["conv_padding"](size, kernel, stride, padding) == \
+                    assert namespace["padding_amounts"](size, kernel, stride, padding) == \
                         padding_amounts(size, kernel, stride, padding), (size, kernel, stride, padding)
+
+
+TEMPLATES = sorted((Path(__file__).resolve().parent.parent / "generators" / "templates").rglob("*.j2"))
+# Rules the resolver decides (spec/resolve.py): a template that spells one of these decides it again.
+REDERIVED = {
+    "kernel // 2": "padding (fixed_padding / padding_amounts)",
+    "stride == 1": "residual or padding",
+    "stride > 1 and": "TF SAME padding (fixed_padding)",
+    "!= block.in_channels": "whether an expansion conv exists (has_expand)",
+    "e != c": "whether an expansion conv exists (has_expand)",
+    "1 if k2": "where a universal block's stride goes (start_stride)",
+    "1 if block.kernel": "where a universal block's stride goes (start_stride)",
+    "kv_stride > 1": "whether keys and values are downsampled (kv_kernel)",
+    "1.0 - flavor.bn_momentum": None,  # allowed once per template: the one BatchNorm helper
+    "relu6(x + 3": "an activation formula (spec/activations.py)",
+    "conv_padding": "padding (the generated copy is rendered from spec/resolve.py)",
+}
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_templates_decide_nothing_the_resolver_decided(template):
+    text = template.read_text(encoding="utf-8")
+    for pattern, rule in REDERIVED.items():
+        if rule is None:
+            assert text.count(pattern) <= 1, f"{template.name}: {pattern!r} more than once"
+        else:
+            assert pattern not in text, f"{template.name} re-derives {rule}: {pattern!r}"
+
+
+def test_generated_lines_are_at_most_110_characters(rendered):
+    long = [(path, number, len(line)) for path, text in rendered.items()
+            for number, line in enumerate(text.splitlines(), 1) if len(line) > 110]
+    assert not long, long[:10]
+
+
+def test_factory_titles_are_unique_and_from_the_spec(rendered):
+    spec = load_spec().spec
+    for path, text in rendered.items():
+        if path.endswith("__init__.py"):
+            continue
+        family = spec.families[path.split("/")[1][:-3]]
+        titles = {}
+        for node in ast.parse(text).body:
+            if isinstance(node, ast.FunctionDef) and node.name in spec.variants():
+                titles[node.name] = ast.get_docstring(node).splitlines()[0]
+        assert len(set(titles.values())) == len(titles), (path, titles)
+        for arch in family.architectures.values():
+            for name, variant in arch.variants.items():
+                assert titles[name].startswith(f"{arch.title or family.title} "), (name, titles[name])
+                assert titles[name].endswith(f" {variant.width}."), (name, titles[name])
+
+
+def test_tables_are_named_by_the_flavors_they_serve():
+    from generators.context import family_context
+
+    loaded = load_spec()
+    for family in loaded.spec.families:
+        context = family_context(loaded, family, "torch")
+        for factory in context["factories"]:
+            served: dict[str, list[str]] = {}
+            for flavor, const in factory.tables.items():
+                served.setdefault(const, []).append(flavor)
+            for const, flavors in served.items():
+                if loaded.spec.default_flavor in flavors:
+                    assert const == factory.name.upper(), (const, flavors)
+                else:
+                    assert const == "_".join([factory.name.upper(), *(f.upper() for f in flavors)]), (const, flavors)
+
+
+def test_docstrings_list_only_the_flavors_that_publish_the_family():
+    from generators.context import family_context
+
+    loaded = load_spec()
+    context = family_context(loaded, "mobilenet_v4", "torch")
+    listed = {flavor for factory in context["factories"] for flavors, _, _ in factory.figures
+              for flavor in flavors.split(", ")}
+    assert listed == set(loaded.spec.families["mobilenet_v4"].references) == {"tf", "timm"}
+
+
+PROBE = np.concatenate([np.linspace(-12.0, 12.0, 2401), [-3.0, 0.0, 3.0, 6.0]])
+
+
+def test_native_torch_and_jax_activations_equal_the_formulas():
+    """Every activation op the generated code uses equals spec/activations.py's formula (float64), and
+    in float32 equals the hand-written form the generated code had before (bit for bit)."""
+    import functools  # noqa: F401  (the expressions use it)
+
+    import jax
+    import torch
+    from torch import nn  # noqa: F401
+
+    from spec.activations import ACTIVATIONS
+
+    jax.config.update("jax_enable_x64", True)
+    try:
+        for name, activation in ACTIVATIONS.items():
+            expected = activation.reference(PROBE)
+            module = eval(activation.torch)
+            np.testing.assert_allclose(module(torch.from_numpy(PROBE.copy())).numpy(), expected, rtol=1e-14,
+                                       atol=1e-14, err_msg=f"torch {name}")
+            np.testing.assert_allclose(np.asarray(eval(activation.flax)(jax.numpy.asarray(PROBE))), expected,
+                                       rtol=1e-14, atol=1e-14, err_msg=f"jax {name}")
+        x32 = PROBE.astype(np.float32)
+        hand_written = {"hard_sigmoid": lambda x: jax.nn.relu6(x + 3.0) / 6.0,
+                        "hard_swish": lambda x: x * (jax.nn.relu6(x + 3.0) / 6.0)}
+        for name, formula in hand_written.items():
+            native = eval(ACTIVATIONS[name].flax)(jax.numpy.asarray(x32))
+            assert np.array_equal(np.asarray(native), np.asarray(formula(jax.numpy.asarray(x32)))), name
+        torch_hand_written = {"hard_sigmoid": lambda x: torch.nn.functional.hardsigmoid(x),
+                              "hard_swish": lambda x: torch.nn.functional.hardswish(x)}
+        for name, formula in torch_hand_written.items():
+            x = torch.from_numpy(x32.copy())
+            assert torch.equal(eval(ACTIVATIONS[name].torch)(x.clone()), formula(x.clone())), name
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+KERAS_CHECK = """
+import functools, json, sys
+import numpy as np
+from keras import layers, ops
+from spec.activations import ACTIVATIONS
+probe = np.asarray(json.loads(sys.stdin.read()), np.float32)
+errors = {}
+for name, activation in ACTIVATIONS.items():
+    if activation.keras:
+        y = np.asarray(ops.convert_to_numpy(eval(activation.keras)(name="a")(probe)), np.float64)
+        errors[name] = float(np.max(np.abs(y - activation.reference(probe.astype(np.float64)))))
+old = {"hard_sigmoid": lambda x: ops.relu6(x + 3.0) / 6.0, "hard_swish": lambda x: x * (ops.relu6(x + 3.0) / 6.0)}
+same = {name: bool(np.array_equal(ops.convert_to_numpy(eval(ACTIVATIONS[name].keras)(name="a")(probe)),
+                                  ops.convert_to_numpy(f(probe)))) for name, f in old.items()}
+print(json.dumps({"errors": errors, "same_as_hand_written": same}))
+"""
+
+
+def test_native_keras_activations_equal_the_formulas():
+    """In a process of its own (TensorFlow never shares an interpreter with PyTorch): Keras' layers equal
+    the formulas within float32 rounding and, on TensorFlow, the hand-written layers they replace bit for bit."""
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", KERAS_CHECK], input=json.dumps(PROBE.tolist()), text=True,
+                            capture_output=True, env=env, cwd=Path(__file__).resolve().parent.parent, check=True)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert all(error < 1e-5 for error in report["errors"].values()), report
+    assert set(report["errors"]) == {"relu", "relu6", "hard_swish", "gelu", "hard_sigmoid"}, report
+    assert all(report["same_as_hand_written"].values()), report
+
+
+def test_flax_factories_take_rngs_explicitly():
+    import inspect
+
+    from generated.flax_nnx import mobilenet_v1
+
+    parameter = inspect.signature(mobilenet_v1.mobilenet_v1_025).parameters["rngs"]
+    assert parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.default is inspect.Parameter.empty

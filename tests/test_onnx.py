@@ -13,8 +13,10 @@ import pytest
 
 from conformance.checks import OUTPUT_TOLERANCE, evaluate
 from conformance.cli import main as cli
-from conformance.onnx.canonical import canonicalize, compare, from_spec
+from conformance.onnx.canonical import compare
 from conformance.onnx.export import BATCH, INPUT, OPSET, OUTPUT, run_onnxruntime
+from conformance.onnx.from_onnx import canonicalize
+from conformance.onnx.from_spec import from_spec
 from conformance.runner import Options, run
 from spec import describe, load_spec
 

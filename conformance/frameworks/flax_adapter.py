@@ -2,7 +2,8 @@
 
 Layouts: nnx.Conv kernel (kh, kw, in / groups, out) with feature_group_count, nnx.Linear kernel
 (in, out), nnx.BatchNorm scale / bias (Param) and mean / var (BatchStat). State paths joined with "."
-are the canonical layer names.
+are the canonical layer names. The generated factories take `rngs` explicitly; the adapter passes
+nnx.Rngs(0), so every random init is the same.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Adapter:
         # One jitted function for every model: the model is an argument (its graph the static part, its
         # weights the traced part), so each architecture compiles once and loading new weights needs no
         # recompile.
-        self._forward_blocks = nnx.jit(lambda m, x: m.forward_blocks(x))
+        self._forward_intermediates = nnx.jit(lambda m, x: m.forward_intermediates(x))
 
     def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
               dtype: str = "float32", abstract: bool = False):
@@ -65,10 +66,11 @@ class Adapter:
 
     def _variables(self, model, state=None):
         """(canonical tensor name, flax variable name, variable) for every variable of the model."""
+        batch_norms = {path for path, module in self.nnx.iter_modules(model) if isinstance(module, self.nnx.BatchNorm)}
         for path, variable in (state if state is not None else self.state(model)).flat_state():
             layer, leaf = ".".join(str(p) for p in path[:-1]), path[-1]
-            is_bn = layer.endswith(".bn") or layer == "bn"  # nnx.BatchNorm: scale, bias, mean, var
-            yield f"{layer}.{BN_NAMES[leaf] if is_bn else NAMES[leaf]}", leaf, variable
+            names = BN_NAMES if tuple(path[:-1]) in batch_norms else NAMES
+            yield f"{layer}.{names[leaf]}", leaf, variable
 
     def tensors(self, model) -> dict[str, np.ndarray]:
         out = {}
@@ -99,7 +101,7 @@ class Adapter:
         self.nnx.update(model, state)
 
     def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self._forward_blocks(model, images_nchw.transpose(0, 2, 3, 1))
+        outputs = self._forward_intermediates(model, images_nchw.transpose(0, 2, 3, 1))
         return {name: _to_nchw(np.asarray(value)) for name, value in outputs.items()}
 
     def logits(self, model, images_nchw: np.ndarray) -> np.ndarray:
@@ -109,83 +111,61 @@ class Adapter:
         return self.logits(model, np.zeros((batch, 3, *resolution), np.float32))
 
     def count_macs(self, model, resolution: tuple[int, int]) -> MacCount:
-        """XLA's cost analysis of each convolution and linear layer, lowered on its own input shape.
+        """XLA's cost analysis of every convolution and matrix product of the traced forward pass (the
+        attention's two products included), each compiled on its own operand shapes.
 
-        XLA reports 2 FLOPs per multiply-accumulate, skips kernel taps that fall into a convolution's own
-        padding, and adds one FLOP per output element for a bias. Reconciled explicitly: MACs = (FLOPs -
-        bias outputs) / 2, and the taps in padding are counted analytically and returned apart, so the
-        check compares with the spec's count minus exactly those taps.
+        The forward pass is traced to a jaxpr (jax.make_jaxpr): its conv_general_dilated and dot_general
+        equations are the multiply-accumulates, biases and BatchNorm being other equations. XLA reports 2
+        FLOPs per multiply-accumulate and skips kernel taps that fall into a convolution's own padding: MACs
+        = FLOPs / 2, and the taps in padding are counted from the equation's padding and returned apart,
+        so the check compares with the spec's count minus exactly those taps.
         """
         jax, nnx = self.jax, self.nnx
-        calls = []
-        attention_macs = 0
-        originals = {cls: cls.__call__ for cls in (nnx.Conv, nnx.Linear)}
-        attention = jax.nn.dot_product_attention
-
-        def recorder(cls):
-            def call(module, x, *args, **kwargs):
-                calls.append((module, x.shape))
-                return originals[cls](module, x, *args, **kwargs)
-            return call
-
-        def attention_recorder(query, key, value, *args, **kwargs):
-            # (batch, L, heads, dk) x (batch, S, kv heads, dk/dv): two products per query head
-            nonlocal attention_macs
-            batch, queries, heads, key_dim = query.shape
-            attention_macs += batch * heads * queries * key.shape[1] * (key_dim + value.shape[-1])
-            return attention(query, key, value, *args, **kwargs)
-
-        try:
-            for cls in originals:
-                cls.__call__ = recorder(cls)
-            jax.nn.dot_product_attention = attention_recorder
-            # Traced, not run: an eager forward compiles every op for its shape (seconds per variant).
-            jax.eval_shape(model, jax.ShapeDtypeStruct((1, *resolution, 3), np.float32))
-        finally:
-            for cls, original in originals.items():
-                cls.__call__ = original
-            jax.nn.dot_product_attention = attention
+        graph, state = nnx.split(model)
+        image = jax.ShapeDtypeStruct((1, *resolution, 3), np.float32)
+        traced = jax.make_jaxpr(lambda s, x: nnx.merge(graph, s)(x))(state, image)
         macs = padding_taps = 0
         cache: dict = {}
-        for module, shape in calls:
-            key = (type(module).__name__, module.kernel.shape, getattr(module, "strides", None),
-                   str(getattr(module, "padding", None)), getattr(module, "feature_group_count", 1),
-                   module.bias is not None, shape)
+        for equation in _equations(traced.jaxpr):
+            if equation.primitive.name not in ("conv_general_dilated", "dot_general"):
+                continue
+            operands = tuple(jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in equation.invars)
+            key = (equation.primitive.name, tuple((o.shape, str(o.dtype)) for o in operands), str(equation.params))
             if key not in cache:
-                graph, state = nnx.split(module)
-                lowered = jax.jit(lambda s, x: nnx.merge(graph, s)(x)).lower(
-                    state, jax.ShapeDtypeStruct(shape, np.float32))
-                cost = lowered.compile().cost_analysis()
+                bound = jax.jit(lambda *xs, e=equation: e.primitive.bind(*xs, **e.params))
+                cost = bound.lower(*operands).compile().cost_analysis()
                 cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-                out = jax.eval_shape(lambda s, x: nnx.merge(graph, s)(x), state, jax.ShapeDtypeStruct(shape, np.float32))
-                bias_flops = int(np.prod(out.shape)) if module.bias is not None else 0
-                cache[key] = ((int(cost["flops"]) - bias_flops) // 2, _padding_taps(module, shape, out.shape))
+                taps = (_padding_taps(equation.params, operands[0].shape, operands[1].shape,
+                                      equation.outvars[0].aval.shape)
+                        if equation.primitive.name == "conv_general_dilated" else 0)
+                cache[key] = (int(cost["flops"]) // 2, taps)
             macs += cache[key][0]
             padding_taps += cache[key][1]
-        return MacCount("XLA cost_analysis per conv/linear ((FLOPs - bias adds) / 2), attention products from "
-                        "the shapes given to jax.nn.dot_product_attention", macs + attention_macs, padding_taps)
+        return MacCount("XLA cost_analysis per conv_general_dilated / dot_general of the traced forward (FLOPs / 2)",
+                        macs, padding_taps)
 
 
-def _padding_taps(module, in_shape, out_shape) -> int:
-    """Multiply-accumulates whose kernel tap falls into the convolution's own zero padding."""
-    if len(in_shape) != 4:
-        return 0
-    kh, kw, cin_per_group, cout = module.kernel.shape
-    pads = module.padding
-    strides = module.strides if isinstance(module.strides, (tuple, list)) else (module.strides or 1,) * 2
-    if isinstance(pads, int):
-        pads = ((pads, pads), (pads, pads))
-    elif isinstance(pads, str) and pads.upper() == "VALID":
-        pads = ((0, 0), (0, 0))
-    elif isinstance(pads, str) and pads.upper() == "SAME":  # the odd pixel after, as TensorFlow
-        totals = [max((o - 1) * s + k - n, 0) for o, s, k, n in zip(out_shape[1:3], strides, (kh, kw), in_shape[1:3])]
-        pads = tuple((t // 2, t - t // 2) for t in totals)
-    else:
-        raise ValueError(f"cannot count padding taps for padding {pads!r}")
-    valid = 1
-    total = 1
-    for axis, (k, (before, _), stride) in enumerate(zip((kh, kw), pads, strides)):
-        size, outs = in_shape[1 + axis], out_shape[1 + axis]
+def _equations(jaxpr):
+    """Every equation of a jaxpr, those of its sub-jaxprs (jit, custom_vjp, ...) included."""
+    for equation in jaxpr.eqns:
+        yield equation
+        for value in equation.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _equations(inner)
+
+
+def _padding_taps(params, in_shape, kernel_shape, out_shape) -> int:
+    """Multiply-accumulates whose kernel tap falls into the convolution's own zero padding (NHWC, HWIO)."""
+    lhs, rhs, out = params["dimension_numbers"]  # (batch, feature, spatial...) axes of each
+    spatial_in = [in_shape[d] for d in lhs[2:]]
+    spatial_out = [out_shape[d] for d in out[2:]]
+    kernel = [kernel_shape[d] for d in rhs[2:]]
+    cin_per_group, cout = kernel_shape[rhs[1]], kernel_shape[rhs[0]]
+    valid = total = 1
+    for size, outs, k, (before, _), stride in zip(spatial_in, spatial_out, kernel, params["padding"],
+                                                  params["window_strides"]):
         valid *= sum(sum(0 <= i * stride - before + r < size for r in range(k)) for i in range(outs))
         total *= k * outs
     return (total - valid) * cin_per_group * cout

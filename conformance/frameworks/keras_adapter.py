@@ -1,7 +1,9 @@
 """Keras 3: generated/keras3, on whichever backend KERAS_BACKEND names (set by the worker).
 
-Layouts: Conv2D kernel (kh, kw, in, out), DepthwiseConv2D kernel (kh, kw, C, 1), Dense kernel (in, out),
-BatchNormalization gamma / beta / moving_mean / moving_variance.
+Layouts (conformance/frameworks/keras_layout.py): Conv2D kernel (kh, kw, in, out), DepthwiseConv2D kernel
+(kh, kw, C, 1), Dense kernel (in, out), BatchNormalization gamma / beta / moving_mean / moving_variance.
+Layer names are canonical names with "-" for "." (Keras on the PyTorch backend makes layer names part of
+torch parameter names, which cannot contain ".").
 """
 
 from __future__ import annotations
@@ -10,11 +12,9 @@ import importlib
 
 import numpy as np
 
+from conformance.frameworks import keras_layout
 from conformance.frameworks.protocol import MacCount
 from conformance.weights import WeightError
-
-# Keras variable name -> neutral tensor name, per layer class.
-BN_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 
 
 class Adapter:
@@ -28,44 +28,30 @@ class Adapter:
         # (model, its block model), for the latest model only, matched by identity: a cache keyed by id()
         # once handed a freed MobileNetV3's block model to a MobileNetV4 that reused its id.
         self._block_model: tuple[object, object] | None = None
+        self._modules: dict[str, object] = {}  # variant (the name of its model) -> its generated module
 
     def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
               dtype: str = "float32", abstract: bool = False):
         if dtype != "float32":
             raise ValueError("the Keras adapter runs float32 only; the float64 reference is PyTorch")
-        self.module = importlib.import_module(f"generated.keras3.{family}")
-        return self.module.VARIANTS[variant](num_classes=num_classes, flavor=flavor, input_shape=(*resolution, 3))
+        module = self._modules[variant] = importlib.import_module(f"generated.keras3.{family}")
+        return module.VARIANTS[variant](num_classes=num_classes, flavor=flavor, input_shape=(*resolution, 3))
 
     def _to_neutral(self, layer, variable_name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
-        layers = self.keras.layers
-        if isinstance(layer, layers.BatchNormalization):
-            return BN_NAMES[variable_name], value
-        if variable_name in ("bias", "gamma"):  # gamma: the per-channel LayerScale
-            return variable_name, value
-        if isinstance(layer, layers.DepthwiseConv2D):
-            return "weight", value.transpose(2, 3, 0, 1)  # (kh, kw, C, 1) -> (C, 1, kh, kw)
-        if isinstance(layer, layers.Conv2D):
-            return "weight", value.transpose(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
-        if isinstance(layer, layers.Dense):
-            return "weight", value.T  # (in, out) -> (out, in)
-        raise WeightError(f"{layer.name}: no neutral layout for {type(layer).__name__}.{variable_name}")
+        try:
+            return keras_layout.to_neutral(layer, variable_name, value)
+        except KeyError:
+            raise WeightError(f"{layer.name}: no neutral layout for {type(layer).__name__}.{variable_name}") from None
 
     def _from_neutral(self, layer, variable_name: str, value: np.ndarray) -> np.ndarray:
-        layers = self.keras.layers
-        if isinstance(layer, layers.BatchNormalization) or variable_name in ("bias", "gamma"):
-            return value
-        if isinstance(layer, layers.DepthwiseConv2D):
-            return value.transpose(2, 3, 0, 1)  # (C, 1, kh, kw) -> (kh, kw, C, 1)
-        if isinstance(layer, layers.Conv2D):
-            return value.transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)
-        return value.T
+        return keras_layout.from_neutral(layer, variable_name, value)
 
     def _variables(self, model):
         """(canonical tensor name, layer, keras variable) for every weight of the model."""
         for layer in model.layers:
             for variable in layer.weights:
                 neutral, _ = self._to_neutral(layer, variable.name, np.broadcast_to(np.float32(0), variable.shape))
-                yield f"{self.module.canonical_name(layer.name)}.{neutral}", layer, variable
+                yield f"{layer.name.replace('-', '.')}.{neutral}", layer, variable
 
     def tensors(self, model) -> dict[str, np.ndarray]:
         return {name: self._to_neutral(layer, var.name, np.asarray(self.keras.ops.convert_to_numpy(var.value)))[1]
@@ -87,7 +73,8 @@ class Adapter:
 
     def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:
         if self._block_model is None or self._block_model[0] is not model:  # once per model: compiled once
-            self._block_model = (model, self.module.forward_blocks_model(model))
+            module = self._modules[model.name]
+            self._block_model = (model, module.forward_intermediates(model))
         outputs = self._block_model[1].predict_on_batch(images_nchw.transpose(0, 2, 3, 1))
         return {name: _to_nchw(np.asarray(value)) for name, value in outputs.items()}
 

@@ -53,7 +53,7 @@ class Adapter:
     def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:
         dtype = next(model.parameters()).dtype
         with self.torch.no_grad():
-            outputs = model.forward_blocks(self.torch.from_numpy(images_nchw).to(self.device, dtype))
+            outputs = model.forward_intermediates(self.torch.from_numpy(images_nchw).to(self.device, dtype))
         return {name: value.cpu().numpy() for name, value in outputs.items()}
 
     def logits(self, model, images_nchw: np.ndarray) -> np.ndarray:

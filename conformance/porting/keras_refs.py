@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from conformance.frameworks.keras_layout import BN_NAMES, kernel_from_neutral, kernel_to_neutral
 from conformance.porting.pairing import ReferenceLayer, from_neutral, to_neutral
 from conformance.porting.references import Reference
 from spec.resolve import Description
-
-BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 
 
 def build(ref: Reference, input_shape=(224, 224, 3)):
@@ -34,17 +33,15 @@ def layers(model) -> list[ReferenceLayer]:
     out = []
     for layer in model.layers:
         values = {w.name: np.asarray(w.numpy()) for w in layer.weights}
-        if isinstance(layer, kl.DepthwiseConv2D):
-            out.append(ReferenceLayer(layer.name, "depthwise_conv", {"weight": values["kernel"].transpose(2, 3, 0, 1)}))
-        elif isinstance(layer, kl.Conv2D):
-            tensors = {"weight": values["kernel"].transpose(3, 2, 0, 1)}
+        if isinstance(layer, kl.BatchNormalization):
+            out.append(ReferenceLayer(layer.name, "batch_norm", {BN_NAMES[k]: v for k, v in values.items()}))
+        elif isinstance(layer, (kl.DepthwiseConv2D, kl.Conv2D, kl.Dense)):
+            kind = ("depthwise_conv" if isinstance(layer, kl.DepthwiseConv2D)
+                    else "conv" if isinstance(layer, kl.Conv2D) else "linear")
+            tensors = {"weight": kernel_to_neutral(layer, values["kernel"])}
             if "bias" in values:
                 tensors["bias"] = values["bias"]
-            out.append(ReferenceLayer(layer.name, "conv", tensors))
-        elif isinstance(layer, kl.BatchNormalization):
-            out.append(ReferenceLayer(layer.name, "batch_norm", {BN[k]: v for k, v in values.items()}))
-        elif isinstance(layer, kl.Dense):
-            out.append(ReferenceLayer(layer.name, "linear", {"weight": values["kernel"].T, "bias": values["bias"]}))
+            out.append(ReferenceLayer(layer.name, kind, tensors))
     return out
 
 
@@ -61,14 +58,13 @@ def export_into(ref: Reference, desc: Description, model, tensors: dict[str, np.
         layer = by_name[filled.name]
         for variable in layer.weights:
             if isinstance(layer, kl.BatchNormalization):
-                value = filled.tensors[BN[variable.name]]
+                value = filled.tensors[BN_NAMES[variable.name]]
             elif variable.name == "bias":
                 value = filled.tensors["bias"]
-            elif isinstance(layer, kl.DepthwiseConv2D):
-                value = filled.tensors["weight"].transpose(2, 3, 0, 1)
-            elif isinstance(layer, kl.Conv2D):
-                value = filled.tensors["weight"].reshape(variable.shape[3], variable.shape[2], *variable.shape[:2])
-                value = value.transpose(2, 3, 1, 0)
+            elif isinstance(layer, kl.Conv2D) and not isinstance(layer, kl.DepthwiseConv2D):
+                # a head stored as a linear layer fills a 1x1 conv: give the weight its (out, in, 1, 1) shape
+                weight = filled.tensors["weight"].reshape(variable.shape[3], variable.shape[2], *variable.shape[:2])
+                value = kernel_from_neutral(layer, weight)
             else:
-                value = filled.tensors["weight"].T
+                value = kernel_from_neutral(layer, filled.tensors["weight"])
             variable.assign(value.astype(np.float32))

@@ -1,0 +1,384 @@
+"""Canonicalise an exported ONNX graph (conformance/onnx/canonical.py), so that the PyTorch, Keras and Flax
+exports can be compared with each other and with the spec.
+
+The three exporters write the same network differently: tf2onnx and jax2onnx wrap each convolution in
+NHWC <-> NCHW Transposes, PyTorch folds BatchNorm into the convolutions while jax2onnx keeps
+BatchNormalization nodes and tf2onnx keeps some per-channel Mul/Add, hard-swish is one HardSwish node or
+x * Clip(x + 3, 0, 6) / 6 or x * Min(Max(x + 3, 0), 6) / 6, GELU is x * 0.5 * (1 + Erf(x / sqrt 2)) in some
+order, padding sits in the Conv or in a Pad before it, and the attention's 1 / sqrt(key_dim) scales the
+scores (Keras) or sqrt of it scales queries and keys each (PyTorch's decomposition of SDPA).
+Canonicalisation, in order:
+  1. inline local functions, fold every node whose inputs are all constants;
+  2. follow each tensor's axis order through Transposes, so a Pad's amounts land on H and W, and treat
+     Transpose, Reshape, Flatten, (Un)Squeeze, Identity, Dropout, Cast, Expand and Tile as transparent;
+  3. fold BatchNormalization and per-channel constant Mul/Add/Sub/Div into the convolution or linear
+     layer that produces their input (what BatchNorm folding does to the weights; a layer scale folds
+     the same way); where no such layer precedes them (the attention block's BatchNorm on its input)
+     they are one canonical `affine` op (a per-channel scale and shift);
+  4. compose the remaining elementwise ops with scalar constants into one function of one tensor and
+     name it by its values on a probe grid: relu, relu6, hard_sigmoid, hard_swish, gelu (exact, erf),
+     or `unknown` (HardSigmoid with ONNX's default alpha 0.2 is not relu6(x + 3) / 6 and stays apart);
+  5. attention: a MatMul (or two-operand Einsum) of two computed tensors is a canonical `matmul`; scalar
+     scale steps on its operands, and on the input of the Softmax that reads it, fold into its `scale`
+     attribute, so softmax(q k^T / sqrt(d)) v reads matmul(scale=1/sqrt(d)), softmax, matmul(scale=1)
+     wherever the exporter put the factor; its MACs are the product's (batch excluded), from ONNX
+     shape inference;
+  6. list the canonical ops (conv, linear, global average pool, activation, add, scale, affine, matmul,
+     softmax) in depth order.
+The comparison reports the first canonical op where two graphs differ, with both sides.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from conformance.onnx.canonical import Canonical, Op, finalize, total_macs, total_params
+from spec.activations import ACTIVATIONS
+from spec.resolve import padding_amounts
+
+TRANSPARENT = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast", "Expand",
+               "Tile"}  # Expand and Tile: a key / value head repeated for every query head (a broadcast)
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Clip", "Relu", "HardSigmoid", "HardSwish", "Sigmoid",
+               "BatchNormalization", "Neg", "Erf", "Gelu"}
+SHAPE_OPS = {"Shape", "Gather", "Concat", "Slice", "ConstantOfShape", "Range"}
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+PROBE = np.concatenate([np.linspace(-12.0, 12.0, 2401), [-3.0, 0.0, 3.0, 6.0]])
+KNOWN = {name: activation.reference(PROBE) for name, activation in ACTIVATIONS.items()}  # spec/activations.py
+
+
+@dataclass
+class _Value:
+    """A tensor of the graph as seen from the canonical ops: produced by op `source` (None: the input),
+    then through `fn` (elementwise, scalar constants), with the axis order `layout` and pending pads."""
+
+    source: int | None
+    fn: tuple = ()  # elementwise steps since `source`: (name, function)
+    layout: tuple[str, ...] | None = ("N", "C", "H", "W")
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right, from Pad nodes
+
+
+def canonicalize(model, input_layout: str) -> Canonical:
+    """The canonical graph of an ONNX model whose one input has the axis order `input_layout` ("NCHW")."""
+    from onnx import inliner, shape_inference
+
+    if model.functions:  # (re-serialising a large model costs seconds: only when there is something to inline)
+        model = inliner.inline_local_functions(model)
+    model = shape_inference.infer_shapes(model, data_prop=True)
+    reader = _Reader(model.graph, input_layout)
+    for node in model.graph.node:
+        reader.read(node)
+    (output,) = model.graph.output
+    reader.materialise(output.name)
+    ops = reader.ops
+    for op in ops:
+        if op.kind == "matmul":  # as the spec states it, whatever float32 rounding the exporter's factors had
+            op.attrs["scale"] = float(f"{op.attrs['scale']:.5g}")
+    _fold_pool_sums(ops)
+    ops = finalize(ops)
+    return Canonical(ops, total_params(ops), total_macs(ops))
+
+
+class _Reader:
+    """Reads a graph's nodes in order into canonical ops: each step below handles one family of ONNX ops."""
+
+    def __init__(self, graph, input_layout: str):
+        from onnx import numpy_helper
+
+        self.constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        self.shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None
+                                for d in v.type.tensor_type.shape.dim]
+                       for v in (*graph.value_info, *graph.input, *graph.output)}
+        self.ops: list[Op] = []
+        self.values: dict[str, _Value] = {}
+        self.shape_values: set[str] = set()
+        self.act_cache: dict[tuple, int] = {}
+        (image,) = [i for i in graph.input if i.name not in self.constants]
+        self.values[image.name] = _Value(None, (), tuple(input_layout))
+
+    def emit(self, kind, attrs, inputs) -> int:
+        self.ops.append(Op(kind, attrs, [i for i in inputs if i is not None]))
+        return len(self.ops) - 1
+
+    def materialise(self, name: str) -> int | None:
+        """The canonical op that yields this tensor, emitting its activation if it has one."""
+        value = self.values[name]
+        if not value.fn:
+            return value.source
+        key = (value.source, tuple(step[0] for step in value.fn))
+        if key not in self.act_cache:
+            self.act_cache[key] = self.emit("act", {"fn": _classify(value.fn)}, [value.source])
+        return self.act_cache[key]
+
+    def read(self, node) -> None:
+        import onnx
+
+        op, ins, outs = node.op_type, list(node.input), list(node.output)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if self._constant(node, op, attrs, ins, outs):
+            return
+        live = [i for i in ins if i in self.values]
+        if op == "Shape" or (op in SHAPE_OPS and not live) or (not live and any(i in self.shape_values for i in ins)):
+            self.shape_values.update(outs)  # shape arithmetic (the dynamic batch), not data
+            return
+        if op == "Expand" and ins[0] in self.constants:
+            self.constants[outs[0]] = self.constants[ins[0]]  # a constant broadcast to the batch: that constant
+            return
+        if op in TRANSPARENT:
+            self.values[outs[0]] = self._transparent(op, attrs, self.values[live[0]])
+        elif op == "Pad":
+            self.values[outs[0]] = self._pad(self.values[live[0]], self.constants[ins[1]].astype(int).tolist())
+        elif op == "Conv":
+            self.values[outs[0]] = self._conv(attrs, ins, live[0], outs[0])
+        elif op in ("MatMul", "Einsum") and len(live) == 2:  # a product of two computed tensors: attention
+            self.values[outs[0]] = self._product(op, attrs, live, outs[0])
+        elif op == "Softmax":
+            self.values[outs[0]] = self._softmax(node, self.values[live[0]])
+        elif op in ("Gemm", "MatMul"):
+            self.values[outs[0]] = self._linear(op, attrs, ins, live[0])
+        elif op in ("GlobalAveragePool", "ReduceMean", "ReduceSum"):
+            self.values[outs[0]] = self._pool(op, attrs, live[0])
+        elif op in ELEMENTWISE:
+            self.values[outs[0]] = _elementwise(node, op, attrs, ins, live, self)
+        else:
+            raise ValueError(f"no canonical form for {op} node {node.name!r}")
+
+    def _constant(self, node, op, attrs, ins, outs) -> bool:
+        """Step 1: a Constant, or a node of constants only, folded with ONNX's reference implementation."""
+        from onnx import numpy_helper
+
+        if op == "Constant":
+            self.constants[outs[0]] = numpy_helper.to_array(attrs["value"])
+            return True
+        if ins and all((i in self.constants) or i == "" for i in ins):
+            self.constants[outs[0]] = _evaluate(node, [self.constants.get(i) for i in ins])
+            return True
+        return False
+
+    @staticmethod
+    def _transparent(op, attrs, value: _Value) -> _Value:
+        """Step 2: follow the axis order through a Transpose; other layout ops keep or forget it."""
+        layout = value.layout
+        if op == "Transpose" and layout is not None:
+            layout = tuple(layout[p] for p in attrs["perm"])
+        elif op != "Transpose":
+            layout = layout if op in ("Identity", "Dropout", "Cast", "Expand", "Tile") else None
+        return _Value(value.source, value.fn, layout, value.pads)
+
+    @staticmethod
+    def _pad(value: _Value, amounts: list[int]) -> _Value:
+        """Step 2: a Pad's amounts, on H and W wherever the layout put them, wait for the next Conv."""
+        rank = len(amounts) // 2
+        axis = {name: i for i, name in enumerate(value.layout)}
+        top, left = amounts[axis["H"]], amounts[axis["W"]]
+        bottom, right = amounts[rank + axis["H"]], amounts[rank + axis["W"]]
+        p = value.pads
+        return _Value(value.source, value.fn, value.layout, (p[0] + top, p[1] + left, p[2] + bottom, p[3] + right))
+
+    def _conv(self, attrs, ins, live: str, out: str) -> _Value:
+        value = self.values[live]
+        weight = self.constants[ins[1]]
+        out_ch, in_per_group, kh, kw = weight.shape
+        group = int(attrs.get("group", 1))
+        pads = _conv_pads(attrs, self.shapes.get(live), self.shapes.get(out), (kh, kw))
+        pads = tuple(a + b for a, b in zip(pads, value.pads))
+        source = self.emit("conv", {"k": kh, "s": tuple(attrs.get("strides", [1, 1]))[0], "pads": pads,
+                                    "group": group, "in": in_per_group * group, "out": out_ch},
+                           [self.materialise(live)])
+        out_shape = self.shapes.get(out) or []
+        if len(out_shape) == 4 and None not in out_shape[2:]:
+            self.ops[source].positions = out_shape[2] * out_shape[3]
+        self.ops[source].weight_size = int(weight.size)
+        return _Value(source, (), ("N", "C", "H", "W"))
+
+    def _product(self, op, attrs, live: list[str], out: str) -> _Value:
+        """Step 5: a product of two computed tensors; scalar factors on its operands fold into `scale`."""
+        factors, inputs = [], []
+        for name in live:
+            factor = _linear_factor(self.values[name].fn)
+            factors.append(1.0 if factor is None else factor)
+            inputs.append(self.values[name].source if factor is not None else self.materialise(name))
+        source = self.emit("matmul", {"scale": float(np.prod(factors))}, inputs)
+        self.ops[source].macs = _product_macs(op, attrs, [self.shapes.get(name) for name in live],
+                                              self.shapes.get(out))
+        return _Value(source, (), None)
+
+    def _softmax(self, node, value: _Value) -> _Value:
+        factor = _linear_factor(value.fn)
+        if value.source is None or self.ops[value.source].kind != "matmul" or factor is None:
+            raise ValueError(f"Softmax {node.name!r} does not read a product of two tensors (attention scores)")
+        self.ops[value.source].attrs["scale"] *= factor  # softmax(c * q k^T): c is the product's scale
+        return _Value(self.emit("softmax", {}, [value.source]), (), None)
+
+    def _linear(self, op, attrs, ins, live: str) -> _Value:
+        weight = self.constants[ins[1]]
+        transposed = op == "Gemm" and attrs.get("transB", 0)
+        in_f, out_f = (weight.shape[1], weight.shape[0]) if transposed else weight.shape
+        return _Value(self.emit("linear", {"in": int(in_f), "out": int(out_f)}, [self.materialise(live)]), (), None)
+
+    def _pool(self, op, attrs, live: str) -> _Value:
+        value = self.values[live]
+        source = self.emit("pool_sum" if op == "ReduceSum" else "pool", {}, [self.materialise(live)])
+        return _Value(source, (), value.layout if attrs.get("keepdims", 1) else None)
+
+
+def _elementwise(node, op, attrs, ins, live, reader: _Reader) -> _Value:
+    """Steps 3 and 4: fold a per-channel affine into its conv, or add a scalar step to the value's function."""
+    values, constants, ops, emit, materialise = (reader.values, reader.constants, reader.ops, reader.emit,
+                                                 reader.materialise)
+    if len(live) == 2:  # two tensors: a residual add, a gate, or x * f(x) (hard-swish)
+        a, b = values[live[0]], values[live[1]]
+        if a.source == b.source and op in ("Mul", "Add"):
+            fa, fb = _compose(a.fn), _compose(b.fn)
+            combine = (lambda x: fa(x) * fb(x)) if op == "Mul" else (lambda x: fa(x) + fb(x))
+            return _Value(a.source, ((f"{op}({_steps(a)}|{_steps(b)})", combine),), a.layout)
+        kind = {"Add": "add", "Mul": "scale"}.get(op)
+        if kind is None:
+            raise ValueError(f"no canonical form for {op} of two tensors in {node.name!r}")
+        return _Value(emit(kind, {}, [materialise(live[0]), materialise(live[1])]), (), a.layout)
+    value = values[live[0]]
+    others = [constants[i] for i in ins if i in constants]
+    if op == "BatchNormalization" or any(c.size > 1 for c in others):
+        source = ops[value.source] if value.source is not None else None
+        if not value.fn and source is not None and source.kind in ("conv", "linear", "affine"):
+            source.folded = True  # BatchNorm or a per-channel affine: folded into the weights
+            return _Value(value.source, (), value.layout, value.pads)
+        if op not in ("BatchNormalization", "Mul", "Add", "Sub", "Div"):
+            raise ValueError(f"per-channel {op} {node.name!r} does not follow a convolution or linear layer")
+        # A BatchNorm on a block's input (not after a conv): a per-channel scale and shift of its own.
+        channels = int(others[0].size if op == "BatchNormalization" else max(c.size for c in others))
+        return _Value(emit("affine", {"channels": channels}, [materialise(live[0])]), (), value.layout, value.pads)
+    step = _scalar_step(op, attrs, ins, live[0], constants)
+    return _Value(value.source, (*value.fn, (f"{op}{_describe_constants(others, attrs)}", step)), value.layout,
+                  value.pads)
+
+
+def _scalar_step(op, attrs, ins, live, constants):
+    c = [float(constants[i].reshape(-1)[0]) if i in constants else None for i in ins]
+    left = ins[0] == live
+    other = next((v for v in c if v is not None), None)
+    if op == "Relu":
+        return lambda x: np.maximum(x, 0.0)
+    if op == "Clip":
+        low = c[1] if len(c) > 1 and c[1] is not None else -np.inf
+        high = c[2] if len(c) > 2 and c[2] is not None else np.inf
+        return lambda x: np.clip(x, low, high)
+    if op == "HardSigmoid":
+        alpha, beta = attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
+        return lambda x: np.clip(alpha * x + beta, 0.0, 1.0)
+    if op == "HardSwish":  # ONNX defines it as x * max(0, min(1, x / 6 + 1 / 2)): our hard_swish
+        return ACTIVATIONS["hard_swish"].reference
+    if op == "Sigmoid":
+        return lambda x: 1.0 / (1.0 + np.exp(-x))
+    if op == "Neg":
+        return lambda x: -x
+    if op == "Erf":
+        return _erf
+    if op == "Gelu":
+        if attrs.get("approximate", "none") in ("tanh", b"tanh"):
+            return lambda x: 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+        return ACTIVATIONS["gelu"].reference  # ONNX's exact Gelu
+    table = {"Add": lambda x: x + other, "Mul": lambda x: x * other, "Max": lambda x: np.maximum(x, other),
+             "Min": lambda x: np.minimum(x, other),
+             "Sub": (lambda x: x - other) if left else (lambda x: other - x),
+             "Div": (lambda x: x / other) if left else (lambda x: other / x)}
+    return table[op]
+
+
+def _describe_constants(others, attrs) -> str:
+    parts = [f"{float(c.reshape(-1)[0]):g}" for c in others] + [f"{k}={v}" for k, v in sorted(attrs.items())]
+    return f"[{','.join(parts)}]"
+
+
+def _steps(value: _Value) -> str:
+    return "->".join(step[0] for step in value.fn)
+
+
+def _compose(steps):
+    def f(x):
+        for _, step in steps:
+            x = step(x)
+        return x
+    return f
+
+
+def _classify(steps) -> str:
+    y = _compose(steps)(PROBE.copy())
+    for name, expected in KNOWN.items():
+        if np.allclose(y, expected, rtol=1e-5, atol=1e-6):
+            return name
+    nonzero = PROBE != 0
+    ratio = y[nonzero] / PROBE[nonzero]
+    if np.allclose(ratio, ratio[0], rtol=1e-6) and np.allclose(y[~nonzero], 0.0):
+        return f"scale({ratio[0]:.6g})"
+    return "unknown(" + "->".join(step[0] for step in steps) + ")"
+
+
+def _linear_factor(steps) -> float | None:
+    """c if the elementwise steps compute c * x (1.0 for none), else None."""
+    if not steps:
+        return 1.0
+    y = _compose(steps)(PROBE.copy())
+    nonzero = PROBE != 0
+    ratio = y[nonzero] / PROBE[nonzero]
+    if np.allclose(ratio, ratio[0], rtol=1e-6) and np.allclose(y[~nonzero], 0.0):
+        return float(ratio[0])
+    return None
+
+
+def _product_macs(op, attrs, in_shapes, out_shape) -> int:
+    """Multiply-accumulates of a MatMul / Einsum of two tensors, per image: the output's elements (its
+    leading batch axis left out) times the length of the contracted axis."""
+    if op == "Einsum":
+        equation = attrs["equation"].decode() if isinstance(attrs["equation"], bytes) else attrs["equation"]
+        operands, result = equation.replace(" ", "").split("->")
+        sizes = {}
+        for labels, shape in zip(operands.split(","), in_shapes):
+            for label, size in zip(labels, shape or []):
+                if size is not None:
+                    sizes[label] = size
+        contracted = set(operands) - set(result) - {","}
+        if not contracted or any(label not in sizes for label in contracted):
+            raise ValueError(f"no static contracted axis in Einsum {equation!r}: cannot count its MACs")
+        contraction = math.prod(sizes[label] for label in contracted)
+    else:
+        contraction = (in_shapes[0] or [None])[-1]
+    if not out_shape or contraction is None or None in out_shape[1:]:
+        raise ValueError(f"no static shape for a {op} of two tensors ({in_shapes} -> {out_shape}): "
+                         "cannot count its MACs")
+    return math.prod(out_shape[1:]) * contraction
+
+
+def _conv_pads(attrs, in_shape, out_shape, kernel) -> tuple[int, int, int, int]:
+    auto = attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):  # TensorFlow's SAME; LOWER puts the odd pixel before
+        strides = attrs.get("strides", [1, 1])
+        (top, bottom), (left, right) = (padding_amounts(n, k, s, "same") for n, k, s in zip(in_shape[2:], kernel, strides))
+        return (top, left, bottom, right) if auto == "SAME_UPPER" else (bottom, right, top, left)
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    return (pads[0], pads[1], pads[2], pads[3])
+
+
+def _fold_pool_sums(ops: list[Op]) -> None:
+    """ReduceSum then a division by H * W is a global average pool (jax2onnx writes means that way)."""
+    for op in ops:
+        if op.kind == "act" and op.attrs["fn"].startswith("scale(") and op.inputs and ops[op.inputs[0]].kind == "pool_sum":
+            ops[op.inputs[0]].kind = "pool"
+            op.kind, op.attrs = "identity", {}
+
+
+def _evaluate(node, inputs):
+    """Fold a node whose inputs are all constant, with ONNX's own reference implementation."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"in{i}" if name else "" for i, name in enumerate(node.input)]
+    folded = onnx.helper.make_node(node.op_type, names, ["out"], domain=node.domain, **{
+        a.name: onnx.helper.get_attribute_value(a) for a in node.attribute})
+    feeds = {name: value for name, value in zip(names, inputs) if name}
+    return ReferenceEvaluator(folded).run(None, feeds)[0]
+
+

@@ -1,0 +1,75 @@
+"""The canonical graph the spec describes (conformance/onnx/canonical.py), built from `describe()`'s layer
+list: every decision (activations, padding amounts, which layer reads which, squeeze-excite gates,
+residual adds) is the resolver's, read from the layers, not decided again here.
+
+BatchNorm folds into the conv or linear layer before it, and a layer scale into the conv before it (as
+an exporter's optimiser may fold them); a BatchNorm on a block's input (the attention block's) is an
+`affine` of its own. An attention layer is softmax(q k^T / sqrt(key_dim)) v: two products and a softmax.
+"""
+
+from __future__ import annotations
+
+from conformance.onnx.canonical import Canonical, Op, finalize, total_macs, total_params
+
+CONVS = ("conv", "depthwise_conv")
+
+
+def from_spec(desc) -> Canonical:
+    """The canonical graph of the variant, flavor and resolution of `desc` (a spec.resolve.Description)."""
+    ops: list[Op] = []
+    layers = {layer.name: layer for layer in desc.layers}
+    produced: dict[str, int | None] = {}  # layer name -> the op that yields its output
+    block_inputs: dict[str, int | None] = {}
+    current: int | None = None  # the previous layer's output (None: the image)
+    previous = None
+
+    def emit(kind, attrs, inputs) -> int:
+        ops.append(Op(kind, attrs, [i for i in inputs if i is not None]))
+        return len(ops) - 1
+
+    for layer in desc.layers:
+        block_inputs.setdefault(layer.block, current)
+        x = produced[layer.inputs[0]] if layer.inputs else current
+        if layer.pooled:
+            x = emit("pool", {}, [x])
+        if layer.kind in CONVS:
+            y = emit("conv", {"k": layer.kernel, "s": layer.stride, "pads": layer.pads, "group": layer.groups,
+                              "in": layer.in_channels, "out": layer.out_channels}, [x])
+            ops[y].positions = layer.out_shape[1] * layer.out_shape[2]
+            ops[y].weight_size = layer.out_channels * (layer.in_channels // layer.groups) * layer.kernel ** 2
+        elif layer.kind == "linear":
+            y = emit("linear", {"in": layer.in_channels, "out": layer.out_channels}, [x])
+        elif layer.kind == "batch_norm":
+            folds = (previous is not None and previous.kind in (*CONVS, "linear") and previous.block == layer.block
+                     and not layer.inputs)
+            y = x if folds else emit("affine", {"channels": layer.out_channels}, [x])
+        elif layer.kind == "attention":
+            y = _attention(emit, ops, layer, layers, [produced[name] for name in layer.inputs])
+        elif layer.kind == "pool":
+            y = emit("pool", {}, [x])
+        else:  # layer_scale: folds into the conv before it, like a BatchNorm
+            y = x
+        if layer.activation != "identity":
+            y = emit("act", {"fn": layer.activation}, [y])
+        if layer.gates:
+            y = emit("scale", {}, [produced[layer.gates], y])
+        if layer.residual:
+            y = emit("add", {}, [block_inputs[layer.block], y])
+        produced[layer.name] = current = y
+        previous = layer
+    ops = finalize(ops)
+    return Canonical(ops, total_params(ops), total_macs(ops))
+
+
+def _attention(emit, ops: list[Op], layer, layers: dict, inputs: list[int | None]) -> int:
+    """matmul(q, k, scale=1/sqrt(key_dim)) -> softmax -> matmul(weights, v)."""
+    query, key, value = inputs
+    heads = layer.groups
+    key_dim, value_dim = layer.in_channels // heads, layer.out_channels // heads
+    key_shape = layers[layer.inputs[1]].out_shape
+    products = heads * layer.out_shape[1] * layer.out_shape[2] * key_shape[1] * key_shape[2]  # heads * L * S
+    scores = emit("matmul", {"scale": float(f"{key_dim ** -0.5:.5g}")}, [query, key])
+    ops[scores].macs = products * key_dim
+    y = emit("matmul", {"scale": 1.0}, [emit("softmax", {}, [scores]), value])
+    ops[y].macs = products * value_dim
+    return y
