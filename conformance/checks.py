@@ -140,7 +140,8 @@ def _logits_shape_checks(variant: str, run: RunResult, keys: list[str]) -> list[
 def _onnx_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[Check]:
     """Per framework: export, checker, ONNX Runtime (and reference evaluator) against the framework's own
     logits, and the canonical graph against the spec's; then the canonical graphs of every pair."""
-    from conformance.onnx.canonical import compare, from_spec
+    from conformance.onnx.canonical import compare
+    from conformance.onnx.from_spec import from_spec
 
     checks, canonical = [], {}
     exports = {key: run.results[(variant, key)].onnx for key in keys}

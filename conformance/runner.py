@@ -163,20 +163,6 @@ def execute(config: RunConfig) -> RunResult:
     return RunResult(config, runs, results, out, time.perf_counter() - start, spec_seconds)
 
 
-def run(loaded: LoadedSpec, variants: list[str], frameworks: list[str], flavor: str,
-        resolution: tuple[int, int], num_classes: int = 1000, work: Path | None = None, parallel: int | None = None,
-        timeout_per_variant: float = 240.0, progress: Callable[[str, str], None] | None = None,
-        options: Options = Options(), workers: list[Worker] | None = None) -> RunResult:
-    """`execute` with the arguments spelt out (the form tests/test_onnx.py and tests/test_frameworks.py use)."""
-    settings = {"num_classes": num_classes, "work": work, "parallel": parallel,
-                "timeout_per_variant": timeout_per_variant, "progress": progress}
-    if workers is None:
-        config = RunConfig.for_frameworks(loaded, variants, frameworks, flavor, resolution, options, **settings)
-    else:
-        config = RunConfig(loaded, tuple(variants), tuple(workers), flavor, resolution, options=options, **settings)
-    return execute(config)
-
-
 def _run_workers(config: RunConfig) -> list[WorkerRun]:
     work, options = config.work, config.options
     # Most costly first (generators.frameworks: Run.start_cost), so that the last worker to start is a short one.

@@ -151,7 +151,7 @@ def _onnx(base, adapter, model, desc, job: dict, images, own_logits):
     import onnx
 
     from conformance.onnx import export as onnx_export
-    from conformance.onnx.canonical import canonicalize
+    from conformance.onnx.from_onnx import canonicalize
     from conformance.results import OnnxResult
     from spec.files import atomic_write
 

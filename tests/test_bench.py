@@ -18,7 +18,7 @@ from bench.timing import Settings, Timing, interleaved, ratio
 from conformance import runner
 from conformance.cli import main as mnforge
 from conformance.porting.references import REFERENCES
-from conformance.runner import Options, run
+from conformance.runner import Options, RunConfig, execute
 from generators.frameworks import FRAMEWORKS
 from spec import load_spec
 
@@ -115,7 +115,8 @@ def test_conform_device_cpu_is_unchanged(tmp_path, monkeypatch):
         "import json, os, sys; r = json.load(open(sys.argv[1])); "
         f"json.dump({{'device': r['device'], 'env': {{k: os.environ.get(k) for k in "
         f"('CUDA_VISIBLE_DEVICES', 'JAX_PLATFORMS')}}}}, open({str(dump)!r}, 'w'))")])
-    run(load_spec(), [VARIANT], ["torch"], "tf", (224, 192), work=tmp_path, options=Options(outputs=False))
+    execute(RunConfig.for_frameworks(load_spec(), [VARIANT], ["torch"], "tf", (224, 192), Options(outputs=False),
+                                     work=tmp_path))
     assert json.loads(dump.read_text()) == {"device": "cpu", "env": {"CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu"}}
     assert Options().device == "cpu"
 

@@ -13,7 +13,7 @@ import pytest
 from conformance import runner
 from conformance import weights as neutral
 from conformance.checks import evaluate
-from conformance.runner import Options, Worker, chain, prepare, run
+from conformance.runner import Options, RunConfig, Worker, chain, execute, prepare
 from generators.frameworks import FRAMEWORKS, REFERENCE_RUN
 from spec import load_spec
 
@@ -32,8 +32,9 @@ def test_wrong_weight_layout_names_the_first_diverging_block(tmp_path):
     tensors["blocks.3.depthwise.conv.weight"] = tensors["blocks.3.depthwise.conv.weight"].transpose(0, 1, 3, 2).copy()
     (tmp_path / "bad").mkdir()
     neutral.save(tmp_path / "bad" / f"{VARIANT}.safetensors", tensors, metadata)
-    result = run(SPEC, [VARIANT], [], "tf", (224, 192), work=tmp_path,
-                 workers=[Worker("torch", "float64"), Worker("torch", weights=str(tmp_path / "bad"))])
+    result = execute(RunConfig(SPEC, (VARIANT,), (Worker("torch", "float64"),
+                                                  Worker("torch", weights=str(tmp_path / "bad"))),
+                               "tf", (224, 192), work=tmp_path))
     check = _outputs_check(evaluate(SPEC, result), "torch")
     assert not check.ok
     assert check.figures["first_diverging"] == "blocks.3", check.summary
@@ -43,8 +44,8 @@ def test_wrong_weight_layout_names_the_first_diverging_block(tmp_path):
 
 def test_wrong_batch_norm_epsilon_names_the_first_diverging_block(tmp_path):
     # torchvision's V3 uses epsilon 1e-3, timm's 1e-5; same padding and widths at width 1.0.
-    result = run(SPEC, [VARIANT], [], "torchvision", (224, 192), work=tmp_path,
-                 workers=[Worker("torch", "float64"), Worker("torch", flavor="timm")])
+    result = execute(RunConfig(SPEC, (VARIANT,), (Worker("torch", "float64"), Worker("torch", flavor="timm")),
+                               "torchvision", (224, 192), work=tmp_path))
     check = _outputs_check(evaluate(SPEC, result), "torch")
     assert not check.ok, check.summary
     assert check.figures["first_diverging"] == "stem", check.summary
@@ -53,7 +54,8 @@ def test_wrong_batch_norm_epsilon_names_the_first_diverging_block(tmp_path):
 def test_crashing_worker_is_reported_with_its_stderr(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "WORKER_COMMAND",
                         [sys.executable, "-c", "import sys; sys.stderr.write('worker exploded\\n'); sys.exit(3)"])
-    result = run(SPEC, [VARIANT], ["flax"], "tf", (224, 192), work=tmp_path, options=Options(outputs=False))
+    result = execute(RunConfig.for_frameworks(SPEC, [VARIANT], ["flax"], "tf", (224, 192), Options(outputs=False),
+                                              work=tmp_path))
     build = [c for c in evaluate(SPEC, result) if c.name == "build"]
     assert build and not build[0].ok
     assert "exited with code 3" in build[0].summary and "worker exploded" in build[0].summary
@@ -63,8 +65,8 @@ def test_hanging_worker_times_out(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "WORKER_COMMAND", [sys.executable, "-c", "import time; time.sleep(120)"])
     monkeypatch.setattr(runner, "TIMEOUT_BASE", 1.0)
     start = time.perf_counter()
-    result = run(SPEC, [VARIANT], ["keras"], "tf", (224, 192), work=tmp_path, options=Options(outputs=False),
-                 timeout_per_variant=0.5)
+    result = execute(RunConfig.for_frameworks(SPEC, [VARIANT], ["keras"], "tf", (224, 192), Options(outputs=False),
+                                              work=tmp_path, timeout_per_variant=0.5))
     assert time.perf_counter() - start < 30
     assert result.workers[0].timed_out
     build = [c for c in evaluate(SPEC, result) if c.name == "build"]

@@ -14,19 +14,20 @@ import pytest
 
 from conformance.checks import Check, evaluate
 from conformance.cli import quick_variants
-from conformance.runner import Options, run
+from conformance.runner import Options, RunConfig, execute
+from generators.frameworks import RUNS
 from spec import load_spec
 
 SPEC = load_spec()
 ALL_VARIANTS = list(SPEC.spec.variants())
 QUICK = quick_variants(SPEC.spec)
 CORE = ("torch", "keras", "flax")
-ALL_RUNS = ("torch", "keras", "keras-jax", "keras-torch", "flax")
+ALL_RUNS = tuple(RUNS)
 
 
 def _checks(tmp_path_factory, name, variants, frameworks, flavor, options=Options()):
-    result = run(SPEC, variants, list(frameworks), flavor, (224, 192), work=tmp_path_factory.mktemp(name),
-                 options=options)
+    result = execute(RunConfig.for_frameworks(SPEC, variants, frameworks, flavor, (224, 192), options,
+                                              work=tmp_path_factory.mktemp(name)))
     checks = evaluate(SPEC, result)
     by_key: dict[tuple[str, str], list[Check]] = {}
     for check in checks:

@@ -17,19 +17,20 @@ from conformance.onnx.canonical import compare
 from conformance.onnx.export import BATCH, INPUT, OPSET, OUTPUT, run_onnxruntime
 from conformance.onnx.from_onnx import canonicalize
 from conformance.onnx.from_spec import from_spec
-from conformance.runner import Options, run
+from conformance.runner import Options, RunConfig, execute
+from generators.frameworks import FRAMEWORKS as FRAMEWORK_REGISTRY
 from spec import describe, load_spec
 
 SPEC = load_spec()
 SMALLEST = ["mobilenet_v1_025", "mobilenet_v2_035", "mobilenet_v3_small_035"]
 HYBRID = "mobilenet_v4_hybrid_medium"  # Mobile MQA (both kv strides), layer scale, fc with BatchNorm
-FRAMEWORKS = ["torch", "keras", "flax"]
+FRAMEWORKS = list(FRAMEWORK_REGISTRY)
 
 
 def _onnx_run(tmp_path_factory, variants, reference_evaluator=()):
-    result = run(SPEC, variants, FRAMEWORKS, "tf", (224, 192), work=tmp_path_factory.mktemp("onnx"),
-                 options=Options(outputs=False, count_macs=False, onnx=True,
-                                 onnx_reference_evaluator=tuple(reference_evaluator)))
+    options = Options(outputs=False, count_macs=False, onnx=True, onnx_reference_evaluator=tuple(reference_evaluator))
+    result = execute(RunConfig.for_frameworks(SPEC, variants, FRAMEWORKS, "tf", (224, 192), options,
+                                              work=tmp_path_factory.mktemp("onnx")))
     return [c for c in evaluate(SPEC, result) if c.name in ("onnx", "build")]
 
 
@@ -48,7 +49,7 @@ def _assert_exported_as_the_spec(checks, variant, framework, reference_evaluator
     assert onnx_check.figures["ort_rel_error"] <= OUTPUT_TOLERANCE, onnx_check.summary
     if reference_evaluator:
         assert onnx_check.figures["reference_evaluator_rel_error"] <= OUTPUT_TOLERANCE
-    assert "canonical graph = spec" in onnx_check.summary
+    assert onnx_check.graph_equals_spec, onnx_check.summary
     spec_desc = describe(SPEC, variant, "tf", (224, 192))
     assert onnx_check.figures["canonical"]["macs"] == spec_desc.macs
     return onnx_check

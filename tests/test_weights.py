@@ -8,7 +8,7 @@ import pytest
 
 from conformance import weights as neutral
 from conformance.checks import evaluate
-from conformance.runner import Worker, prepare, run
+from conformance.runner import RunConfig, Worker, execute, prepare
 from spec import describe, load_spec
 
 SPEC = load_spec()
@@ -95,8 +95,8 @@ def test_worker_refuses_a_file_of_another_variant(tmp_path):
     (tmp_path / "wrong").mkdir()
     (tmp_path / "other" / "weights" / "mobilenet_v2_035.safetensors").rename(
         tmp_path / "wrong" / "mobilenet_v3_small_100.safetensors")
-    result = run(SPEC, ["mobilenet_v3_small_100"], [], "tf", (224, 192), work=tmp_path / "run",
-                 workers=[Worker("torch", weights=str(tmp_path / "wrong"))])
+    result = execute(RunConfig(SPEC, ("mobilenet_v3_small_100",), (Worker("torch", weights=str(tmp_path / "wrong")),),
+                               "tf", (224, 192), work=tmp_path / "run"))
     build = next(c for c in evaluate(SPEC, result) if c.name == "build")
     assert not build.ok
     assert "WeightError" in build.summary and "squeeze_excite" in build.summary, build.summary

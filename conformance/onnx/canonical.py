@@ -105,15 +105,3 @@ def compare(a: Canonical | dict, b: Canonical | dict, names=("a", "b")) -> str |
             return f"{total}: {names[0]} {a[total]:,} vs {names[1]} {b[total]:,}"
     return None
 
-
-def __getattr__(name: str):
-    """The two builders under their former address (conformance.onnx.canonical.canonicalize / from_spec)."""
-    if name == "canonicalize":
-        from conformance.onnx.from_onnx import canonicalize
-
-        return canonicalize
-    if name == "from_spec":
-        from conformance.onnx.from_spec import from_spec
-
-        return from_spec
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
