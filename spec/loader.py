@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from spec.model import Spec, StageTable
+from spec.model import Spec, StageTable, cross_reference_error
 
 DEFAULT_SPEC = Path(__file__).resolve().parent / "mobilenets.yaml"
 
@@ -115,23 +115,13 @@ def _where(error: dict, loc: tuple, data) -> tuple:
 
 
 def _cross_reference(data: dict) -> tuple:
-    """Where `Spec._cross_references` failed (it runs only once every section validated, and its
-    message says what is wrong; this finds the entry to point at, checking in the same order)."""
-    flavors, families = data["flavors"], data["families"]
-    if data["default_flavor"] not in flavors:
-        return ("default_flavor",)
-    for flavor_name, flavor in flavors.items():
-        for family in flavor.get("families") or {}:
-            if family not in families:
-                return ("flavors", flavor_name, "families", family, "[key]")
-    seen: set = set()
-    for family_name, family in families.items():
-        for arch_name, arch in family["architectures"].items():
-            for variant in arch["variants"]:
-                if variant in seen:
-                    return ("families", family_name, "architectures", arch_name, "variants", variant, "[key]")
-                seen.add(variant)
-    return ()
+    """Where `Spec._cross_references` failed: the same rule (spec.model.cross_reference_error), run on
+    the raw YAML once every section validated, gives the entry to point at."""
+    error = cross_reference_error(
+        data["default_flavor"], {name: (flavor or {}).get("families") for name, flavor in data["flavors"].items()},
+        {name: (family.get("references"), {arch_name: arch["variants"] for arch_name, arch in family["architectures"].items()})
+         for name, family in data["families"].items()})
+    return error[0] if error else ()
 
 
 def _reject_duplicate_keys(node: yaml.Node, path: Path, where: tuple) -> None:

@@ -6,6 +6,7 @@ as a Python identifier in generated code is checked against `IDENTIFIER`, so a s
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -329,6 +330,36 @@ class Family(Strict):
         return self
 
 
+def cross_reference_error(default_flavor: str, flavors: Mapping[str, Iterable[str]],
+                          families: Mapping[str, tuple[Iterable[str], Mapping[str, Iterable[str]]]]
+                          ) -> tuple[tuple, str] | None:
+    """The first reference between sections that points nowhere, as (where, message), or None.
+
+    `flavors`: flavor -> the families it overrides; `families`: family -> (its reference flavors,
+    architecture -> variant names). Plain names, so that the loader can run the same rule on the raw
+    YAML to point at the offending entry, and the model on validated data to refuse it.
+    """
+    if default_flavor not in flavors:
+        return ("default_flavor",), f"default_flavor {default_flavor!r} is not one of the flavors {sorted(flavors)}"
+    for flavor_name, overridden in flavors.items():
+        for family in overridden or ():
+            if family not in families:
+                return (("flavors", flavor_name, "families", family, "[key]"),
+                        f"flavor {flavor_name!r} overrides unknown family {family!r}; expected one of {sorted(families)}")
+    seen: dict[str, str] = {}
+    for family_name, (references, architectures) in families.items():
+        unknown = sorted(set(references or ()) - set(flavors))
+        if unknown:
+            return ("families", family_name, "references"), f"family {family_name!r} references unknown flavors {unknown}"
+        for arch_name, variants in architectures.items():
+            for variant in variants:
+                if variant in seen:
+                    return (("families", family_name, "architectures", arch_name, "variants", variant, "[key]"),
+                            f"variant {variant!r} is defined twice ({seen[variant]} and {arch_name})")
+                seen[variant] = arch_name
+    return None
+
+
 class Spec(Strict):
     spec_version: Literal[1]
     rounding: Rounding
@@ -338,24 +369,12 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> Spec:
-        if self.default_flavor not in self.flavors:
-            raise ValueError(f"default_flavor {self.default_flavor!r} is not one of the flavors {sorted(self.flavors)}")
-        for flavor_name, flavor in self.flavors.items():
-            for family in flavor.families:
-                if family not in self.families:
-                    raise ValueError(
-                        f"flavor {flavor_name!r} overrides unknown family {family!r}; expected one of {sorted(self.families)}"
-                    )
-        seen: dict[str, str] = {}
-        for family_name, family in self.families.items():
-            unknown = sorted(set(family.references or ()) - set(self.flavors))
-            if unknown:
-                raise ValueError(f"family {family_name!r} references unknown flavors {unknown}")
-            for arch_name, arch in family.architectures.items():
-                for variant in arch.variants:
-                    if variant in seen:
-                        raise ValueError(f"variant {variant!r} is defined twice ({seen[variant]} and {arch_name})")
-                    seen[variant] = arch_name
+        error = cross_reference_error(
+            self.default_flavor, {name: flavor.families for name, flavor in self.flavors.items()},
+            {name: (family.references or (), {arch_name: arch.variants for arch_name, arch in family.architectures.items()})
+             for name, family in self.families.items()})
+        if error:
+            raise ValueError(error[1])
         return self
 
     def variants(self) -> dict[str, tuple[str, str]]:
