@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from conformance.console import console
+from generators import location
 from generators.frameworks import FRAMEWORKS, RUNS
 from spec import SpecError, UnknownName, describe, load_spec
 from spec.loader import DEFAULT_SPEC
@@ -17,6 +19,9 @@ from spec.loader import DEFAULT_SPEC
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mnforge", description="MobileNet Forge: one spec, three frameworks.")
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="spec file (default: the bundled one)")
+    parser.add_argument("--generated", type=Path, default=None, metavar="DIR",
+                        help="folder of the spec's generated code, rendered there when stale (default: generated/ "
+                             "for the bundled spec, else a cache under .cache/generated keyed by the spec's hash)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("list", help="list every variant")
@@ -29,8 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flavor", default=None, help="numeric conventions (default: the spec's default_flavor)")
     p.add_argument("--json", action="store_true")
 
-    p = commands.add_parser("generate", help="render generated/ from the spec (same as `make generate`)")
-    p.add_argument("--check", action="store_true", help="write nothing; fail if generated/ is stale")
+    p = commands.add_parser("generate", help="render the spec's code: generated/ for the bundled spec "
+                                             "(`make generate`), an importable package in --out for any spec")
+    p.add_argument("--spec", type=Path, default=argparse.SUPPRESS, help="spec file (as before the command)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="the package folder to write (default: generated/ for the bundled spec, else --generated "
+                        "or the cache folder)")
+    p.add_argument("--check", action="store_true", help="write nothing; fail if the folder is stale")
 
     p = commands.add_parser("conform", help="build every variant in every framework and prove them equal")
     p.add_argument("variants", nargs="*")
@@ -83,10 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
-            from generators.generate import main as generate_main
-
-            return generate_main(["--spec", str(args.spec)] + (["--check"] if args.check else []))
+            return _generate(args)
         loaded = load_spec(args.spec)
+        if args.command in ("port", "run", "onnx", "conform"):
+            # Every worker process imports the code of this spec, from the folder this names.
+            args.generated = location.generated_dir(loaded, args.generated)
+            os.environ[location.ENVIRONMENT] = str(args.generated)
         if args.command == "list":
             return _list(loaded, args)
         if args.command == "describe":
@@ -99,6 +111,29 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, UnknownName, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _generate(args) -> int:
+    from generators.generate import main as generate_main
+    from generators.generate import render_all, stale_files, write
+
+    out = args.out or args.generated
+    if out is None and Path(args.spec).resolve() == DEFAULT_SPEC:  # `make generate`: generated/ and the schema
+        return generate_main(["--spec", str(args.spec), *(["--check"] if args.check else [])])
+    loaded = load_spec(args.spec)
+    if out is None:  # never over the bundled package: the spec's cache folder
+        out = location.generated_dir(loaded)
+        print(f"{out}: the code of {args.spec}; import it from there, or pass --out DIR")
+        return 0
+    rendered = render_all(loaded)
+    if args.check:
+        stale = stale_files(rendered, out)
+        print(f"{out}: {len(stale)} of {len(rendered)} files stale" + "".join(f"\n  {p}" for p in stale))
+        return 1 if stale else 0
+    changed = write(rendered, out)
+    print(f"{out}: {len(rendered)} files, {len(changed)} changed; a package: add {out.resolve().parent} to "
+          f"sys.path and import {out.name}.pytorch.<family> (keras3, flax_nnx)")
+    return 0
 
 
 def _resolution(text: str) -> tuple[int, int]:
@@ -230,7 +265,7 @@ def _conform(loaded, args) -> int:
         options = Options(onnx=args.onnx, onnx_dir=str(args.onnx_cache.resolve()), device=args.device)
         result = execute(RunConfig.for_frameworks(
             loaded, variants, frameworks, flavor, args.resolution, options, num_classes=args.num_classes,
-            work=args.work, parallel=args.parallel, progress=advance))
+            work=args.work, parallel=args.parallel, generated=args.generated, progress=advance))
     device_errors = sorted({r.error for r in result.results.values() if r.device_error})
     if device_errors:
         raise ValueError("\n".join(device_errors))

@@ -27,6 +27,7 @@ import numpy as np
 from conformance import weights as neutral
 from conformance.results import WorkerResult, outputs_path, result_path
 from generators.frameworks import REFERENCE_RUN, RUNS
+from generators.location import ENVIRONMENT, generated_dir
 from spec import describe
 from spec.loader import LoadedSpec
 
@@ -85,6 +86,7 @@ class RunConfig:
     parallel: int | None = None  # workers at a time; None: one per core
     timeout_per_variant: float = 240.0  # seconds, on top of TIMEOUT_BASE per worker
     options: Options = Options()
+    generated: Path | None = None  # folder of the spec's generated code, ready; None: generators.location finds it
     progress: Callable[[str, str], None] | None = field(default=None, compare=False)  # (worker key, variant)
 
     @classmethod
@@ -147,7 +149,8 @@ def prepare(loaded: LoadedSpec, variants: list[str], flavor: str, resolution: tu
 def execute(config: RunConfig) -> RunResult:
     """Prepare (unless the work folder has inputs already), run every worker, read what they wrote."""
     start = time.perf_counter()
-    config = replace(config, work=Path(config.work or tempfile.mkdtemp(prefix="mnforge-conform-")))
+    config = replace(config, work=Path(config.work or tempfile.mkdtemp(prefix="mnforge-conform-")),
+                     generated=config.generated or generated_dir(config.spec))
     if not (config.work / "inputs.npz").exists():
         prepare(config.spec, list(config.variants), config.flavor, config.resolution, config.num_classes,
                 config.work)
@@ -172,7 +175,7 @@ def _run_workers(config: RunConfig) -> list[WorkerRun]:
     done: list[WorkerRun] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false"),
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", ENVIRONMENT: str(config.generated)}
     if options.device == "cpu":  # hide any GPU; on "gpu" every framework sees the machine's
         env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
     else:  # workers share the GPU: JAX and TensorFlow take memory as they need it, not all up front

@@ -145,7 +145,6 @@ def _use_device(framework: str, device: str) -> str | None:
 def _onnx(base, adapter, model, desc, job: dict, images, own_logits):
     """Export (or reuse the export cached under the same content hash), validate, run in ONNX Runtime.
     `base`: the framework (generators.frameworks.Framework) of a native run."""
-    import importlib
 
     import numpy as np
     import onnx
@@ -153,9 +152,10 @@ def _onnx(base, adapter, model, desc, job: dict, images, own_logits):
     from conformance.onnx import export as onnx_export
     from conformance.onnx.from_onnx import canonicalize
     from conformance.results import OnnxResult
+    from generators.location import family_module
     from spec.files import atomic_write
 
-    generated = Path(importlib.import_module(f"{base.module_prefix}.{desc.family}").__file__)
+    generated = Path(family_module(base.key, desc.family).__file__)
     folder = Path(job["onnx"]["dir"])
     path = folder / f"{desc.variant}.{desc.flavor}.{base.key}.onnx"
     key = onnx_export.cache_key(generated, Path(job["weights"]), desc.flavor, desc.resolution)

@@ -8,12 +8,11 @@ nnx.Rngs(0), so every random init is the same.
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 
 from conformance.frameworks.protocol import MacCount
 from conformance.weights import WeightError
+from generators.location import family_module
 
 BN_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 NAMES = {"kernel": "weight", "bias": "bias", "gamma": "gamma"}  # conv / linear, and LayerScale
@@ -39,7 +38,7 @@ class Adapter:
         an eager NNX init costs seconds per variant on this machine."""
         if dtype != "float32":
             raise ValueError("the Flax adapter runs float32 only; the float64 reference is PyTorch")
-        module = importlib.import_module(f"generated.flax_nnx.{family}")
+        module = family_module("flax", family)
         factory = module.VARIANTS[variant]
         if abstract:
             model = self.nnx.eval_shape(lambda: factory(num_classes=num_classes, flavor=flavor, rngs=self.nnx.Rngs(0)))

@@ -8,13 +8,12 @@ torch parameter names, which cannot contain ".").
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 
 from conformance.frameworks import keras_layout
 from conformance.frameworks.protocol import MacCount
 from conformance.weights import WeightError
+from generators.location import family_module
 
 
 class Adapter:
@@ -34,7 +33,7 @@ class Adapter:
               dtype: str = "float32", abstract: bool = False):
         if dtype != "float32":
             raise ValueError("the Keras adapter runs float32 only; the float64 reference is PyTorch")
-        module = self._modules[variant] = importlib.import_module(f"generated.keras3.{family}")
+        module = self._modules[variant] = family_module("keras", family)
         return module.VARIANTS[variant](num_classes=num_classes, flavor=flavor, input_shape=(*resolution, 3))
 
     def _to_neutral(self, layer, variable_name: str, value: np.ndarray) -> tuple[str, np.ndarray]:

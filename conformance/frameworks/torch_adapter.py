@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 
 from conformance.frameworks.protocol import MacCount
 from conformance.weights import WeightError
+from generators.location import family_module
 
 
 class Adapter:
@@ -22,7 +21,7 @@ class Adapter:
 
     def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
               dtype: str = "float32", abstract: bool = False):
-        module = importlib.import_module(f"generated.pytorch.{family}")
+        module = family_module("torch", family)
         model = module.VARIANTS[variant](num_classes=num_classes, flavor=flavor).eval().to(self.device)
         return model.double() if dtype == "float64" else model
 
