@@ -144,6 +144,10 @@ def _onnx_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[Ch
     from conformance.onnx.from_spec import from_spec
 
     checks, canonical = [], {}
+    for key in keys:
+        error = run.results[(variant, key)].onnx_error
+        if error is not None:
+            checks.append(Check(variant, "onnx", key, False, f"export failed: {error}"))
     exports = {key: run.results[(variant, key)].onnx for key in keys}
     exports = {key: info for key, info in exports.items() if info is not None}
     if not exports:

@@ -80,6 +80,7 @@ class WorkerResult:
     macs: MacCount | None = None
     onnx: OnnxResult | None = None
     onnx_skipped: str | None = None  # why this run exports no ONNX
+    onnx_error: str | None = None  # the exception that ended the ONNX export or its validation
     logits_shapes: dict[str, list[int]] | None = None  # "HxW" -> logits shape
     error: str | None = None  # the exception that ended this variant's job
     traceback: str | None = None

@@ -90,8 +90,12 @@ def main(argv: list[str]) -> int:
                 from conformance.onnx.export import EXPORTERS
 
                 if RUNS[framework].native and framework in EXPORTERS:
-                    result.onnx = _onnx(RUNS[framework].framework, adapter, model, desc, job, images,
-                                        blocks["classifier"])
+                    try:
+                        result.onnx = _onnx(RUNS[framework].framework, adapter, model, desc, job, images,
+                                            blocks["classifier"])
+                    except Exception as exc:  # the model built and ran: a failed export fails the onnx check
+                        result.onnx_error = f"{type(exc).__name__}: {exc}"
+                        result.traceback = traceback.format_exc(limit=6)
                 else:
                     exported = [f"{r.key} ({r.title})" for r in RUNS.values() if r.native and r.key in EXPORTERS]
                     result.onnx_skipped = f"{framework}: ONNX export is checked from {', '.join(exported)}"

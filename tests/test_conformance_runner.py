@@ -61,6 +61,33 @@ def test_crashing_worker_is_reported_with_its_stderr(tmp_path, monkeypatch):
     assert "exited with code 3" in build[0].summary and "worker exploded" in build[0].summary
 
 
+FAILED_EXPORT_WORKER = """
+import json, sys
+from pathlib import Path
+from conformance.results import WorkerResult, result_path
+request = json.loads(Path(sys.argv[1]).read_text())
+for job in request["jobs"]:
+    path = result_path(Path(request["out"]), job["variant"], request["framework"], job["dtype"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = WorkerResult(request["framework"], job["variant"], job["dtype"], job["flavor"], 0.0, tensor_shapes={},
+                          trainable={},
+                          onnx_error="UserError: Invalid ranges [2:1]")
+    path.write_text(result.to_json())
+"""
+
+
+def test_failed_onnx_export_fails_the_onnx_check_not_the_build(tmp_path, monkeypatch):
+    """The model built and ran; only its export failed (issue 12: torch.export on an mqa-first table)."""
+    monkeypatch.setattr(runner, "WORKER_COMMAND", [sys.executable, "-c", FAILED_EXPORT_WORKER])
+    result = execute(RunConfig.for_frameworks(SPEC, [VARIANT], ["torch"], "tf", (224, 192),
+                                              Options(outputs=False, onnx=True), work=tmp_path))
+    checks = evaluate(SPEC, result)
+    assert [c.ok for c in checks if c.name == "build"] == [True]
+    onnx = [c for c in checks if c.name == "onnx"]
+    assert len(onnx) == 1 and not onnx[0].ok
+    assert onnx[0].summary == "export failed: UserError: Invalid ranges [2:1]"
+
+
 def test_hanging_worker_times_out(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "WORKER_COMMAND", [sys.executable, "-c", "import time; time.sleep(120)"])
     monkeypatch.setattr(runner, "TIMEOUT_BASE", 1.0)
