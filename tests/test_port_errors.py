@@ -389,3 +389,26 @@ def test_unknown_flavor_is_refused_before_anything_is_said(capsys, tmp_path, wei
                                "--to", f"safetensors:{tmp_path / 'o.safetensors'}", "--flavor", "nope"],
                       "--flavor nope", "known flavors", folder=tmp_path)
     assert "note:" not in message
+
+
+# ---- neutral files NumPy cannot read, or of another variant ---------------------------------------------
+
+
+def test_bfloat16_safetensors_is_refused_naming_the_tensor(capsys, tmp_path):
+    """A safetensors file with a dtype NumPy has not got (written by hand: a header and six bytes)."""
+    header = json.dumps({"stem.conv.weight": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]},
+                         "__metadata__": {"format": neutral.FORMAT}}).encode()
+    path = tmp_path / "bf16.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(6))
+    refused(capsys, ["port", VARIANT, "--from", f"safetensors:{path}", "--to", f"torch:{tmp_path / 'o.pt'}"],
+            path, "tensor 'stem.conv.weight'", "bfloat16", folder=tmp_path)
+
+
+def test_run_with_weights_of_another_variant_names_the_file(capsys, tmp_path):
+    """No metadata to catch it early: the worker checks the neutral file against the spec (a PyTorch worker)."""
+    other = tmp_path / "other.safetensors"
+    neutral.save(other, neutral.random_weights(describe(SPEC, "mobilenet_v2_050")), {})
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 64, 64), np.float32))
+    refused(capsys, ["run", VARIANT, "--framework", "torch", "--weights", str(other),
+                     "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")],
+            other, "shape", folder=tmp_path)

@@ -365,4 +365,8 @@ def read_weights(path: Path, framework: str, desc: Description) -> dict[str, np.
     from conformance.weights import load
 
     path = Path(path)
-    return load(path)[0] if path.suffix == f".{NEUTRAL}" else READERS[framework](path, desc)
+    if path.suffix != f".{NEUTRAL}":
+        return READERS[framework](path, desc)
+    tensors = load(path)[0]
+    check_tensors(tensors, expected_tensors(desc), str(path))
+    return tensors
