@@ -382,6 +382,10 @@ def test_run_weights_of_another_format_are_refused(capsys, tmp_path, weights):
     refused(capsys, ["run", VARIANT, "--framework", "flax", "--weights", str(flax_named),
                      "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")],
             flax_named, "not a Flax NNX state", folder=tmp_path)
+    zip_file(flax_named)
+    refused(capsys, ["run", VARIANT, "--framework", "flax", "--weights", str(flax_named),
+                     "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")],
+            flax_named, "a zip archive; it looks like torch weights", folder=tmp_path)
 
 
 def test_unknown_flavor_is_refused_before_anything_is_said(capsys, tmp_path, weights):

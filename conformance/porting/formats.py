@@ -148,7 +148,11 @@ def check_contents(fmt: str, path: Path, role: str = "--from") -> None:
     if kind == "empty":
         raise WeightError(f"{path}: the file is empty, not {what}")
     readers = [name for name in FORMATS if kind in CONTENTS[FRAMEWORK_OF[name] or NEUTRAL][1]]
-    hint = f"; is it {role} {' or '.join(f'{name}:PATH' for name in readers)}?" if readers else ""
+    if role == "--from":
+        hint = f"; is it {role} {' or '.join(f'{name}:PATH' for name in readers)}?" if readers else ""
+    else:  # run --weights: a generated framework's file, or the neutral one named .safetensors
+        readers = [name for name in readers if name in FRAMEWORKS or name == NEUTRAL]
+        hint = f"; it looks like {' or '.join(readers)} weights" if readers else ""
     found = f"the file is {KIND_TITLES[kind]}" if kind in KIND_TITLES else \
         "its first bytes match no file format that mnforge reads"
     raise WeightError(f"{path}: not {what}: {found}{hint}")
