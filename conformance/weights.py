@@ -137,12 +137,18 @@ def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    name = None
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = dict(f.metadata() or {})
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            tensors = {}
+            for name in f.keys():
+                tensors[name] = f.get_tensor(name)
+    except TypeError as exc:  # a dtype NumPy has not got (bfloat16, float8)
+        raise WeightError(f"{path}: tensor {name!r} cannot be read as a NumPy array ({exc}); the neutral file "
+                          f"holds float32") from None
     except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightError(f"{path}: not a readable safetensors file ({exc})") from None
+        raise WeightError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:300]})") from None
     if metadata.get("format") != FORMAT:
         raise WeightError(f"{path}: metadata format is {metadata.get('format')!r}, expected {FORMAT!r}")
     return tensors, metadata

@@ -39,8 +39,13 @@ def sidecar(path: Path) -> Path:
     return Path(f"{path}{SIDECAR_SUFFIX}")
 
 
-def read_metadata(path: Path) -> dict:
-    """What a file says about itself: safetensors metadata or the sidecar (empty if neither)."""
+# What a sidecar may hold (every value a string): what `port` writes, and what `read_metadata` accepts.
+SIDECAR_KEYS = ("variant", "flavor", "num_classes", "weights_format", "written_by", "reference", "format", "source")
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """What a file says about itself: safetensors metadata or the sidecar (empty if neither).
+    A sidecar that is not a JSON object of strings under SIDECAR_KEYS is refused (WeightError naming it)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
@@ -50,13 +55,107 @@ def read_metadata(path: Path) -> dict:
                 return dict(f.metadata() or {})
         except Exception:
             return {}
-    if sidecar(path).exists():
-        return json.loads(sidecar(path).read_text())
-    return {}
+    side = sidecar(path)
+    if not side.exists():
+        return {}
+    if not side.is_file():
+        raise WeightError(f"{side}: the sidecar of {path.name} is not a file")
+    try:
+        data = json.loads(side.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise WeightError(f"{side}: the sidecar of {path.name} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise WeightError(f"{side}: the sidecar of {path.name} is not valid JSON ({exc.msg} at line {exc.lineno} "
+                          f"column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise WeightError(f"{side}: the sidecar of {path.name} holds a JSON {_json_kind(data)}, expected an object "
+                          f"with the keys {', '.join(SIDECAR_KEYS)}")
+    unknown = sorted(k for k in data if k not in SIDECAR_KEYS)
+    if unknown:
+        raise WeightError(f"{side}: unknown key(s) {', '.join(map(repr, unknown))} in the sidecar of {path.name}; "
+                          f"it may hold {', '.join(SIDECAR_KEYS)}")
+    for key, value in data.items():
+        if not isinstance(value, str):
+            raise WeightError(f"{side}: {key!r} is a JSON {_json_kind(value)} in the sidecar of {path.name}, "
+                              f"expected a string")
+    classes = data.get("num_classes")
+    if classes is not None and not (classes.isascii() and classes.isdigit() and int(classes) > 0):
+        raise WeightError(f"{side}: 'num_classes' is {classes!r} in the sidecar of {path.name}, expected a positive "
+                          f"whole number")
+    return data
+
+
+def _json_kind(value) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def metadata_file(path: Path) -> Path:
+    """Where `read_metadata(path)` read from: the file itself (safetensors) or its sidecar."""
+    path = Path(path)
+    return path if path.suffix == ".safetensors" else sidecar(path)
 
 
 def write_sidecar(path: Path, metadata: dict) -> None:
     atomic_write(sidecar(path), json.dumps(metadata, indent=1, sort_keys=True) + "\n")
+
+
+# ---- what a file is, from its first bytes (no framework imported) --------------------------------------
+
+# format -> (what its files are, the kinds of file sniff() may find in one)
+CONTENTS = {"torch": ("a PyTorch state dict (torch.save: a zip archive or a pickle)", ("zip", "pickle")),
+            "keras": ("Keras weights (an HDF5 .weights.h5 file)", ("hdf5",)),
+            "flax": ("a Flax NNX state (a msgpack map)", ("msgpack",)),
+            NEUTRAL: ("a safetensors file", ("safetensors",))}
+KIND_TITLES = {"zip": "a zip archive", "pickle": "a Python pickle", "hdf5": "an HDF5 file",
+               "msgpack": "a msgpack map", "safetensors": "a safetensors file", "npy": "a NumPy .npy array"}
+
+
+def sniff(path: Path) -> str | None:
+    """The kind of file `path` is, judged by its first bytes: "empty", one of KIND_TITLES, or None (unknown)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return "empty"
+    with open(path, "rb") as f:
+        head = f.read(16)
+        if head.startswith(b"PK\x03\x04"):
+            return "zip"
+        if head.startswith(b"\x93NUMPY"):
+            return "npy"
+        if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+            return "pickle"
+        offset = 0
+        while offset + 8 <= size:  # HDF5: the signature at 0, 512, 1024, 2048, ... (after a user block)
+            f.seek(offset)
+            if f.read(8) == b"\x89HDF\r\n\x1a\n":
+                return "hdf5"
+            offset = 512 if offset == 0 else offset * 2
+    if len(head) > 8 and 2 <= int.from_bytes(head[:8], "little") <= size - 8 and head[8:9] == b"{":
+        return "safetensors"
+    if 0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF):
+        return "msgpack"
+    return None
+
+
+def check_contents(fmt: str, path: Path, role: str = "--from") -> None:
+    """Refuse, in one line naming the file, a file that cannot be `fmt` by its first bytes (before a worker
+    starts a framework for it); says which format would read it where it is a kind another format reads."""
+    what, kinds = CONTENTS[FRAMEWORK_OF[fmt] or NEUTRAL]
+    kind = sniff(path)
+    if kind in kinds:
+        return
+    if kind == "empty":
+        raise WeightError(f"{path}: the file is empty, not {what}")
+    readers = [name for name in FORMATS if kind in CONTENTS[FRAMEWORK_OF[name] or NEUTRAL][1]]
+    if role == "--from":
+        hint = f"; is it {role} {' or '.join(f'{name}:PATH' for name in readers)}?" if readers else ""
+    else:  # run --weights: a generated framework's file, or the neutral one named .safetensors
+        readers = [name for name in readers if name in FRAMEWORKS or name == NEUTRAL]
+        hint = f"; it looks like {' or '.join(readers)} weights" if readers else ""
+    found = f"the file is {KIND_TITLES[kind]}" if kind in KIND_TITLES else \
+        "its first bytes match no file format that mnforge reads"
+    raise WeightError(f"{path}: not {what}: {found}{hint}")
 
 
 # ---- PyTorch -------------------------------------------------------------------------------------------
@@ -65,21 +164,42 @@ def write_sidecar(path: Path, metadata: dict) -> None:
 def _torch_load(path: Path) -> dict:
     """Load a state dict without executing code: weights_only=True refuses any pickled object but tensors
     and plain containers. Accepts {"state_dict": ...} / {"model": ...} wrappers."""
-    import pickle
-
     import torch
 
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightError(f"{path}: refused or unreadable as a PyTorch state dict (weights_only=True): {first}") from None
+    except Exception as exc:  # torch's own text advises loading with code execution allowed: never pass it on
+        raise WeightError(f"{path}: refused or unreadable as a PyTorch state dict: {_torch_refusal(exc)}") from None
     for key in ("state_dict", "model"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
-    if not isinstance(data, dict) or not all(hasattr(v, "numpy") for v in data.values()):
-        raise WeightError(f"{path}: not a state dict (a mapping of names to tensors)")
+    if not isinstance(data, dict):
+        raise WeightError(f"{path}: not a state dict (a mapping of names to tensors) but a {type(data).__name__}")
+    for name, value in data.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise WeightError(f"{path}: not a state dict (a mapping of names to tensors): entry {str(name)[:80]!r} "
+                              f"is a {type(value).__name__}")
     return data
+
+
+def _torch_refusal(exc: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, in our words. torch's message advises re-running
+    torch.load with weights_only=False, i.e. executing whatever the file holds: not advice for a file of
+    unknown origin, so none of its text is repeated (beyond the name of a refused global)."""
+    import pickle
+    import re
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([A-Za-z_][\w.]{0,200})", text)
+        holds = f"it holds pickled code or objects ({found.group(1)})" if found else \
+            "it holds pickled code or objects, or is not a PyTorch file at all"
+        return f"not a plain tensor checkpoint ({holds}); it is loaded as data only, no code is run, and it is refused"
+    if isinstance(exc, EOFError):
+        return "the file ends early (truncated or empty)"
+    if "zip archive" in text or "central directory" in text:
+        return "a damaged or truncated PyTorch zip archive"
+    return f"not a readable PyTorch file ({type(exc).__name__})"
 
 
 def _torch_save(path: Path, state_dict: dict) -> None:
@@ -249,4 +369,8 @@ def read_weights(path: Path, framework: str, desc: Description) -> dict[str, np.
     from conformance.weights import load
 
     path = Path(path)
-    return load(path)[0] if path.suffix == f".{NEUTRAL}" else READERS[framework](path, desc)
+    if path.suffix != f".{NEUTRAL}":
+        return READERS[framework](path, desc)
+    tensors = load(path)[0]
+    check_tensors(tensors, expected_tensors(desc), str(path))
+    return tensors

@@ -84,14 +84,48 @@ def reference(name: str) -> Reference:
     return REFERENCES[name]
 
 
+def flavors_of(library: str, variant: str) -> dict[str, str]:
+    """flavor -> the reference model of `library` that reproduces `variant` in it (REFERENCES order)."""
+    found: dict[str, str] = {}
+    for r in REFERENCES.values():
+        if r.library == library and r.variant == variant:
+            found.setdefault(r.flavor, r.name)
+    return found
+
+
+def library_flavors(library: str) -> set[str]:
+    """The flavors of `library`'s reference models (timm: timm and timm_tf)."""
+    return {r.flavor for r in REFERENCES.values() if r.library == library}
+
+
+def not_published(library: str, variant: str) -> str:
+    """Why no reference model of `library` fits `variant`: which libraries do have it, else the library's list."""
+    elsewhere = sorted({r.name for r in REFERENCES.values() if r.variant == variant and r.library != library})
+    if elsewhere:
+        return f"{library} publishes no model of {variant}; mnforge port reads it from {', '.join(elsewhere)}"
+    known = sorted({r.variant for r in REFERENCES.values() if r.library == library})
+    return f"{library} publishes no model of {variant}; its variants: {', '.join(known)}"
+
+
+def wrong_flavor(library: str, variant: str, flavor: str, given: str = "") -> str:
+    """Why `flavor` (`given`: where it came from) does not fit `variant`'s reference models in `library`,
+    and the flag to give instead."""
+    flavors = flavors_of(library, variant)
+    models = " and ".join(f"{name.split(':', 1)[1]} (flavor {f})" for f, name in flavors.items())
+    flags = " or ".join(f"--flavor {f}" for f in flavors)
+    only = "only " if len(flavors) == 1 else ""
+    return f"{library} publishes {variant} {only}as {models}, not in flavor {flavor}{given}; use {flags}"
+
+
 def for_variant(library: str, variant: str, flavor: str | None = None) -> Reference:
     """The reference model of `library` that the spec's `variant` reproduces; where a library has two
-    (timm's mobilenetv3_* and tf_mobilenetv3_*), `flavor` chooses (timm or timm_tf), else the first."""
-    matches = [r for r in REFERENCES.values() if r.library == library and r.variant == variant
-               and (flavor is None or r.flavor == flavor)]
-    if not matches:
-        known = sorted({r.variant + ("" if flavor is None else f" ({r.flavor})")
-                        for r in REFERENCES.values() if r.library == library})
-        raise KeyError(f"{library} has no model for {variant!r}{'' if flavor is None else f' in flavor {flavor}'}; "
-                       f"it has: {', '.join(known)}")
-    return matches[0]
+    (timm's mobilenetv3_* and tf_mobilenetv3_*), `flavor` chooses (timm or timm_tf), else the first.
+    KeyError (one line: what the library publishes of the variant, the flag to use) if there is none."""
+    flavors = flavors_of(library, variant)
+    if not flavors:
+        raise KeyError(not_published(library, variant))
+    if flavor is None:
+        return REFERENCES[next(iter(flavors.values()))]
+    if flavor not in flavors:
+        raise KeyError(wrong_flavor(library, variant, flavor))
+    return REFERENCES[flavors[flavor]]

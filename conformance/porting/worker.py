@@ -20,6 +20,10 @@ from pathlib import Path
 DRAW_ORDER = ("running_mean", "running_var", "weight", "bias")
 
 
+class InputError(ValueError):
+    """A request's input file that cannot be used (its message names the file)."""
+
+
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[0]).read_text())
     result_path = Path(request["result"])
@@ -32,7 +36,9 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # reported to the caller, which prints it and writes nothing
         from conformance.weights import WeightError
 
-        result = {"error": str(exc) if isinstance(exc, (WeightError, KeyError)) else f"{type(exc).__name__}: {exc}",
+        plain = isinstance(exc, (WeightError, KeyError, InputError))  # our own one-line messages
+        result = {"error": str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc) if plain
+                  else f"{type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc(limit=5)}
     from spec.files import atomic_write
 
@@ -85,7 +91,11 @@ def _run(request: dict, desc) -> dict:
 
     framework = request["framework"]
     tensors = formats.read_weights(Path(request["path"]), framework, desc)
-    images = np.load(request["input"], allow_pickle=False)
+    try:  # port.check_input looked at the header; this is the data (never unpickled)
+        images = np.load(request["input"], allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"--input {request['input']}: not a readable .npy array ({str(exc).splitlines()[0][:200]})")\
+            from None
     channels_first = not framework_entry(framework).channels_last
     if images.ndim != 4 or images.shape[1 if channels_first else 3] != 3:
         layout = "NCHW (batch, 3, H, W)" if channels_first else "NHWC (batch, H, W, 3)"
