@@ -205,8 +205,9 @@ def _describe(loaded, args) -> int:
 
 def _onnx(loaded, args) -> int:
     from conformance.porting.formats import read_metadata
-    from conformance.porting.port import run_worker
+    from conformance.porting.port import check_target, run_worker
 
+    check_target(None, args.output, "-o")
     desc = describe(loaded, args.variant, args.flavor, args.resolution, args.num_classes)
     flavor = args.flavor or (read_metadata(args.weights).get("flavor") if args.weights else None) or desc.flavor
     result = run_worker({"spec": str(loaded.path), "op": "onnx", "variant": desc.variant, "flavor": flavor,

@@ -128,6 +128,12 @@ def test_run_output_that_is_a_folder_is_refused(capsys, tmp_path, weights):
             tmp_path / "out", "is a folder", folder=tmp_path)
 
 
+def test_onnx_output_that_is_a_folder_is_refused(capsys, tmp_path):
+    (tmp_path / "out").mkdir()
+    refused(capsys, ["onnx", VARIANT, "--framework", "torch", "-o", str(tmp_path / "out")],
+            tmp_path / "out", "is a folder", folder=tmp_path)
+
+
 # ---- 2. the sidecar <file>.mnforge.json: a JSON object of strings, or refused naming it ------------------
 
 

@@ -35,9 +35,10 @@ from conformance.porting.references import (
     not_published,
     wrong_flavor,
 )
+from generators import location
 from generators.frameworks import FRAMEWORKS
 from spec import describe
-from spec.loader import LoadedSpec
+from spec.loader import LoadedSpec, load_spec
 
 WORKER_TIMEOUT = 900
 
@@ -196,7 +197,8 @@ def run_worker(request: dict, framework: str | None, what: str) -> dict:
         (Path(tmp) / "request.json").write_text(json.dumps(request))
         try:
             proc = subprocess.run([sys.executable, "-m", "conformance.porting.worker", str(Path(tmp) / "request.json")],
-                                  capture_output=True, text=True, timeout=WORKER_TIMEOUT)
+                                  check=False, capture_output=True, text=True, timeout=WORKER_TIMEOUT,
+                                  env=_worker_environment(request))
         except subprocess.TimeoutExpired:
             raise PortError(f"{what}: the {framework} worker did not finish in {WORKER_TIMEOUT} s") from None
         result_file = Path(request["result"])
@@ -210,6 +212,15 @@ def run_worker(request: dict, framework: str | None, what: str) -> dict:
             raise PortError(result["error"])
         raise PortError(f"{what}: {result['error']}")
     return result
+
+
+def _worker_environment(request: dict) -> dict[str, str]:
+    """The worker imports the code of the request's spec: the folder the CLI chose, else the spec's own
+    (generators/location.py), so that `port` called from Python works with any spec too."""
+    env = dict(os.environ)
+    if location.ENVIRONMENT not in env:
+        env[location.ENVIRONMENT] = str(location.generated_dir(load_spec(request["spec"])))
+    return env
 
 
 def port(loaded: LoadedSpec, variant: str, source: str, target: str, flavor: str | None = None,
