@@ -114,8 +114,6 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
             ))
     archs = [t.architecture for t in tables]
     blocks = [b for a in archs for b in a.blocks]
-    if len({a.fc_batch_norm for a in archs if a.fc}) > 1:
-        raise ValueError(f"{family_name}: every fc of a family has BatchNorm, or none does")
     se_activation = family.squeeze_excite.activation if family.squeeze_excite else None
     se_gate = family.squeeze_excite.gate if family.squeeze_excite else None
     has_squeeze_excite = any(getattr(b, "squeeze", 0) for b in blocks)
@@ -147,9 +145,13 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
         "block_tuples": [block_tuple_source(cls) for cls in block_classes],
         "block_union": " | ".join(dict.fromkeys(cls.row_name for cls in block_classes)),
         "has_layer_scale": any(getattr(b, "layer_scale", 0) for b in blocks),
-        "fc_batch_norm": any(a.fc_batch_norm for a in archs),
-        "has_last_conv": any(a.last_conv for a in archs),
-        "has_fc": any(a.fc for a in archs),
+        # Per head part, whether "all", "none" or "some" of the family's architectures have it: the model
+        # class tests the architecture only where they differ.
+        "head": {
+            "last_conv": _agreement([bool(a.last_conv) for a in archs]),
+            "fc": _agreement([bool(a.fc) for a in archs]),
+            "fc_batch_norm": _agreement([a.fc_batch_norm for a in archs if a.fc]),
+        },
         "activations": activations,
         # name -> this framework's op (spec/activations.py), for every activation the family uses
         "activation_ops": ops,
@@ -160,6 +162,11 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
         "factories": factories,
         "is_depthwise_separable": isinstance(archs[0].blocks[0], DepthwiseSeparable),
     }
+
+
+def _agreement(flags: list[bool]) -> str:
+    """"all" when every flag is set, "none" when none is (or there are none), else "some"."""
+    return "all" if flags and all(flags) else "some" if any(flags) else "none"
 
 
 def _block_inputs(desc) -> tuple[str, ...]:
