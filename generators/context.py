@@ -17,7 +17,6 @@ from spec.activations import ACTIVATIONS
 from spec.loader import LoadedSpec
 from spec.resolve import (
     Architecture,
-    DepthwiseSeparable,
     default_resolution,
     describe,
     fixed_padding,
@@ -137,13 +136,15 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
         "flavors": flavors,
         "references": references,
         "default_flavor": spec.default_flavor,
-        "block_type": archs[0].block_type,
         "se_activation": se_activation,
         "se_gate": se_gate,
         "has_squeeze_excite": has_squeeze_excite,
-        "block_kinds": sorted(cls.__name__ for cls in block_classes),
+        # resolved block class -> its generated NamedTuple, by class name: every kind the family's tables use
+        "block_kinds": {cls.__name__: cls.row_name for cls in sorted(block_classes, key=lambda cls: cls.__name__)},
         "block_tuples": [block_tuple_source(cls) for cls in block_classes],
         "block_union": " | ".join(dict.fromkeys(cls.row_name for cls in block_classes)),
+        # the type of a table's blocks: the union `Block` when the family mixes kinds
+        "block_annotation": "Block" if len(block_classes) > 1 else block_classes[0].row_name,
         "has_layer_scale": any(getattr(b, "layer_scale", 0) for b in blocks),
         # Per head part, whether "all", "none" or "some" of the family's architectures have it: the model
         # class tests the architecture only where they differ.
@@ -160,7 +161,6 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
         "padding_source": "\n\n\n".join(inspect.getsource(f).strip() for f in (fixed_padding, padding_amounts)),
         "tables": tables,
         "factories": factories,
-        "is_depthwise_separable": isinstance(archs[0].blocks[0], DepthwiseSeparable),
     }
 
 
