@@ -11,10 +11,12 @@ import json
 import re
 import textwrap
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from generators.frameworks import FRAMEWORKS
 from spec.activations import ACTIVATIONS
 from spec.loader import LoadedSpec
+from spec.model import class_name
 from spec.resolve import (
     Architecture,
     default_resolution,
@@ -25,7 +27,15 @@ from spec.resolve import (
     resolve_architecture,
 )
 
+REPO = Path(__file__).resolve().parent.parent
 WIDE_FIELDS = {"in_channels": 4, "expanded": 4, "out": 4, "squeeze": 3}  # aligned in table rows
+
+
+def spec_file(path: Path) -> str:
+    """How generated headers name the spec they come from: its path in this repository
+    ("spec/mobilenets.yaml"), else its file name alone, so that no output depends on this machine's paths."""
+    path = Path(path).resolve()
+    return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else path.name
 
 
 def block_row(block) -> str:
@@ -128,10 +138,11 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
         "layout": FRAMEWORKS[framework].layout,
         "family": family_name,
         "title": family.title,
-        "class_name": family.title.replace(" ", ""),
+        "class_name": class_name(family.title),
         "paper": family.paper,
         "resolutions": family.resolutions,
         "resolution": factories[0].resolution,
+        "spec_file": spec_file(loaded.path),
         "spec_sha256": loaded.sha256,
         "flavors": flavors,
         "references": references,
