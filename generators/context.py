@@ -11,13 +11,14 @@ import json
 import re
 import textwrap
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from generators.frameworks import FRAMEWORKS
 from spec.activations import ACTIVATIONS
 from spec.loader import LoadedSpec
+from spec.model import class_name
 from spec.resolve import (
     Architecture,
-    DepthwiseSeparable,
     default_resolution,
     describe,
     fixed_padding,
@@ -26,7 +27,15 @@ from spec.resolve import (
     resolve_architecture,
 )
 
+REPO = Path(__file__).resolve().parent.parent
 WIDE_FIELDS = {"in_channels": 4, "expanded": 4, "out": 4, "squeeze": 3}  # aligned in table rows
+
+
+def spec_file(path: Path) -> str:
+    """How generated headers name the spec they come from: its path in this repository
+    ("spec/mobilenets.yaml"), else its file name alone, so that no output depends on this machine's paths."""
+    path = Path(path).resolve()
+    return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else path.name
 
 
 def block_row(block) -> str:
@@ -114,8 +123,6 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
             ))
     archs = [t.architecture for t in tables]
     blocks = [b for a in archs for b in a.blocks]
-    if len({a.fc_batch_norm for a in archs if a.fc}) > 1:
-        raise ValueError(f"{family_name}: every fc of a family has BatchNorm, or none does")
     se_activation = family.squeeze_excite.activation if family.squeeze_excite else None
     se_gate = family.squeeze_excite.gate if family.squeeze_excite else None
     has_squeeze_excite = any(getattr(b, "squeeze", 0) for b in blocks)
@@ -131,25 +138,32 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
         "layout": FRAMEWORKS[framework].layout,
         "family": family_name,
         "title": family.title,
-        "class_name": family.title.replace(" ", ""),
+        "class_name": class_name(family.title),
         "paper": family.paper,
         "resolutions": family.resolutions,
         "resolution": factories[0].resolution,
+        "spec_file": spec_file(loaded.path),
         "spec_sha256": loaded.sha256,
         "flavors": flavors,
         "references": references,
         "default_flavor": spec.default_flavor,
-        "block_type": archs[0].block_type,
         "se_activation": se_activation,
         "se_gate": se_gate,
         "has_squeeze_excite": has_squeeze_excite,
-        "block_kinds": sorted(cls.__name__ for cls in block_classes),
+        # resolved block class -> its generated NamedTuple, by class name: every kind the family's tables use
+        "block_kinds": {cls.__name__: cls.row_name for cls in sorted(block_classes, key=lambda cls: cls.__name__)},
         "block_tuples": [block_tuple_source(cls) for cls in block_classes],
         "block_union": " | ".join(dict.fromkeys(cls.row_name for cls in block_classes)),
+        # the type of a table's blocks: the union `Block` when the family mixes kinds
+        "block_annotation": "Block" if len(block_classes) > 1 else block_classes[0].row_name,
         "has_layer_scale": any(getattr(b, "layer_scale", 0) for b in blocks),
-        "fc_batch_norm": any(a.fc_batch_norm for a in archs),
-        "has_last_conv": any(a.last_conv for a in archs),
-        "has_fc": any(a.fc for a in archs),
+        # Per head part, whether "all", "none" or "some" of the family's architectures have it: the model
+        # class tests the architecture only where they differ.
+        "head": {
+            "last_conv": _agreement([bool(a.last_conv) for a in archs]),
+            "fc": _agreement([bool(a.fc) for a in archs]),
+            "fc_batch_norm": _agreement([a.fc_batch_norm for a in archs if a.fc]),
+        },
         "activations": activations,
         # name -> this framework's op (spec/activations.py), for every activation the family uses
         "activation_ops": ops,
@@ -158,8 +172,12 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
         "padding_source": "\n\n\n".join(inspect.getsource(f).strip() for f in (fixed_padding, padding_amounts)),
         "tables": tables,
         "factories": factories,
-        "is_depthwise_separable": isinstance(archs[0].blocks[0], DepthwiseSeparable),
     }
+
+
+def _agreement(flags: list[bool]) -> str:
+    """"all" when every flag is set, "none" when none is (or there are none), else "some"."""
+    return "all" if flags and all(flags) else "some" if any(flags) else "none"
 
 
 def _block_inputs(desc) -> tuple[str, ...]:

@@ -9,20 +9,18 @@ failure leaves generated/ as it was. Output is deterministic: no dates, no paths
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from generators.context import block_row, family_context
+from generators.context import REPO, block_row, family_context, spec_file
 from generators.frameworks import FRAMEWORKS
 from spec import SpecError, load_spec
 from spec.files import atomic_write
 from spec.loader import DEFAULT_SPEC, LoadedSpec
 from spec.schema import schema_text
 
-REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULT_OUT = REPO / "generated"
 RUFF_OPTIONS = ["--isolated", "--line-length", "110", "--target-version", "py310"]
@@ -40,14 +38,26 @@ def _environment():
         autoescape=False,
     )
     env.filters["py"] = _literal
+    env.filters["text"] = escaped
     env.filters["block_row"] = block_row
     return env
+
+
+class RenderError(RuntimeError):
+    """A spec that validated could not be rendered (a generator bug), said in one line."""
+
+
+def escaped(text: str) -> str:
+    """Free text from the spec made safe inside a double-quoted string, a docstring and a comment:
+    backslashes and double quotes escaped, every character that is not printable (line breaks, control
+    and format characters) written as its escape. Read back as a string literal, it is the text again."""
+    return "".join("\\" + c if c in '\\"' else c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _literal(value) -> str:
     """Python literal of a spec value, deterministic, strings in double quotes like ruff's style."""
     if isinstance(value, str):
-        return json.dumps(value)
+        return f'"{escaped(value)}"'
     if isinstance(value, (list, tuple)):
         items = ", ".join(_literal(v) for v in value)
         return f"[{items}]" if isinstance(value, list) else f"({items}{',' if len(value) == 1 else ''})"
@@ -55,29 +65,43 @@ def _literal(value) -> str:
 
 
 def render_all(loaded: LoadedSpec) -> dict[str, str]:
-    """Relative path under generated/ -> file text, for the whole spec."""
+    """Relative path under generated/ -> file text, for the whole spec. RenderError if a template or ruff
+    fails on a spec that validated."""
+    import jinja2
+
     env = _environment()
-    files: dict[str, str] = {"__init__.py": env.get_template("package_init.py.j2").render(
-        framework=None, packages=[f.package for f in FRAMEWORKS.values()], spec_sha256=loaded.sha256)}
+    files: dict[str, str] = {}
+
+    def render(path: str, template: str, **values) -> None:
+        try:
+            files[path] = env.get_template(template).render(**values)
+        except jinja2.TemplateError as exc:
+            raise RenderError(f"{template} failed on {path} (a generator bug): {type(exc).__name__}: {exc}") from None
+
+    header = {"spec_file": spec_file(loaded.path), "spec_sha256": loaded.sha256}
+    render("__init__.py", "package_init.py.j2", framework=None, packages=[f.package for f in FRAMEWORKS.values()],
+           **header)
     families = list(loaded.spec.families)
     for framework in FRAMEWORKS.values():
         for family in families:
-            context = family_context(loaded, family, framework.key)
-            text = env.get_template(f"{framework.key}/model.py.j2").render(**context)
-            files[f"{framework.package}/{family}.py"] = text
-        files[f"{framework.package}/__init__.py"] = env.get_template("package_init.py.j2").render(
-            framework=framework.title, families=families, spec_sha256=loaded.sha256
-        )
+            render(f"{framework.package}/{family}.py", f"{framework.key}/model.py.j2",
+                   **family_context(loaded, family, framework.key))
+        render(f"{framework.package}/__init__.py", "package_init.py.j2", framework=framework.title,
+               families=families, **header)
     return {path: _format(text, path) for path, text in sorted(files.items())}
 
 
 def _format(text: str, path: str) -> str:
-    result = subprocess.run(
-        [_ruff(), "format", *RUFF_OPTIONS, "--stdin-filename", path, "-"],
-        input=text, capture_output=True, text=True, check=False,
-    )
+    try:
+        result = subprocess.run(
+            [_ruff(), "format", *RUFF_OPTIONS, "--stdin-filename", path, "-"],
+            input=text, capture_output=True, text=True, check=False,
+        )
+    except OSError as exc:
+        raise RenderError(f"cannot run ruff to format {path}: {exc}") from None
     if result.returncode != 0:
-        raise RuntimeError(f"ruff could not format {path} (a template bug):\n{result.stderr}")
+        problem = next((line for line in result.stderr.splitlines() if line.strip()), "no message")
+        raise RenderError(f"ruff could not format {path} (a generator bug): {problem.removeprefix('error: ')}")
     return result.stdout
 
 
@@ -127,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loaded = load_spec(args.spec)
         rendered = render_all(loaded)
-    except SpecError as exc:
-        print(f"error: {exc}\nnothing was written.", file=sys.stderr)
+    except (SpecError, RenderError) as exc:
+        print(f"error: {exc}; nothing was written.", file=sys.stderr)
         return 2
     schema, schema_file = schema_text(), schema_path(args.spec)
     if args.check:

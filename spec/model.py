@@ -1,11 +1,16 @@
 """Typed model of `spec/mobilenets.yaml`: what each field means and which values it takes.
 
 Validation only: no widths are computed here (spec/resolve.py does that). Every name that ends up
-as a Python identifier in generated code is checked against `IDENTIFIER`, so a spec cannot inject code.
+as a Python identifier in generated code is checked against `IDENTIFIER`, and a family's title, which
+names its model class, against `TITLE` (the class name comes from `class_name`), so a spec cannot inject
+code. Free text (`paper`, descriptions) may hold anything: the generators escape it.
 """
 
 from __future__ import annotations
 
+import builtins
+import keyword
+import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Literal, Union
 
@@ -20,6 +25,50 @@ Stride = Literal[1, 2]
 Kernel = Literal[1, 3, 5, 7]
 Activation = Literal[LAYER_ACTIVATIONS]  # spec/activations.py: formulas and framework ops
 Width = Annotated[float, Field(gt=0, le=4)]
+
+# A title is for people ("MobileNetV3-Large") and names the family's model class in generated code.
+TITLE = r"[A-Za-z][A-Za-z0-9 .()-]*"
+TITLE_LENGTH = 80
+# The names generated modules define or import whose spelling a class name can take (capitalised, no
+# underscore): a family title may not give one of them. tests/test_hostile_specs.py checks the list
+# against the rendered files.
+GENERATED_NAMES = frozenset({
+    "ACTIVATIONS", "ARCHITECTURES", "Architecture", "Block", "Callable", "Conv", "ConvBNAct", "ConvBlock", "DS",
+    "DepthwiseSeparable", "F", "FAMILIES", "FLAVORS", "Flavor", "FusedIB", "FusedInvertedBottleneck", "IR",
+    "InvertedResidual", "LayerScale", "LinearBN", "MQA", "MobileMQA", "MultiQueryAttention", "NamedTuple",
+    "SqueezeExcite", "UIB", "UniversalInvertedBottleneck", "VARIANTS",
+})
+
+
+def class_name(title: str) -> str:
+    """The model class a family's title names: its runs of letters and digits, each with its first letter
+    in upper case, joined ("MobileNetV3" -> "MobileNetV3", "Tiny heads (v2.1)" -> "TinyHeadsV21"). A
+    valid title starts with a letter, so this is always a Python identifier."""
+    return "".join(word[0].upper() + word[1:] for word in re.findall(r"[A-Za-z0-9]+", title))
+
+
+def _valid_title(title: str) -> str:
+    if len(title) > TITLE_LENGTH or not re.fullmatch(TITLE, title):
+        shown = repr(title if len(title) <= 60 else title[:60] + "...")
+        raise ValueError(f"{shown} is not a valid title: titles name classes and docstrings in generated code; "
+                         f"expected at most {TITLE_LENGTH} ASCII letters, digits, spaces, hyphens, dots and "
+                         "parentheses, starting with a letter")
+    return title
+
+
+def _valid_class_title(title: str) -> str:
+    name = class_name(_valid_title(title))
+    if name in GENERATED_NAMES or keyword.iskeyword(name) or hasattr(builtins, name):
+        what = "a Python keyword" if keyword.iskeyword(name) else "a Python builtin" if hasattr(builtins, name) \
+            else "a name the generated code defines"
+        raise ValueError(f"title {title!r} gives the model class name {name!r}, which is {what}; choose another title")
+    return title
+
+
+# The pattern goes to the JSON Schema for editors; the validators give the spec's own messages.
+_TITLE_SCHEMA = Field(json_schema_extra={"pattern": f"^{TITLE}$", "maxLength": TITLE_LENGTH})
+Title = Annotated[str, AfterValidator(_valid_title), _TITLE_SCHEMA]
+FamilyTitle = Annotated[str, AfterValidator(_valid_class_title), _TITLE_SCHEMA]  # also names the model class
 
 
 class Strict(BaseModel):
@@ -276,7 +325,7 @@ class Variant(Strict):
 
 
 class Architecture(Strict):
-    title: str | None = None  # for people: "MobileNetV3-Large"; default: the family's title
+    title: Title | None = None  # for people: "MobileNetV3-Large"; default: the family's title
     resolution: Annotated[int, Field(ge=32, le=1024, strict=True)] | None = None  # published default
     stem: Stem
     blocks: StageTable
@@ -297,8 +346,8 @@ class Minimalistic(Strict):
 
 
 class Family(Strict):
-    title: str
-    paper: str
+    title: FamilyTitle
+    paper: str  # free text: the generators escape it
     resolutions: list[Annotated[int, Field(ge=32, le=1024, strict=True)]] = Field(min_length=1)
     width_rules: WidthRules
     # The flavors whose reference library publishes this family (default: every flavor). Any flavor's
@@ -327,6 +376,10 @@ class Family(Strict):
                 raise ValueError(f"{arch_name} has inverted residuals but width_rules has no `expansion`")
         if self.width_rules.stem is None:
             raise ValueError("width_rules needs `stem`")
+        tables = {variant.upper() for arch in self.architectures.values() for variant in arch.variants}
+        if class_name(self.title) in tables:  # a table const: the variant's name in upper case
+            raise ValueError(f"title {self.title!r} gives the model class the name of a variant's table, "
+                             f"{class_name(self.title)!r}; choose another title")
         return self
 
 

@@ -44,7 +44,8 @@ class ConvSpec:
 
 # Resolved blocks carry every decision (stride placement, residual, whether an expansion conv exists):
 # the generated tables print their fields in this order, and the templates build from them without
-# deciding anything. Each block's `describe` lists its layers under their canonical names, the one
+# deciding anything. Each class's `row_name` names its generated NamedTuple, one name per class (the
+# architectures of one family may use any mix of kinds), none the name of a generated module class. Each block's `describe` lists its layers under their canonical names, the one
 # place those names are written outside the templates' attribute names.
 
 
@@ -52,7 +53,7 @@ class ConvSpec:
 class DepthwiseSeparable:
     """kxk depthwise + BN + act, then 1x1 pointwise + BN + act."""
 
-    row_name: ClassVar[str] = "Block"  # its NamedTuple in the generated tables
+    row_name: ClassVar[str] = "DS"  # its NamedTuple in the generated tables
 
     in_channels: int
     out: int
@@ -71,7 +72,7 @@ class DepthwiseSeparable:
 class InvertedResidual:
     """[1x1 expand + BN + act] -> kxk depthwise + BN + act -> [squeeze-excite] -> 1x1 project + BN."""
 
-    row_name: ClassVar[str] = "Block"  # its NamedTuple in the generated tables
+    row_name: ClassVar[str] = "IR"  # its NamedTuple in the generated tables
 
     in_channels: int
     expanded: int

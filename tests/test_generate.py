@@ -39,7 +39,7 @@ def test_check_fails_on_a_hand_edited_file(tmp_path, capsys):
     shutil.copytree(DEFAULT_OUT, out, ignore=shutil.ignore_patterns("__pycache__"))
     assert main(["--out", str(out), "--check"]) == 0
     edited = out / "pytorch" / "mobilenet_v2.py"
-    edited.write_text(edited.read_text().replace("Block(  32,  192,   32", "Block(  32,  193,   32", 1))
+    edited.write_text(edited.read_text().replace("IR(  32,  192,   32", "IR(  32,  193,   32", 1))
     (out / "keras3" / "stray.py").write_text("# not generated\n")
     assert main(["--out", str(out), "--check"]) == 1
     err = capsys.readouterr().err

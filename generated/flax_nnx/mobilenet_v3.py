@@ -46,7 +46,7 @@ class Conv(NamedTuple):
     activation: str
 
 
-class Block(NamedTuple):
+class IR(NamedTuple):
     """[1x1 expand + BN + act] -> kxk depthwise + BN + act -> [squeeze-excite] -> 1x1 project + BN."""
 
     in_channels: int
@@ -62,7 +62,7 @@ class Block(NamedTuple):
 
 class Architecture(NamedTuple):
     stem: Conv
-    blocks: tuple[Block, ...]
+    blocks: tuple[IR, ...]
     last_conv: Conv | None  # 1x1 conv + BN + act before pooling
     fc: Conv | None  # fully connected + act after pooling
 
@@ -93,25 +93,25 @@ MOBILENET_V3_LARGE_125 = Architecture(
     stem=Conv(24, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  24,   24,   24, 3, 1,   0, "relu", False, True),
-        Block(  24,   96,   32, 3, 2,   0, "relu", True, False),
+        IR(  24,   24,   24, 3, 1,   0, "relu", False, True),
+        IR(  24,   96,   32, 3, 2,   0, "relu", True, False),
         # 56x56 in (224x224 image)
-        Block(  32,   96,   32, 3, 1,   0, "relu", True, True),
-        Block(  32,   96,   48, 5, 2,  24, "relu", True, False),
+        IR(  32,   96,   32, 3, 1,   0, "relu", True, True),
+        IR(  32,   96,   48, 5, 2,  24, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  48,  144,   48, 5, 1,  40, "relu", True, True),
-        Block(  48,  144,   48, 5, 1,  40, "relu", True, True),
-        Block(  48,  288,  104, 3, 2,   0, "hard_swish", True, False),
+        IR(  48,  144,   48, 5, 1,  40, "relu", True, True),
+        IR(  48,  144,   48, 5, 1,  40, "relu", True, True),
+        IR(  48,  288,  104, 3, 2,   0, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block( 104,  264,  104, 3, 1,   0, "hard_swish", True, True),
-        Block( 104,  240,  104, 3, 1,   0, "hard_swish", True, True),
-        Block( 104,  240,  104, 3, 1,   0, "hard_swish", True, True),
-        Block( 104,  624,  144, 3, 1, 160, "hard_swish", True, False),
-        Block( 144,  864,  144, 3, 1, 216, "hard_swish", True, True),
-        Block( 144,  864,  200, 5, 2, 216, "hard_swish", True, False),
+        IR( 104,  264,  104, 3, 1,   0, "hard_swish", True, True),
+        IR( 104,  240,  104, 3, 1,   0, "hard_swish", True, True),
+        IR( 104,  240,  104, 3, 1,   0, "hard_swish", True, True),
+        IR( 104,  624,  144, 3, 1, 160, "hard_swish", True, False),
+        IR( 144,  864,  144, 3, 1, 216, "hard_swish", True, True),
+        IR( 144,  864,  200, 5, 2, 216, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
-        Block( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
+        IR( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
+        IR( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
     ),
     last_conv=Conv(1200, 1, 1, "hard_swish"),
     fc=Conv(1600, 1, 1, "hard_swish"),
@@ -120,25 +120,25 @@ MOBILENET_V3_LARGE_125_KERAS = Architecture(
     stem=Conv(16, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,   24, 3, 1,   0, "relu", False, False),
-        Block(  24,   96,   32, 3, 2,   0, "relu", True, False),
+        IR(  16,   16,   24, 3, 1,   0, "relu", False, False),
+        IR(  24,   96,   32, 3, 2,   0, "relu", True, False),
         # 56x56 in (224x224 image)
-        Block(  32,   96,   32, 3, 1,   0, "relu", True, True),
-        Block(  32,   96,   48, 5, 2,  24, "relu", True, False),
+        IR(  32,   96,   32, 3, 1,   0, "relu", True, True),
+        IR(  32,   96,   48, 5, 2,  24, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  48,  144,   48, 5, 1,  40, "relu", True, True),
-        Block(  48,  144,   48, 5, 1,  40, "relu", True, True),
-        Block(  48,  288,  104, 3, 2,   0, "hard_swish", True, False),
+        IR(  48,  144,   48, 5, 1,  40, "relu", True, True),
+        IR(  48,  144,   48, 5, 1,  40, "relu", True, True),
+        IR(  48,  288,  104, 3, 2,   0, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block( 104,  264,  104, 3, 1,   0, "hard_swish", True, True),
-        Block( 104,  240,  104, 3, 1,   0, "hard_swish", True, True),
-        Block( 104,  240,  104, 3, 1,   0, "hard_swish", True, True),
-        Block( 104,  624,  144, 3, 1, 160, "hard_swish", True, False),
-        Block( 144,  864,  144, 3, 1, 216, "hard_swish", True, True),
-        Block( 144,  864,  200, 5, 2, 216, "hard_swish", True, False),
+        IR( 104,  264,  104, 3, 1,   0, "hard_swish", True, True),
+        IR( 104,  240,  104, 3, 1,   0, "hard_swish", True, True),
+        IR( 104,  240,  104, 3, 1,   0, "hard_swish", True, True),
+        IR( 104,  624,  144, 3, 1, 160, "hard_swish", True, False),
+        IR( 144,  864,  144, 3, 1, 216, "hard_swish", True, True),
+        IR( 144,  864,  200, 5, 2, 216, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
-        Block( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
+        IR( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
+        IR( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
     ),
     last_conv=Conv(1200, 1, 1, "hard_swish"),
     fc=Conv(1600, 1, 1, "hard_swish"),
@@ -147,25 +147,25 @@ MOBILENET_V3_LARGE_125_TORCHVISION = Architecture(
     stem=Conv(24, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  24,   24,   24, 3, 1,   0, "relu", False, True),
-        Block(  24,   80,   32, 3, 2,   0, "relu", True, False),
+        IR(  24,   24,   24, 3, 1,   0, "relu", False, True),
+        IR(  24,   80,   32, 3, 2,   0, "relu", True, False),
         # 56x56 in (224x224 image)
-        Block(  32,   88,   32, 3, 1,   0, "relu", True, True),
-        Block(  32,   88,   48, 5, 2,  24, "relu", True, False),
+        IR(  32,   88,   32, 3, 1,   0, "relu", True, True),
+        IR(  32,   88,   48, 5, 2,  24, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  48,  152,   48, 5, 1,  40, "relu", True, True),
-        Block(  48,  152,   48, 5, 1,  40, "relu", True, True),
-        Block(  48,  304,  104, 3, 2,   0, "hard_swish", True, False),
+        IR(  48,  152,   48, 5, 1,  40, "relu", True, True),
+        IR(  48,  152,   48, 5, 1,  40, "relu", True, True),
+        IR(  48,  304,  104, 3, 2,   0, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block( 104,  248,  104, 3, 1,   0, "hard_swish", True, True),
-        Block( 104,  232,  104, 3, 1,   0, "hard_swish", True, True),
-        Block( 104,  232,  104, 3, 1,   0, "hard_swish", True, True),
-        Block( 104,  600,  144, 3, 1, 152, "hard_swish", True, False),
-        Block( 144,  840,  144, 3, 1, 208, "hard_swish", True, True),
-        Block( 144,  840,  200, 5, 2, 208, "hard_swish", True, False),
+        IR( 104,  248,  104, 3, 1,   0, "hard_swish", True, True),
+        IR( 104,  232,  104, 3, 1,   0, "hard_swish", True, True),
+        IR( 104,  232,  104, 3, 1,   0, "hard_swish", True, True),
+        IR( 104,  600,  144, 3, 1, 152, "hard_swish", True, False),
+        IR( 144,  840,  144, 3, 1, 208, "hard_swish", True, True),
+        IR( 144,  840,  200, 5, 2, 208, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
-        Block( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
+        IR( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
+        IR( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
     ),
     last_conv=Conv(1200, 1, 1, "hard_swish"),
     fc=Conv(1600, 1, 1, "hard_swish"),
@@ -174,25 +174,25 @@ MOBILENET_V3_LARGE_125_TIMM_TIMM_TF = Architecture(
     stem=Conv(24, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  24,   24,   24, 3, 1,   0, "relu", False, True),
-        Block(  24,   96,   32, 3, 2,   0, "relu", True, False),
+        IR(  24,   24,   24, 3, 1,   0, "relu", False, True),
+        IR(  24,   96,   32, 3, 2,   0, "relu", True, False),
         # 56x56 in (224x224 image)
-        Block(  32,   96,   32, 3, 1,   0, "relu", True, True),
-        Block(  32,   96,   48, 5, 2,  24, "relu", True, False),
+        IR(  32,   96,   32, 3, 1,   0, "relu", True, True),
+        IR(  32,   96,   48, 5, 2,  24, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  48,  144,   48, 5, 1,  40, "relu", True, True),
-        Block(  48,  144,   48, 5, 1,  40, "relu", True, True),
-        Block(  48,  288,  104, 3, 2,   0, "hard_swish", True, False),
+        IR(  48,  144,   48, 5, 1,  40, "relu", True, True),
+        IR(  48,  144,   48, 5, 1,  40, "relu", True, True),
+        IR(  48,  288,  104, 3, 2,   0, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block( 104,  264,  104, 3, 1,   0, "hard_swish", True, True),
-        Block( 104,  240,  104, 3, 1,   0, "hard_swish", True, True),
-        Block( 104,  240,  104, 3, 1,   0, "hard_swish", True, True),
-        Block( 104,  624,  144, 3, 1, 160, "hard_swish", True, False),
-        Block( 144,  864,  144, 3, 1, 216, "hard_swish", True, True),
-        Block( 144,  864,  200, 5, 2, 216, "hard_swish", True, False),
+        IR( 104,  264,  104, 3, 1,   0, "hard_swish", True, True),
+        IR( 104,  240,  104, 3, 1,   0, "hard_swish", True, True),
+        IR( 104,  240,  104, 3, 1,   0, "hard_swish", True, True),
+        IR( 104,  624,  144, 3, 1, 160, "hard_swish", True, False),
+        IR( 144,  864,  144, 3, 1, 216, "hard_swish", True, True),
+        IR( 144,  864,  200, 5, 2, 216, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
-        Block( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
+        IR( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
+        IR( 200, 1200,  200, 5, 1, 304, "hard_swish", True, True),
     ),
     last_conv=Conv(1200, 1, 1, "hard_swish"),
     fc=Conv(1280, 1, 1, "hard_swish"),
@@ -201,25 +201,25 @@ MOBILENET_V3_LARGE_100 = Architecture(
     stem=Conv(16, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,   16, 3, 1,   0, "relu", False, True),
-        Block(  16,   64,   24, 3, 2,   0, "relu", True, False),
+        IR(  16,   16,   16, 3, 1,   0, "relu", False, True),
+        IR(  16,   64,   24, 3, 2,   0, "relu", True, False),
         # 56x56 in (224x224 image)
-        Block(  24,   72,   24, 3, 1,   0, "relu", True, True),
-        Block(  24,   72,   40, 5, 2,  24, "relu", True, False),
+        IR(  24,   72,   24, 3, 1,   0, "relu", True, True),
+        IR(  24,   72,   40, 5, 2,  24, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  40,  120,   40, 5, 1,  32, "relu", True, True),
-        Block(  40,  120,   40, 5, 1,  32, "relu", True, True),
-        Block(  40,  240,   80, 3, 2,   0, "hard_swish", True, False),
+        IR(  40,  120,   40, 5, 1,  32, "relu", True, True),
+        IR(  40,  120,   40, 5, 1,  32, "relu", True, True),
+        IR(  40,  240,   80, 3, 2,   0, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  80,  200,   80, 3, 1,   0, "hard_swish", True, True),
-        Block(  80,  184,   80, 3, 1,   0, "hard_swish", True, True),
-        Block(  80,  184,   80, 3, 1,   0, "hard_swish", True, True),
-        Block(  80,  480,  112, 3, 1, 120, "hard_swish", True, False),
-        Block( 112,  672,  112, 3, 1, 168, "hard_swish", True, True),
-        Block( 112,  672,  160, 5, 2, 168, "hard_swish", True, False),
+        IR(  80,  200,   80, 3, 1,   0, "hard_swish", True, True),
+        IR(  80,  184,   80, 3, 1,   0, "hard_swish", True, True),
+        IR(  80,  184,   80, 3, 1,   0, "hard_swish", True, True),
+        IR(  80,  480,  112, 3, 1, 120, "hard_swish", True, False),
+        IR( 112,  672,  112, 3, 1, 168, "hard_swish", True, True),
+        IR( 112,  672,  160, 5, 2, 168, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block( 160,  960,  160, 5, 1, 240, "hard_swish", True, True),
-        Block( 160,  960,  160, 5, 1, 240, "hard_swish", True, True),
+        IR( 160,  960,  160, 5, 1, 240, "hard_swish", True, True),
+        IR( 160,  960,  160, 5, 1, 240, "hard_swish", True, True),
     ),
     last_conv=Conv(960, 1, 1, "hard_swish"),
     fc=Conv(1280, 1, 1, "hard_swish"),
@@ -228,25 +228,25 @@ MOBILENET_V3_LARGE_075 = Architecture(
     stem=Conv(16, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,   16, 3, 1,   0, "relu", False, True),
-        Block(  16,   64,   24, 3, 2,   0, "relu", True, False),
+        IR(  16,   16,   16, 3, 1,   0, "relu", False, True),
+        IR(  16,   64,   24, 3, 2,   0, "relu", True, False),
         # 56x56 in (224x224 image)
-        Block(  24,   72,   24, 3, 1,   0, "relu", True, True),
-        Block(  24,   72,   32, 5, 2,  24, "relu", True, False),
+        IR(  24,   72,   24, 3, 1,   0, "relu", True, True),
+        IR(  24,   72,   32, 5, 2,  24, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  32,   96,   32, 5, 1,  24, "relu", True, True),
-        Block(  32,   96,   32, 5, 1,  24, "relu", True, True),
-        Block(  32,  192,   64, 3, 2,   0, "hard_swish", True, False),
+        IR(  32,   96,   32, 5, 1,  24, "relu", True, True),
+        IR(  32,   96,   32, 5, 1,  24, "relu", True, True),
+        IR(  32,  192,   64, 3, 2,   0, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  64,  160,   64, 3, 1,   0, "hard_swish", True, True),
-        Block(  64,  144,   64, 3, 1,   0, "hard_swish", True, True),
-        Block(  64,  144,   64, 3, 1,   0, "hard_swish", True, True),
-        Block(  64,  384,   88, 3, 1,  96, "hard_swish", True, False),
-        Block(  88,  528,   88, 3, 1, 136, "hard_swish", True, True),
-        Block(  88,  528,  120, 5, 2, 136, "hard_swish", True, False),
+        IR(  64,  160,   64, 3, 1,   0, "hard_swish", True, True),
+        IR(  64,  144,   64, 3, 1,   0, "hard_swish", True, True),
+        IR(  64,  144,   64, 3, 1,   0, "hard_swish", True, True),
+        IR(  64,  384,   88, 3, 1,  96, "hard_swish", True, False),
+        IR(  88,  528,   88, 3, 1, 136, "hard_swish", True, True),
+        IR(  88,  528,  120, 5, 2, 136, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
-        Block( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
+        IR( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
+        IR( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
     ),
     last_conv=Conv(720, 1, 1, "hard_swish"),
     fc=Conv(1280, 1, 1, "hard_swish"),
@@ -255,25 +255,25 @@ MOBILENET_V3_LARGE_075_TORCHVISION = Architecture(
     stem=Conv(16, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,   16, 3, 1,   0, "relu", False, True),
-        Block(  16,   48,   24, 3, 2,   0, "relu", True, False),
+        IR(  16,   16,   16, 3, 1,   0, "relu", False, True),
+        IR(  16,   48,   24, 3, 2,   0, "relu", True, False),
         # 56x56 in (224x224 image)
-        Block(  24,   56,   24, 3, 1,   0, "relu", True, True),
-        Block(  24,   56,   32, 5, 2,  16, "relu", True, False),
+        IR(  24,   56,   24, 3, 1,   0, "relu", True, True),
+        IR(  24,   56,   32, 5, 2,  16, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  32,   88,   32, 5, 1,  24, "relu", True, True),
-        Block(  32,   88,   32, 5, 1,  24, "relu", True, True),
-        Block(  32,  184,   64, 3, 2,   0, "hard_swish", True, False),
+        IR(  32,   88,   32, 5, 1,  24, "relu", True, True),
+        IR(  32,   88,   32, 5, 1,  24, "relu", True, True),
+        IR(  32,  184,   64, 3, 2,   0, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  64,  152,   64, 3, 1,   0, "hard_swish", True, True),
-        Block(  64,  136,   64, 3, 1,   0, "hard_swish", True, True),
-        Block(  64,  136,   64, 3, 1,   0, "hard_swish", True, True),
-        Block(  64,  360,   88, 3, 1,  88, "hard_swish", True, False),
-        Block(  88,  504,   88, 3, 1, 128, "hard_swish", True, True),
-        Block(  88,  504,  120, 5, 2, 128, "hard_swish", True, False),
+        IR(  64,  152,   64, 3, 1,   0, "hard_swish", True, True),
+        IR(  64,  136,   64, 3, 1,   0, "hard_swish", True, True),
+        IR(  64,  136,   64, 3, 1,   0, "hard_swish", True, True),
+        IR(  64,  360,   88, 3, 1,  88, "hard_swish", True, False),
+        IR(  88,  504,   88, 3, 1, 128, "hard_swish", True, True),
+        IR(  88,  504,  120, 5, 2, 128, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
-        Block( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
+        IR( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
+        IR( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
     ),
     last_conv=Conv(720, 1, 1, "hard_swish"),
     fc=Conv(960, 1, 1, "hard_swish"),
@@ -282,25 +282,25 @@ MOBILENET_V3_LARGE_050 = Architecture(
     stem=Conv(8, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(   8,    8,    8, 3, 1,   0, "relu", False, True),
-        Block(   8,   32,   16, 3, 2,   0, "relu", True, False),
+        IR(   8,    8,    8, 3, 1,   0, "relu", False, True),
+        IR(   8,   32,   16, 3, 2,   0, "relu", True, False),
         # 56x56 in (224x224 image)
-        Block(  16,   48,   16, 3, 1,   0, "relu", True, True),
-        Block(  16,   48,   24, 5, 2,  16, "relu", True, False),
+        IR(  16,   48,   16, 3, 1,   0, "relu", True, True),
+        IR(  16,   48,   24, 5, 2,  16, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  24,   72,   24, 5, 1,  24, "relu", True, True),
-        Block(  24,   72,   24, 5, 1,  24, "relu", True, True),
-        Block(  24,  144,   40, 3, 2,   0, "hard_swish", True, False),
+        IR(  24,   72,   24, 5, 1,  24, "relu", True, True),
+        IR(  24,   72,   24, 5, 1,  24, "relu", True, True),
+        IR(  24,  144,   40, 3, 2,   0, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  40,  104,   40, 3, 1,   0, "hard_swish", True, True),
-        Block(  40,   96,   40, 3, 1,   0, "hard_swish", True, True),
-        Block(  40,   96,   40, 3, 1,   0, "hard_swish", True, True),
-        Block(  40,  240,   56, 3, 1,  64, "hard_swish", True, False),
-        Block(  56,  336,   56, 3, 1,  88, "hard_swish", True, True),
-        Block(  56,  336,   80, 5, 2,  88, "hard_swish", True, False),
+        IR(  40,  104,   40, 3, 1,   0, "hard_swish", True, True),
+        IR(  40,   96,   40, 3, 1,   0, "hard_swish", True, True),
+        IR(  40,   96,   40, 3, 1,   0, "hard_swish", True, True),
+        IR(  40,  240,   56, 3, 1,  64, "hard_swish", True, False),
+        IR(  56,  336,   56, 3, 1,  88, "hard_swish", True, True),
+        IR(  56,  336,   80, 5, 2,  88, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block(  80,  480,   80, 5, 1, 120, "hard_swish", True, True),
-        Block(  80,  480,   80, 5, 1, 120, "hard_swish", True, True),
+        IR(  80,  480,   80, 5, 1, 120, "hard_swish", True, True),
+        IR(  80,  480,   80, 5, 1, 120, "hard_swish", True, True),
     ),
     last_conv=Conv(480, 1, 1, "hard_swish"),
     fc=Conv(1280, 1, 1, "hard_swish"),
@@ -309,25 +309,25 @@ MOBILENET_V3_LARGE_050_KERAS_TIMM_TIMM_TF = Architecture(
     stem=Conv(16, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,    8, 3, 1,   0, "relu", False, False),
-        Block(   8,   32,   16, 3, 2,   0, "relu", True, False),
+        IR(  16,   16,    8, 3, 1,   0, "relu", False, False),
+        IR(   8,   32,   16, 3, 2,   0, "relu", True, False),
         # 56x56 in (224x224 image)
-        Block(  16,   48,   16, 3, 1,   0, "relu", True, True),
-        Block(  16,   48,   24, 5, 2,  16, "relu", True, False),
+        IR(  16,   48,   16, 3, 1,   0, "relu", True, True),
+        IR(  16,   48,   24, 5, 2,  16, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  24,   72,   24, 5, 1,  24, "relu", True, True),
-        Block(  24,   72,   24, 5, 1,  24, "relu", True, True),
-        Block(  24,  144,   40, 3, 2,   0, "hard_swish", True, False),
+        IR(  24,   72,   24, 5, 1,  24, "relu", True, True),
+        IR(  24,   72,   24, 5, 1,  24, "relu", True, True),
+        IR(  24,  144,   40, 3, 2,   0, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  40,  104,   40, 3, 1,   0, "hard_swish", True, True),
-        Block(  40,   96,   40, 3, 1,   0, "hard_swish", True, True),
-        Block(  40,   96,   40, 3, 1,   0, "hard_swish", True, True),
-        Block(  40,  240,   56, 3, 1,  64, "hard_swish", True, False),
-        Block(  56,  336,   56, 3, 1,  88, "hard_swish", True, True),
-        Block(  56,  336,   80, 5, 2,  88, "hard_swish", True, False),
+        IR(  40,  104,   40, 3, 1,   0, "hard_swish", True, True),
+        IR(  40,   96,   40, 3, 1,   0, "hard_swish", True, True),
+        IR(  40,   96,   40, 3, 1,   0, "hard_swish", True, True),
+        IR(  40,  240,   56, 3, 1,  64, "hard_swish", True, False),
+        IR(  56,  336,   56, 3, 1,  88, "hard_swish", True, True),
+        IR(  56,  336,   80, 5, 2,  88, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block(  80,  480,   80, 5, 1, 120, "hard_swish", True, True),
-        Block(  80,  480,   80, 5, 1, 120, "hard_swish", True, True),
+        IR(  80,  480,   80, 5, 1, 120, "hard_swish", True, True),
+        IR(  80,  480,   80, 5, 1, 120, "hard_swish", True, True),
     ),
     last_conv=Conv(480, 1, 1, "hard_swish"),
     fc=Conv(1280, 1, 1, "hard_swish"),
@@ -336,25 +336,25 @@ MOBILENET_V3_LARGE_050_TORCHVISION = Architecture(
     stem=Conv(8, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(   8,    8,    8, 3, 1,   0, "relu", False, True),
-        Block(   8,   32,   16, 3, 2,   0, "relu", True, False),
+        IR(   8,    8,    8, 3, 1,   0, "relu", False, True),
+        IR(   8,   32,   16, 3, 2,   0, "relu", True, False),
         # 56x56 in (224x224 image)
-        Block(  16,   40,   16, 3, 1,   0, "relu", True, True),
-        Block(  16,   40,   24, 5, 2,  16, "relu", True, False),
+        IR(  16,   40,   16, 3, 1,   0, "relu", True, True),
+        IR(  16,   40,   24, 5, 2,  16, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  24,   64,   24, 5, 1,  16, "relu", True, True),
-        Block(  24,   64,   24, 5, 1,  16, "relu", True, True),
-        Block(  24,  120,   40, 3, 2,   0, "hard_swish", True, False),
+        IR(  24,   64,   24, 5, 1,  16, "relu", True, True),
+        IR(  24,   64,   24, 5, 1,  16, "relu", True, True),
+        IR(  24,  120,   40, 3, 2,   0, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  40,  104,   40, 3, 1,   0, "hard_swish", True, True),
-        Block(  40,   96,   40, 3, 1,   0, "hard_swish", True, True),
-        Block(  40,   96,   40, 3, 1,   0, "hard_swish", True, True),
-        Block(  40,  240,   56, 3, 1,  64, "hard_swish", True, False),
-        Block(  56,  336,   56, 3, 1,  88, "hard_swish", True, True),
-        Block(  56,  336,   80, 5, 2,  88, "hard_swish", True, False),
+        IR(  40,  104,   40, 3, 1,   0, "hard_swish", True, True),
+        IR(  40,   96,   40, 3, 1,   0, "hard_swish", True, True),
+        IR(  40,   96,   40, 3, 1,   0, "hard_swish", True, True),
+        IR(  40,  240,   56, 3, 1,  64, "hard_swish", True, False),
+        IR(  56,  336,   56, 3, 1,  88, "hard_swish", True, True),
+        IR(  56,  336,   80, 5, 2,  88, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block(  80,  480,   80, 5, 1, 120, "hard_swish", True, True),
-        Block(  80,  480,   80, 5, 1, 120, "hard_swish", True, True),
+        IR(  80,  480,   80, 5, 1, 120, "hard_swish", True, True),
+        IR(  80,  480,   80, 5, 1, 120, "hard_swish", True, True),
     ),
     last_conv=Conv(480, 1, 1, "hard_swish"),
     fc=Conv(640, 1, 1, "hard_swish"),
@@ -363,25 +363,25 @@ MOBILENET_V3_LARGE_035 = Architecture(
     stem=Conv(8, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(   8,    8,    8, 3, 1,   0, "relu", False, True),
-        Block(   8,   32,    8, 3, 2,   0, "relu", True, False),
+        IR(   8,    8,    8, 3, 1,   0, "relu", False, True),
+        IR(   8,   32,    8, 3, 2,   0, "relu", True, False),
         # 56x56 in (224x224 image)
-        Block(   8,   24,    8, 3, 1,   0, "relu", True, True),
-        Block(   8,   24,   16, 5, 2,   8, "relu", True, False),
+        IR(   8,   24,    8, 3, 1,   0, "relu", True, True),
+        IR(   8,   24,   16, 5, 2,   8, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  16,   48,   16, 5, 1,  16, "relu", True, True),
-        Block(  16,   48,   16, 5, 1,  16, "relu", True, True),
-        Block(  16,   96,   32, 3, 2,   0, "hard_swish", True, False),
+        IR(  16,   48,   16, 5, 1,  16, "relu", True, True),
+        IR(  16,   48,   16, 5, 1,  16, "relu", True, True),
+        IR(  16,   96,   32, 3, 2,   0, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  32,   80,   32, 3, 1,   0, "hard_swish", True, True),
-        Block(  32,   72,   32, 3, 1,   0, "hard_swish", True, True),
-        Block(  32,   72,   32, 3, 1,   0, "hard_swish", True, True),
-        Block(  32,  192,   40, 3, 1,  48, "hard_swish", True, False),
-        Block(  40,  240,   40, 3, 1,  64, "hard_swish", True, True),
-        Block(  40,  240,   56, 5, 2,  64, "hard_swish", True, False),
+        IR(  32,   80,   32, 3, 1,   0, "hard_swish", True, True),
+        IR(  32,   72,   32, 3, 1,   0, "hard_swish", True, True),
+        IR(  32,   72,   32, 3, 1,   0, "hard_swish", True, True),
+        IR(  32,  192,   40, 3, 1,  48, "hard_swish", True, False),
+        IR(  40,  240,   40, 3, 1,  64, "hard_swish", True, True),
+        IR(  40,  240,   56, 5, 2,  64, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block(  56,  336,   56, 5, 1,  88, "hard_swish", True, True),
-        Block(  56,  336,   56, 5, 1,  88, "hard_swish", True, True),
+        IR(  56,  336,   56, 5, 1,  88, "hard_swish", True, True),
+        IR(  56,  336,   56, 5, 1,  88, "hard_swish", True, True),
     ),
     last_conv=Conv(336, 1, 1, "hard_swish"),
     fc=Conv(1280, 1, 1, "hard_swish"),
@@ -390,25 +390,25 @@ MOBILENET_V3_LARGE_035_KERAS_TIMM_TIMM_TF = Architecture(
     stem=Conv(16, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,    8, 3, 1,   0, "relu", False, False),
-        Block(   8,   32,    8, 3, 2,   0, "relu", True, False),
+        IR(  16,   16,    8, 3, 1,   0, "relu", False, False),
+        IR(   8,   32,    8, 3, 2,   0, "relu", True, False),
         # 56x56 in (224x224 image)
-        Block(   8,   24,    8, 3, 1,   0, "relu", True, True),
-        Block(   8,   24,   16, 5, 2,   8, "relu", True, False),
+        IR(   8,   24,    8, 3, 1,   0, "relu", True, True),
+        IR(   8,   24,   16, 5, 2,   8, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  16,   48,   16, 5, 1,  16, "relu", True, True),
-        Block(  16,   48,   16, 5, 1,  16, "relu", True, True),
-        Block(  16,   96,   32, 3, 2,   0, "hard_swish", True, False),
+        IR(  16,   48,   16, 5, 1,  16, "relu", True, True),
+        IR(  16,   48,   16, 5, 1,  16, "relu", True, True),
+        IR(  16,   96,   32, 3, 2,   0, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  32,   80,   32, 3, 1,   0, "hard_swish", True, True),
-        Block(  32,   72,   32, 3, 1,   0, "hard_swish", True, True),
-        Block(  32,   72,   32, 3, 1,   0, "hard_swish", True, True),
-        Block(  32,  192,   40, 3, 1,  48, "hard_swish", True, False),
-        Block(  40,  240,   40, 3, 1,  64, "hard_swish", True, True),
-        Block(  40,  240,   56, 5, 2,  64, "hard_swish", True, False),
+        IR(  32,   80,   32, 3, 1,   0, "hard_swish", True, True),
+        IR(  32,   72,   32, 3, 1,   0, "hard_swish", True, True),
+        IR(  32,   72,   32, 3, 1,   0, "hard_swish", True, True),
+        IR(  32,  192,   40, 3, 1,  48, "hard_swish", True, False),
+        IR(  40,  240,   40, 3, 1,  64, "hard_swish", True, True),
+        IR(  40,  240,   56, 5, 2,  64, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block(  56,  336,   56, 5, 1,  88, "hard_swish", True, True),
-        Block(  56,  336,   56, 5, 1,  88, "hard_swish", True, True),
+        IR(  56,  336,   56, 5, 1,  88, "hard_swish", True, True),
+        IR(  56,  336,   56, 5, 1,  88, "hard_swish", True, True),
     ),
     last_conv=Conv(336, 1, 1, "hard_swish"),
     fc=Conv(1280, 1, 1, "hard_swish"),
@@ -417,25 +417,25 @@ MOBILENET_V3_LARGE_035_TORCHVISION = Architecture(
     stem=Conv(8, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(   8,    8,    8, 3, 1,   0, "relu", False, True),
-        Block(   8,   24,    8, 3, 2,   0, "relu", True, False),
+        IR(   8,    8,    8, 3, 1,   0, "relu", False, True),
+        IR(   8,   24,    8, 3, 2,   0, "relu", True, False),
         # 56x56 in (224x224 image)
-        Block(   8,   24,    8, 3, 1,   0, "relu", True, True),
-        Block(   8,   24,   16, 5, 2,   8, "relu", True, False),
+        IR(   8,   24,    8, 3, 1,   0, "relu", True, True),
+        IR(   8,   24,   16, 5, 2,   8, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  16,   40,   16, 5, 1,  16, "relu", True, True),
-        Block(  16,   40,   16, 5, 1,  16, "relu", True, True),
-        Block(  16,   88,   32, 3, 2,   0, "hard_swish", True, False),
+        IR(  16,   40,   16, 5, 1,  16, "relu", True, True),
+        IR(  16,   40,   16, 5, 1,  16, "relu", True, True),
+        IR(  16,   88,   32, 3, 2,   0, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  32,   72,   32, 3, 1,   0, "hard_swish", True, True),
-        Block(  32,   64,   32, 3, 1,   0, "hard_swish", True, True),
-        Block(  32,   64,   32, 3, 1,   0, "hard_swish", True, True),
-        Block(  32,  168,   40, 3, 1,  40, "hard_swish", True, False),
-        Block(  40,  232,   40, 3, 1,  56, "hard_swish", True, True),
-        Block(  40,  232,   56, 5, 2,  56, "hard_swish", True, False),
+        IR(  32,   72,   32, 3, 1,   0, "hard_swish", True, True),
+        IR(  32,   64,   32, 3, 1,   0, "hard_swish", True, True),
+        IR(  32,   64,   32, 3, 1,   0, "hard_swish", True, True),
+        IR(  32,  168,   40, 3, 1,  40, "hard_swish", True, False),
+        IR(  40,  232,   40, 3, 1,  56, "hard_swish", True, True),
+        IR(  40,  232,   56, 5, 2,  56, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block(  56,  336,   56, 5, 1,  88, "hard_swish", True, True),
-        Block(  56,  336,   56, 5, 1,  88, "hard_swish", True, True),
+        IR(  56,  336,   56, 5, 1,  88, "hard_swish", True, True),
+        IR(  56,  336,   56, 5, 1,  88, "hard_swish", True, True),
     ),
     last_conv=Conv(336, 1, 1, "hard_swish"),
     fc=Conv(448, 1, 1, "hard_swish"),
@@ -444,25 +444,25 @@ MOBILENET_V3_LARGE_MINIMAL_100 = Architecture(
     stem=Conv(16, 3, 2, "relu"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,   16, 3, 1,   0, "relu", False, True),
-        Block(  16,   64,   24, 3, 2,   0, "relu", True, False),
+        IR(  16,   16,   16, 3, 1,   0, "relu", False, True),
+        IR(  16,   64,   24, 3, 2,   0, "relu", True, False),
         # 56x56 in (224x224 image)
-        Block(  24,   72,   24, 3, 1,   0, "relu", True, True),
-        Block(  24,   72,   40, 3, 2,   0, "relu", True, False),
+        IR(  24,   72,   24, 3, 1,   0, "relu", True, True),
+        IR(  24,   72,   40, 3, 2,   0, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  40,  120,   40, 3, 1,   0, "relu", True, True),
-        Block(  40,  120,   40, 3, 1,   0, "relu", True, True),
-        Block(  40,  240,   80, 3, 2,   0, "relu", True, False),
+        IR(  40,  120,   40, 3, 1,   0, "relu", True, True),
+        IR(  40,  120,   40, 3, 1,   0, "relu", True, True),
+        IR(  40,  240,   80, 3, 2,   0, "relu", True, False),
         # 14x14 in (224x224 image)
-        Block(  80,  200,   80, 3, 1,   0, "relu", True, True),
-        Block(  80,  184,   80, 3, 1,   0, "relu", True, True),
-        Block(  80,  184,   80, 3, 1,   0, "relu", True, True),
-        Block(  80,  480,  112, 3, 1,   0, "relu", True, False),
-        Block( 112,  672,  112, 3, 1,   0, "relu", True, True),
-        Block( 112,  672,  160, 3, 2,   0, "relu", True, False),
+        IR(  80,  200,   80, 3, 1,   0, "relu", True, True),
+        IR(  80,  184,   80, 3, 1,   0, "relu", True, True),
+        IR(  80,  184,   80, 3, 1,   0, "relu", True, True),
+        IR(  80,  480,  112, 3, 1,   0, "relu", True, False),
+        IR( 112,  672,  112, 3, 1,   0, "relu", True, True),
+        IR( 112,  672,  160, 3, 2,   0, "relu", True, False),
         # 7x7 in (224x224 image)
-        Block( 160,  960,  160, 3, 1,   0, "relu", True, True),
-        Block( 160,  960,  160, 3, 1,   0, "relu", True, True),
+        IR( 160,  960,  160, 3, 1,   0, "relu", True, True),
+        IR( 160,  960,  160, 3, 1,   0, "relu", True, True),
     ),
     last_conv=Conv(960, 1, 1, "relu"),
     fc=Conv(1280, 1, 1, "relu"),
@@ -471,21 +471,21 @@ MOBILENET_V3_SMALL_125 = Architecture(
     stem=Conv(24, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  24,   24,   24, 3, 2,   8, "relu", False, False),
+        IR(  24,   24,   24, 3, 2,   8, "relu", False, False),
         # 56x56 in (224x224 image)
-        Block(  24,  112,   32, 3, 2,   0, "relu", True, False),
+        IR(  24,  112,   32, 3, 2,   0, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  32,  120,   32, 3, 1,   0, "relu", True, True),
-        Block(  32,  128,   48, 5, 2,  32, "hard_swish", True, False),
+        IR(  32,  120,   32, 3, 1,   0, "relu", True, True),
+        IR(  32,  128,   48, 5, 2,  32, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
-        Block(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
-        Block(  48,  144,   64, 5, 1,  40, "hard_swish", True, False),
-        Block(  64,  192,   64, 5, 1,  48, "hard_swish", True, True),
-        Block(  64,  384,  120, 5, 2,  96, "hard_swish", True, False),
+        IR(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
+        IR(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
+        IR(  48,  144,   64, 5, 1,  40, "hard_swish", True, False),
+        IR(  64,  192,   64, 5, 1,  48, "hard_swish", True, True),
+        IR(  64,  384,  120, 5, 2,  96, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
-        Block( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
+        IR( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
+        IR( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
     ),
     last_conv=Conv(720, 1, 1, "hard_swish"),
     fc=Conv(1280, 1, 1, "hard_swish"),
@@ -494,21 +494,21 @@ MOBILENET_V3_SMALL_125_KERAS = Architecture(
     stem=Conv(16, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,   24, 3, 2,   8, "relu", False, False),
+        IR(  16,   16,   24, 3, 2,   8, "relu", False, False),
         # 56x56 in (224x224 image)
-        Block(  24,  112,   32, 3, 2,   0, "relu", True, False),
+        IR(  24,  112,   32, 3, 2,   0, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  32,  120,   32, 3, 1,   0, "relu", True, True),
-        Block(  32,  128,   48, 5, 2,  32, "hard_swish", True, False),
+        IR(  32,  120,   32, 3, 1,   0, "relu", True, True),
+        IR(  32,  128,   48, 5, 2,  32, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
-        Block(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
-        Block(  48,  144,   64, 5, 1,  40, "hard_swish", True, False),
-        Block(  64,  192,   64, 5, 1,  48, "hard_swish", True, True),
-        Block(  64,  384,  120, 5, 2,  96, "hard_swish", True, False),
+        IR(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
+        IR(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
+        IR(  48,  144,   64, 5, 1,  40, "hard_swish", True, False),
+        IR(  64,  192,   64, 5, 1,  48, "hard_swish", True, True),
+        IR(  64,  384,  120, 5, 2,  96, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
-        Block( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
+        IR( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
+        IR( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
     ),
     last_conv=Conv(720, 1, 1, "hard_swish"),
     fc=Conv(1280, 1, 1, "hard_swish"),
@@ -517,21 +517,21 @@ MOBILENET_V3_SMALL_125_TORCHVISION = Architecture(
     stem=Conv(24, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  24,   24,   24, 3, 2,   8, "relu", False, False),
+        IR(  24,   24,   24, 3, 2,   8, "relu", False, False),
         # 56x56 in (224x224 image)
-        Block(  24,   88,   32, 3, 2,   0, "relu", True, False),
+        IR(  24,   88,   32, 3, 2,   0, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  32,  112,   32, 3, 1,   0, "relu", True, True),
-        Block(  32,  120,   48, 5, 2,  32, "hard_swish", True, False),
+        IR(  32,  112,   32, 3, 1,   0, "relu", True, True),
+        IR(  32,  120,   48, 5, 2,  32, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  48,  304,   48, 5, 1,  80, "hard_swish", True, True),
-        Block(  48,  304,   48, 5, 1,  80, "hard_swish", True, True),
-        Block(  48,  152,   64, 5, 1,  40, "hard_swish", True, False),
-        Block(  64,  184,   64, 5, 1,  48, "hard_swish", True, True),
-        Block(  64,  360,  120, 5, 2,  88, "hard_swish", True, False),
+        IR(  48,  304,   48, 5, 1,  80, "hard_swish", True, True),
+        IR(  48,  304,   48, 5, 1,  80, "hard_swish", True, True),
+        IR(  48,  152,   64, 5, 1,  40, "hard_swish", True, False),
+        IR(  64,  184,   64, 5, 1,  48, "hard_swish", True, True),
+        IR(  64,  360,  120, 5, 2,  88, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
-        Block( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
+        IR( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
+        IR( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
     ),
     last_conv=Conv(720, 1, 1, "hard_swish"),
     fc=Conv(1280, 1, 1, "hard_swish"),
@@ -540,21 +540,21 @@ MOBILENET_V3_SMALL_125_TIMM_TIMM_TF = Architecture(
     stem=Conv(24, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  24,   24,   24, 3, 2,   8, "relu", False, False),
+        IR(  24,   24,   24, 3, 2,   8, "relu", False, False),
         # 56x56 in (224x224 image)
-        Block(  24,  112,   32, 3, 2,   0, "relu", True, False),
+        IR(  24,  112,   32, 3, 2,   0, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  32,  120,   32, 3, 1,   0, "relu", True, True),
-        Block(  32,  128,   48, 5, 2,  32, "hard_swish", True, False),
+        IR(  32,  120,   32, 3, 1,   0, "relu", True, True),
+        IR(  32,  128,   48, 5, 2,  32, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
-        Block(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
-        Block(  48,  144,   64, 5, 1,  40, "hard_swish", True, False),
-        Block(  64,  192,   64, 5, 1,  48, "hard_swish", True, True),
-        Block(  64,  384,  120, 5, 2,  96, "hard_swish", True, False),
+        IR(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
+        IR(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
+        IR(  48,  144,   64, 5, 1,  40, "hard_swish", True, False),
+        IR(  64,  192,   64, 5, 1,  48, "hard_swish", True, True),
+        IR(  64,  384,  120, 5, 2,  96, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
-        Block( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
+        IR( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
+        IR( 120,  720,  120, 5, 1, 184, "hard_swish", True, True),
     ),
     last_conv=Conv(720, 1, 1, "hard_swish"),
     fc=Conv(1024, 1, 1, "hard_swish"),
@@ -563,21 +563,21 @@ MOBILENET_V3_SMALL_100 = Architecture(
     stem=Conv(16, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,   16, 3, 2,   8, "relu", False, False),
+        IR(  16,   16,   16, 3, 2,   8, "relu", False, False),
         # 56x56 in (224x224 image)
-        Block(  16,   72,   24, 3, 2,   0, "relu", True, False),
+        IR(  16,   72,   24, 3, 2,   0, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  24,   88,   24, 3, 1,   0, "relu", True, True),
-        Block(  24,   96,   40, 5, 2,  24, "hard_swish", True, False),
+        IR(  24,   88,   24, 3, 1,   0, "relu", True, True),
+        IR(  24,   96,   40, 5, 2,  24, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  40,  240,   40, 5, 1,  64, "hard_swish", True, True),
-        Block(  40,  240,   40, 5, 1,  64, "hard_swish", True, True),
-        Block(  40,  120,   48, 5, 1,  32, "hard_swish", True, False),
-        Block(  48,  144,   48, 5, 1,  40, "hard_swish", True, True),
-        Block(  48,  288,   96, 5, 2,  72, "hard_swish", True, False),
+        IR(  40,  240,   40, 5, 1,  64, "hard_swish", True, True),
+        IR(  40,  240,   40, 5, 1,  64, "hard_swish", True, True),
+        IR(  40,  120,   48, 5, 1,  32, "hard_swish", True, False),
+        IR(  48,  144,   48, 5, 1,  40, "hard_swish", True, True),
+        IR(  48,  288,   96, 5, 2,  72, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block(  96,  576,   96, 5, 1, 144, "hard_swish", True, True),
-        Block(  96,  576,   96, 5, 1, 144, "hard_swish", True, True),
+        IR(  96,  576,   96, 5, 1, 144, "hard_swish", True, True),
+        IR(  96,  576,   96, 5, 1, 144, "hard_swish", True, True),
     ),
     last_conv=Conv(576, 1, 1, "hard_swish"),
     fc=Conv(1024, 1, 1, "hard_swish"),
@@ -586,21 +586,21 @@ MOBILENET_V3_SMALL_075 = Architecture(
     stem=Conv(16, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,   16, 3, 2,   8, "relu", False, False),
+        IR(  16,   16,   16, 3, 2,   8, "relu", False, False),
         # 56x56 in (224x224 image)
-        Block(  16,   72,   24, 3, 2,   0, "relu", True, False),
+        IR(  16,   72,   24, 3, 2,   0, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  24,   88,   24, 3, 1,   0, "relu", True, True),
-        Block(  24,   96,   32, 5, 2,  24, "hard_swish", True, False),
+        IR(  24,   88,   24, 3, 1,   0, "relu", True, True),
+        IR(  24,   96,   32, 5, 2,  24, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  32,  192,   32, 5, 1,  48, "hard_swish", True, True),
-        Block(  32,  192,   32, 5, 1,  48, "hard_swish", True, True),
-        Block(  32,   96,   40, 5, 1,  24, "hard_swish", True, False),
-        Block(  40,  120,   40, 5, 1,  32, "hard_swish", True, True),
-        Block(  40,  240,   72, 5, 2,  64, "hard_swish", True, False),
+        IR(  32,  192,   32, 5, 1,  48, "hard_swish", True, True),
+        IR(  32,  192,   32, 5, 1,  48, "hard_swish", True, True),
+        IR(  32,   96,   40, 5, 1,  24, "hard_swish", True, False),
+        IR(  40,  120,   40, 5, 1,  32, "hard_swish", True, True),
+        IR(  40,  240,   72, 5, 2,  64, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block(  72,  432,   72, 5, 1, 112, "hard_swish", True, True),
-        Block(  72,  432,   72, 5, 1, 112, "hard_swish", True, True),
+        IR(  72,  432,   72, 5, 1, 112, "hard_swish", True, True),
+        IR(  72,  432,   72, 5, 1, 112, "hard_swish", True, True),
     ),
     last_conv=Conv(432, 1, 1, "hard_swish"),
     fc=Conv(1024, 1, 1, "hard_swish"),
@@ -609,21 +609,21 @@ MOBILENET_V3_SMALL_075_TORCHVISION = Architecture(
     stem=Conv(16, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,   16, 3, 2,   8, "relu", False, False),
+        IR(  16,   16,   16, 3, 2,   8, "relu", False, False),
         # 56x56 in (224x224 image)
-        Block(  16,   56,   24, 3, 2,   0, "relu", True, False),
+        IR(  16,   56,   24, 3, 2,   0, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  24,   64,   24, 3, 1,   0, "relu", True, True),
-        Block(  24,   72,   32, 5, 2,  24, "hard_swish", True, False),
+        IR(  24,   64,   24, 3, 1,   0, "relu", True, True),
+        IR(  24,   72,   32, 5, 2,  24, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  32,  184,   32, 5, 1,  48, "hard_swish", True, True),
-        Block(  32,  184,   32, 5, 1,  48, "hard_swish", True, True),
-        Block(  32,   88,   40, 5, 1,  24, "hard_swish", True, False),
-        Block(  40,  112,   40, 5, 1,  32, "hard_swish", True, True),
-        Block(  40,  216,   72, 5, 2,  56, "hard_swish", True, False),
+        IR(  32,  184,   32, 5, 1,  48, "hard_swish", True, True),
+        IR(  32,  184,   32, 5, 1,  48, "hard_swish", True, True),
+        IR(  32,   88,   40, 5, 1,  24, "hard_swish", True, False),
+        IR(  40,  112,   40, 5, 1,  32, "hard_swish", True, True),
+        IR(  40,  216,   72, 5, 2,  56, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block(  72,  432,   72, 5, 1, 112, "hard_swish", True, True),
-        Block(  72,  432,   72, 5, 1, 112, "hard_swish", True, True),
+        IR(  72,  432,   72, 5, 1, 112, "hard_swish", True, True),
+        IR(  72,  432,   72, 5, 1, 112, "hard_swish", True, True),
     ),
     last_conv=Conv(432, 1, 1, "hard_swish"),
     fc=Conv(768, 1, 1, "hard_swish"),
@@ -632,21 +632,21 @@ MOBILENET_V3_SMALL_050 = Architecture(
     stem=Conv(8, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(   8,    8,    8, 3, 2,   8, "relu", False, False),
+        IR(   8,    8,    8, 3, 2,   8, "relu", False, False),
         # 56x56 in (224x224 image)
-        Block(   8,   40,   16, 3, 2,   0, "relu", True, False),
+        IR(   8,   40,   16, 3, 2,   0, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  16,   56,   16, 3, 1,   0, "relu", True, True),
-        Block(  16,   64,   24, 5, 2,  16, "hard_swish", True, False),
+        IR(  16,   56,   16, 3, 1,   0, "relu", True, True),
+        IR(  16,   64,   24, 5, 2,  16, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  24,  144,   24, 5, 1,  40, "hard_swish", True, True),
-        Block(  24,  144,   24, 5, 1,  40, "hard_swish", True, True),
-        Block(  24,   72,   24, 5, 1,  24, "hard_swish", True, True),
-        Block(  24,   72,   24, 5, 1,  24, "hard_swish", True, True),
-        Block(  24,  144,   48, 5, 2,  40, "hard_swish", True, False),
+        IR(  24,  144,   24, 5, 1,  40, "hard_swish", True, True),
+        IR(  24,  144,   24, 5, 1,  40, "hard_swish", True, True),
+        IR(  24,   72,   24, 5, 1,  24, "hard_swish", True, True),
+        IR(  24,   72,   24, 5, 1,  24, "hard_swish", True, True),
+        IR(  24,  144,   48, 5, 2,  40, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
-        Block(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
+        IR(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
+        IR(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
     ),
     last_conv=Conv(288, 1, 1, "hard_swish"),
     fc=Conv(1024, 1, 1, "hard_swish"),
@@ -655,21 +655,21 @@ MOBILENET_V3_SMALL_050_KERAS_TIMM_TIMM_TF = Architecture(
     stem=Conv(16, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,    8, 3, 2,   8, "relu", False, False),
+        IR(  16,   16,    8, 3, 2,   8, "relu", False, False),
         # 56x56 in (224x224 image)
-        Block(   8,   40,   16, 3, 2,   0, "relu", True, False),
+        IR(   8,   40,   16, 3, 2,   0, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  16,   56,   16, 3, 1,   0, "relu", True, True),
-        Block(  16,   64,   24, 5, 2,  16, "hard_swish", True, False),
+        IR(  16,   56,   16, 3, 1,   0, "relu", True, True),
+        IR(  16,   64,   24, 5, 2,  16, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  24,  144,   24, 5, 1,  40, "hard_swish", True, True),
-        Block(  24,  144,   24, 5, 1,  40, "hard_swish", True, True),
-        Block(  24,   72,   24, 5, 1,  24, "hard_swish", True, True),
-        Block(  24,   72,   24, 5, 1,  24, "hard_swish", True, True),
-        Block(  24,  144,   48, 5, 2,  40, "hard_swish", True, False),
+        IR(  24,  144,   24, 5, 1,  40, "hard_swish", True, True),
+        IR(  24,  144,   24, 5, 1,  40, "hard_swish", True, True),
+        IR(  24,   72,   24, 5, 1,  24, "hard_swish", True, True),
+        IR(  24,   72,   24, 5, 1,  24, "hard_swish", True, True),
+        IR(  24,  144,   48, 5, 2,  40, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
-        Block(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
+        IR(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
+        IR(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
     ),
     last_conv=Conv(288, 1, 1, "hard_swish"),
     fc=Conv(1024, 1, 1, "hard_swish"),
@@ -678,21 +678,21 @@ MOBILENET_V3_SMALL_050_TORCHVISION = Architecture(
     stem=Conv(8, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(   8,    8,    8, 3, 2,   8, "relu", False, False),
+        IR(   8,    8,    8, 3, 2,   8, "relu", False, False),
         # 56x56 in (224x224 image)
-        Block(   8,   40,   16, 3, 2,   0, "relu", True, False),
+        IR(   8,   40,   16, 3, 2,   0, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  16,   48,   16, 3, 1,   0, "relu", True, True),
-        Block(  16,   48,   24, 5, 2,  16, "hard_swish", True, False),
+        IR(  16,   48,   16, 3, 1,   0, "relu", True, True),
+        IR(  16,   48,   24, 5, 2,  16, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  24,  120,   24, 5, 1,  32, "hard_swish", True, True),
-        Block(  24,  120,   24, 5, 1,  32, "hard_swish", True, True),
-        Block(  24,   64,   24, 5, 1,  16, "hard_swish", True, True),
-        Block(  24,   72,   24, 5, 1,  24, "hard_swish", True, True),
-        Block(  24,  144,   48, 5, 2,  40, "hard_swish", True, False),
+        IR(  24,  120,   24, 5, 1,  32, "hard_swish", True, True),
+        IR(  24,  120,   24, 5, 1,  32, "hard_swish", True, True),
+        IR(  24,   64,   24, 5, 1,  16, "hard_swish", True, True),
+        IR(  24,   72,   24, 5, 1,  24, "hard_swish", True, True),
+        IR(  24,  144,   48, 5, 2,  40, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
-        Block(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
+        IR(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
+        IR(  48,  288,   48, 5, 1,  72, "hard_swish", True, True),
     ),
     last_conv=Conv(288, 1, 1, "hard_swish"),
     fc=Conv(512, 1, 1, "hard_swish"),
@@ -701,21 +701,21 @@ MOBILENET_V3_SMALL_035 = Architecture(
     stem=Conv(8, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(   8,    8,    8, 3, 2,   8, "relu", False, False),
+        IR(   8,    8,    8, 3, 2,   8, "relu", False, False),
         # 56x56 in (224x224 image)
-        Block(   8,   40,    8, 3, 2,   0, "relu", True, False),
+        IR(   8,   40,    8, 3, 2,   0, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(   8,   32,    8, 3, 1,   0, "relu", True, True),
-        Block(   8,   32,   16, 5, 2,   8, "hard_swish", True, False),
+        IR(   8,   32,    8, 3, 1,   0, "relu", True, True),
+        IR(   8,   32,   16, 5, 2,   8, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  16,   96,   16, 5, 1,  24, "hard_swish", True, True),
-        Block(  16,   96,   16, 5, 1,  24, "hard_swish", True, True),
-        Block(  16,   48,   16, 5, 1,  16, "hard_swish", True, True),
-        Block(  16,   48,   16, 5, 1,  16, "hard_swish", True, True),
-        Block(  16,   96,   32, 5, 2,  24, "hard_swish", True, False),
+        IR(  16,   96,   16, 5, 1,  24, "hard_swish", True, True),
+        IR(  16,   96,   16, 5, 1,  24, "hard_swish", True, True),
+        IR(  16,   48,   16, 5, 1,  16, "hard_swish", True, True),
+        IR(  16,   48,   16, 5, 1,  16, "hard_swish", True, True),
+        IR(  16,   96,   32, 5, 2,  24, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block(  32,  192,   32, 5, 1,  48, "hard_swish", True, True),
-        Block(  32,  192,   32, 5, 1,  48, "hard_swish", True, True),
+        IR(  32,  192,   32, 5, 1,  48, "hard_swish", True, True),
+        IR(  32,  192,   32, 5, 1,  48, "hard_swish", True, True),
     ),
     last_conv=Conv(200, 1, 1, "hard_swish"),
     fc=Conv(1024, 1, 1, "hard_swish"),
@@ -724,21 +724,21 @@ MOBILENET_V3_SMALL_035_KERAS_TIMM_TIMM_TF = Architecture(
     stem=Conv(16, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,    8, 3, 2,   8, "relu", False, False),
+        IR(  16,   16,    8, 3, 2,   8, "relu", False, False),
         # 56x56 in (224x224 image)
-        Block(   8,   40,    8, 3, 2,   0, "relu", True, False),
+        IR(   8,   40,    8, 3, 2,   0, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(   8,   32,    8, 3, 1,   0, "relu", True, True),
-        Block(   8,   32,   16, 5, 2,   8, "hard_swish", True, False),
+        IR(   8,   32,    8, 3, 1,   0, "relu", True, True),
+        IR(   8,   32,   16, 5, 2,   8, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  16,   96,   16, 5, 1,  24, "hard_swish", True, True),
-        Block(  16,   96,   16, 5, 1,  24, "hard_swish", True, True),
-        Block(  16,   48,   16, 5, 1,  16, "hard_swish", True, True),
-        Block(  16,   48,   16, 5, 1,  16, "hard_swish", True, True),
-        Block(  16,   96,   32, 5, 2,  24, "hard_swish", True, False),
+        IR(  16,   96,   16, 5, 1,  24, "hard_swish", True, True),
+        IR(  16,   96,   16, 5, 1,  24, "hard_swish", True, True),
+        IR(  16,   48,   16, 5, 1,  16, "hard_swish", True, True),
+        IR(  16,   48,   16, 5, 1,  16, "hard_swish", True, True),
+        IR(  16,   96,   32, 5, 2,  24, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block(  32,  192,   32, 5, 1,  48, "hard_swish", True, True),
-        Block(  32,  192,   32, 5, 1,  48, "hard_swish", True, True),
+        IR(  32,  192,   32, 5, 1,  48, "hard_swish", True, True),
+        IR(  32,  192,   32, 5, 1,  48, "hard_swish", True, True),
     ),
     last_conv=Conv(200, 1, 1, "hard_swish"),
     fc=Conv(1024, 1, 1, "hard_swish"),
@@ -747,21 +747,21 @@ MOBILENET_V3_SMALL_035_TORCHVISION = Architecture(
     stem=Conv(8, 3, 2, "hard_swish"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(   8,    8,    8, 3, 2,   8, "relu", False, False),
+        IR(   8,    8,    8, 3, 2,   8, "relu", False, False),
         # 56x56 in (224x224 image)
-        Block(   8,   24,    8, 3, 2,   0, "relu", True, False),
+        IR(   8,   24,    8, 3, 2,   0, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(   8,   32,    8, 3, 1,   0, "relu", True, True),
-        Block(   8,   32,   16, 5, 2,   8, "hard_swish", True, False),
+        IR(   8,   32,    8, 3, 1,   0, "relu", True, True),
+        IR(   8,   32,   16, 5, 2,   8, "hard_swish", True, False),
         # 14x14 in (224x224 image)
-        Block(  16,   88,   16, 5, 1,  24, "hard_swish", True, True),
-        Block(  16,   88,   16, 5, 1,  24, "hard_swish", True, True),
-        Block(  16,   40,   16, 5, 1,  16, "hard_swish", True, True),
-        Block(  16,   48,   16, 5, 1,  16, "hard_swish", True, True),
-        Block(  16,  104,   32, 5, 2,  24, "hard_swish", True, False),
+        IR(  16,   88,   16, 5, 1,  24, "hard_swish", True, True),
+        IR(  16,   88,   16, 5, 1,  24, "hard_swish", True, True),
+        IR(  16,   40,   16, 5, 1,  16, "hard_swish", True, True),
+        IR(  16,   48,   16, 5, 1,  16, "hard_swish", True, True),
+        IR(  16,  104,   32, 5, 2,  24, "hard_swish", True, False),
         # 7x7 in (224x224 image)
-        Block(  32,  200,   32, 5, 1,  48, "hard_swish", True, True),
-        Block(  32,  200,   32, 5, 1,  48, "hard_swish", True, True),
+        IR(  32,  200,   32, 5, 1,  48, "hard_swish", True, True),
+        IR(  32,  200,   32, 5, 1,  48, "hard_swish", True, True),
     ),
     last_conv=Conv(200, 1, 1, "hard_swish"),
     fc=Conv(360, 1, 1, "hard_swish"),
@@ -770,21 +770,21 @@ MOBILENET_V3_SMALL_MINIMAL_100 = Architecture(
     stem=Conv(16, 3, 2, "relu"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,   16, 3, 2,   0, "relu", False, False),
+        IR(  16,   16,   16, 3, 2,   0, "relu", False, False),
         # 56x56 in (224x224 image)
-        Block(  16,   72,   24, 3, 2,   0, "relu", True, False),
+        IR(  16,   72,   24, 3, 2,   0, "relu", True, False),
         # 28x28 in (224x224 image)
-        Block(  24,   88,   24, 3, 1,   0, "relu", True, True),
-        Block(  24,   96,   40, 3, 2,   0, "relu", True, False),
+        IR(  24,   88,   24, 3, 1,   0, "relu", True, True),
+        IR(  24,   96,   40, 3, 2,   0, "relu", True, False),
         # 14x14 in (224x224 image)
-        Block(  40,  240,   40, 3, 1,   0, "relu", True, True),
-        Block(  40,  240,   40, 3, 1,   0, "relu", True, True),
-        Block(  40,  120,   48, 3, 1,   0, "relu", True, False),
-        Block(  48,  144,   48, 3, 1,   0, "relu", True, True),
-        Block(  48,  288,   96, 3, 2,   0, "relu", True, False),
+        IR(  40,  240,   40, 3, 1,   0, "relu", True, True),
+        IR(  40,  240,   40, 3, 1,   0, "relu", True, True),
+        IR(  40,  120,   48, 3, 1,   0, "relu", True, False),
+        IR(  48,  144,   48, 3, 1,   0, "relu", True, True),
+        IR(  48,  288,   96, 3, 2,   0, "relu", True, False),
         # 7x7 in (224x224 image)
-        Block(  96,  576,   96, 3, 1,   0, "relu", True, True),
-        Block(  96,  576,   96, 3, 1,   0, "relu", True, True),
+        IR(  96,  576,   96, 3, 1,   0, "relu", True, True),
+        IR(  96,  576,   96, 3, 1,   0, "relu", True, True),
     ),
     last_conv=Conv(576, 1, 1, "relu"),
     fc=Conv(1024, 1, 1, "relu"),
@@ -957,7 +957,7 @@ class SqueezeExcite(nnx.Module):
 
 
 class InvertedResidual(nnx.Module):
-    def __init__(self, block: Block, flavor: Flavor, *, rngs: nnx.Rngs):
+    def __init__(self, block: IR, flavor: Flavor, *, rngs: nnx.Rngs):
         c, e = block.in_channels, block.expanded
         self.residual = block.residual
         # nnx.data: an optional submodule stays a pytree node whether it is a module or None.
@@ -1012,8 +1012,9 @@ class MobileNetV3(nnx.Module):
 
     def forward_intermediates(self, x: jax.Array) -> dict[str, jax.Array]:
         """The output of every stage by canonical name, in order: "stem", "blocks.0", "blocks.1", ...,
-        "last_conv", "pool", "fc", "classifier" (the logits). For feature extraction, as timm's
-        `forward_intermediates`; the conformance runner compares these between frameworks."""
+        "last_conv", "pool", "fc", "classifier" (the logits).
+        For feature extraction, as timm's `forward_intermediates`; the conformance runner compares these
+        between frameworks."""
         outputs = {}
         for name, stage in self.stages():
             outputs[name] = x = stage(x)

@@ -430,16 +430,15 @@ class ConvBNAct(nnx.Module):
         return self.act(self.bn(self.conv(x)))
 
 
-class LinearBNAct(nnx.Module):
-    """The head's fully connected layer on pooled features: linear without bias, BatchNorm, activation."""
+class LinearBN(nnx.Module):
+    """The head's fully connected layer on pooled features: linear without bias, then BatchNorm."""
 
-    def __init__(self, in_features: int, out: int, activation_name: str, flavor: Flavor, *, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, out: int, flavor: Flavor, *, rngs: nnx.Rngs):
         self.linear = nnx.Linear(in_features, out, use_bias=False, rngs=rngs)
         self.bn = batch_norm(out, flavor, rngs)
-        self.act = ACTIVATIONS[activation_name]
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.act(self.bn(self.linear(x)))
+        return self.bn(self.linear(x))
 
 
 class LayerScale(nnx.Module):
@@ -567,7 +566,8 @@ class MobileNetV4(nnx.Module):
         features = a.blocks[-1].out
         self.last_conv = ConvBNAct(features, a.last_conv.out, 1, 1, a.last_conv.activation, flavor, rngs=rngs)
         features = a.last_conv.out
-        self.fc = LinearBNAct(features, a.fc.out, a.fc.activation, flavor, rngs=rngs)
+        self.fc = LinearBN(features, a.fc.out, flavor, rngs=rngs)
+        self.fc_act = ACTIVATIONS[a.fc.activation]
         features = a.fc.out
         self.dropout = nnx.Dropout(flavor.dropout, rngs=rngs)
         self.classifier = nnx.Linear(features, num_classes, rngs=rngs)
@@ -579,8 +579,9 @@ class MobileNetV4(nnx.Module):
 
     def forward_intermediates(self, x: jax.Array) -> dict[str, jax.Array]:
         """The output of every stage by canonical name, in order: "stem", "blocks.0", "blocks.1", ...,
-        "last_conv", "pool", "fc", "classifier" (the logits). For feature extraction, as timm's
-        `forward_intermediates`; the conformance runner compares these between frameworks."""
+        "last_conv", "pool", "fc", "classifier" (the logits).
+        For feature extraction, as timm's `forward_intermediates`; the conformance runner compares these
+        between frameworks."""
         outputs = {}
         for name, stage in self.stages():
             outputs[name] = x = stage(x)
@@ -591,7 +592,7 @@ class MobileNetV4(nnx.Module):
         stages = [("stem", self.stem), *((f"blocks.{i}", block) for i, block in enumerate(self.blocks))]
         stages.append(("last_conv", self.last_conv))
         stages.append(("pool", lambda x: x.mean((1, 2))))  # global average pool
-        stages.append(("fc", self.fc))
+        stages.append(("fc", lambda x: self.fc_act(self.fc(x))))
         stages.append(("classifier", lambda x: self.classifier(self.dropout(x))))
         return stages
 

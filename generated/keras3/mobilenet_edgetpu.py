@@ -318,9 +318,10 @@ def MobileNetEdgeTPU(
 
 def forward_intermediates(model: keras.Model) -> keras.Model:
     """A model on the same layers (and weights) that returns the output of every stage by canonical name,
-    in order: "stem", "blocks.0", "blocks.1", ..., "last_conv", "pool", "classifier" (the logits). For
-    feature extraction, as timm's `forward_intermediates`. Layer names are canonical names with "-" for "."
-    (Keras on the PyTorch backend makes them part of torch parameter names, which cannot contain "."):
+    in order: "stem", "blocks.0", "blocks.1", ...,
+    "last_conv", "pool", "classifier" (the logits).
+    For feature extraction, as timm's `forward_intermediates`. Layer names are canonical names with "-" for
+    "." (Keras on the PyTorch backend makes them part of torch parameter names, which cannot contain "."):
     a stage's output is the output of the last layer named after it."""
     outputs = {}
     for layer in model.layers:  # in graph order: a stage's last layer comes last

@@ -45,7 +45,7 @@ class Conv(NamedTuple):
     activation: str
 
 
-class Block(NamedTuple):
+class DS(NamedTuple):
     """kxk depthwise + BN + act, then 1x1 pointwise + BN + act."""
 
     in_channels: int
@@ -57,7 +57,7 @@ class Block(NamedTuple):
 
 class Architecture(NamedTuple):
     stem: Conv
-    blocks: tuple[Block, ...]
+    blocks: tuple[DS, ...]
     last_conv: Conv | None  # 1x1 conv + BN + act before pooling
     fc: Conv | None  # fully connected + act after pooling
 
@@ -88,23 +88,23 @@ MOBILENET_V1_100 = Architecture(
     stem=Conv(32, 3, 2, "relu6"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  32,   64, 3, 1, "relu6"),
-        Block(  64,  128, 3, 2, "relu6"),
+        DS(  32,   64, 3, 1, "relu6"),
+        DS(  64,  128, 3, 2, "relu6"),
         # 56x56 in (224x224 image)
-        Block( 128,  128, 3, 1, "relu6"),
-        Block( 128,  256, 3, 2, "relu6"),
+        DS( 128,  128, 3, 1, "relu6"),
+        DS( 128,  256, 3, 2, "relu6"),
         # 28x28 in (224x224 image)
-        Block( 256,  256, 3, 1, "relu6"),
-        Block( 256,  512, 3, 2, "relu6"),
+        DS( 256,  256, 3, 1, "relu6"),
+        DS( 256,  512, 3, 2, "relu6"),
         # 14x14 in (224x224 image)
-        Block( 512,  512, 3, 1, "relu6"),
-        Block( 512,  512, 3, 1, "relu6"),
-        Block( 512,  512, 3, 1, "relu6"),
-        Block( 512,  512, 3, 1, "relu6"),
-        Block( 512,  512, 3, 1, "relu6"),
-        Block( 512, 1024, 3, 2, "relu6"),
+        DS( 512,  512, 3, 1, "relu6"),
+        DS( 512,  512, 3, 1, "relu6"),
+        DS( 512,  512, 3, 1, "relu6"),
+        DS( 512,  512, 3, 1, "relu6"),
+        DS( 512,  512, 3, 1, "relu6"),
+        DS( 512, 1024, 3, 2, "relu6"),
         # 7x7 in (224x224 image)
-        Block(1024, 1024, 3, 1, "relu6"),
+        DS(1024, 1024, 3, 1, "relu6"),
     ),
     last_conv=None,
     fc=None,
@@ -113,23 +113,23 @@ MOBILENET_V1_075 = Architecture(
     stem=Conv(24, 3, 2, "relu6"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  24,   48, 3, 1, "relu6"),
-        Block(  48,   96, 3, 2, "relu6"),
+        DS(  24,   48, 3, 1, "relu6"),
+        DS(  48,   96, 3, 2, "relu6"),
         # 56x56 in (224x224 image)
-        Block(  96,   96, 3, 1, "relu6"),
-        Block(  96,  192, 3, 2, "relu6"),
+        DS(  96,   96, 3, 1, "relu6"),
+        DS(  96,  192, 3, 2, "relu6"),
         # 28x28 in (224x224 image)
-        Block( 192,  192, 3, 1, "relu6"),
-        Block( 192,  384, 3, 2, "relu6"),
+        DS( 192,  192, 3, 1, "relu6"),
+        DS( 192,  384, 3, 2, "relu6"),
         # 14x14 in (224x224 image)
-        Block( 384,  384, 3, 1, "relu6"),
-        Block( 384,  384, 3, 1, "relu6"),
-        Block( 384,  384, 3, 1, "relu6"),
-        Block( 384,  384, 3, 1, "relu6"),
-        Block( 384,  384, 3, 1, "relu6"),
-        Block( 384,  768, 3, 2, "relu6"),
+        DS( 384,  384, 3, 1, "relu6"),
+        DS( 384,  384, 3, 1, "relu6"),
+        DS( 384,  384, 3, 1, "relu6"),
+        DS( 384,  384, 3, 1, "relu6"),
+        DS( 384,  384, 3, 1, "relu6"),
+        DS( 384,  768, 3, 2, "relu6"),
         # 7x7 in (224x224 image)
-        Block( 768,  768, 3, 1, "relu6"),
+        DS( 768,  768, 3, 1, "relu6"),
     ),
     last_conv=None,
     fc=None,
@@ -138,23 +138,23 @@ MOBILENET_V1_050 = Architecture(
     stem=Conv(16, 3, 2, "relu6"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   32, 3, 1, "relu6"),
-        Block(  32,   64, 3, 2, "relu6"),
+        DS(  16,   32, 3, 1, "relu6"),
+        DS(  32,   64, 3, 2, "relu6"),
         # 56x56 in (224x224 image)
-        Block(  64,   64, 3, 1, "relu6"),
-        Block(  64,  128, 3, 2, "relu6"),
+        DS(  64,   64, 3, 1, "relu6"),
+        DS(  64,  128, 3, 2, "relu6"),
         # 28x28 in (224x224 image)
-        Block( 128,  128, 3, 1, "relu6"),
-        Block( 128,  256, 3, 2, "relu6"),
+        DS( 128,  128, 3, 1, "relu6"),
+        DS( 128,  256, 3, 2, "relu6"),
         # 14x14 in (224x224 image)
-        Block( 256,  256, 3, 1, "relu6"),
-        Block( 256,  256, 3, 1, "relu6"),
-        Block( 256,  256, 3, 1, "relu6"),
-        Block( 256,  256, 3, 1, "relu6"),
-        Block( 256,  256, 3, 1, "relu6"),
-        Block( 256,  512, 3, 2, "relu6"),
+        DS( 256,  256, 3, 1, "relu6"),
+        DS( 256,  256, 3, 1, "relu6"),
+        DS( 256,  256, 3, 1, "relu6"),
+        DS( 256,  256, 3, 1, "relu6"),
+        DS( 256,  256, 3, 1, "relu6"),
+        DS( 256,  512, 3, 2, "relu6"),
         # 7x7 in (224x224 image)
-        Block( 512,  512, 3, 1, "relu6"),
+        DS( 512,  512, 3, 1, "relu6"),
     ),
     last_conv=None,
     fc=None,
@@ -163,23 +163,23 @@ MOBILENET_V1_025 = Architecture(
     stem=Conv(8, 3, 2, "relu6"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(   8,   16, 3, 1, "relu6"),
-        Block(  16,   32, 3, 2, "relu6"),
+        DS(   8,   16, 3, 1, "relu6"),
+        DS(  16,   32, 3, 2, "relu6"),
         # 56x56 in (224x224 image)
-        Block(  32,   32, 3, 1, "relu6"),
-        Block(  32,   64, 3, 2, "relu6"),
+        DS(  32,   32, 3, 1, "relu6"),
+        DS(  32,   64, 3, 2, "relu6"),
         # 28x28 in (224x224 image)
-        Block(  64,   64, 3, 1, "relu6"),
-        Block(  64,  128, 3, 2, "relu6"),
+        DS(  64,   64, 3, 1, "relu6"),
+        DS(  64,  128, 3, 2, "relu6"),
         # 14x14 in (224x224 image)
-        Block( 128,  128, 3, 1, "relu6"),
-        Block( 128,  128, 3, 1, "relu6"),
-        Block( 128,  128, 3, 1, "relu6"),
-        Block( 128,  128, 3, 1, "relu6"),
-        Block( 128,  128, 3, 1, "relu6"),
-        Block( 128,  256, 3, 2, "relu6"),
+        DS( 128,  128, 3, 1, "relu6"),
+        DS( 128,  128, 3, 1, "relu6"),
+        DS( 128,  128, 3, 1, "relu6"),
+        DS( 128,  128, 3, 1, "relu6"),
+        DS( 128,  128, 3, 1, "relu6"),
+        DS( 128,  256, 3, 2, "relu6"),
         # 7x7 in (224x224 image)
-        Block( 256,  256, 3, 1, "relu6"),
+        DS( 256,  256, 3, 1, "relu6"),
     ),
     last_conv=None,
     fc=None,
@@ -269,7 +269,7 @@ def conv_bn_act(
     return activation(x, activation_name, f"{name}-act")
 
 
-def depthwise_separable(x, block: Block, flavor: Flavor, name: str):
+def depthwise_separable(x, block: DS, flavor: Flavor, name: str):
     x = conv_bn_act(
         x,
         block.in_channels,
@@ -304,9 +304,10 @@ def MobileNetV1(
 
 def forward_intermediates(model: keras.Model) -> keras.Model:
     """A model on the same layers (and weights) that returns the output of every stage by canonical name,
-    in order: "stem", "blocks.0", "blocks.1", ..., "pool", "classifier" (the logits). For
-    feature extraction, as timm's `forward_intermediates`. Layer names are canonical names with "-" for "."
-    (Keras on the PyTorch backend makes them part of torch parameter names, which cannot contain "."):
+    in order: "stem", "blocks.0", "blocks.1", ...,
+    "pool", "classifier" (the logits).
+    For feature extraction, as timm's `forward_intermediates`. Layer names are canonical names with "-" for
+    "." (Keras on the PyTorch backend makes them part of torch parameter names, which cannot contain "."):
     a stage's output is the output of the last layer named after it."""
     outputs = {}
     for layer in model.layers:  # in graph order: a stage's last layer comes last

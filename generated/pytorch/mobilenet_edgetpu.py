@@ -333,8 +333,9 @@ class MobileNetEdgeTPU(nn.Module):
 
     def forward_intermediates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The output of every stage by canonical name, in order: "stem", "blocks.0", "blocks.1", ...,
-        "last_conv", "pool", "classifier" (the logits). For feature extraction, as timm's
-        `forward_intermediates`; the conformance runner compares these between frameworks."""
+        "last_conv", "pool", "classifier" (the logits).
+        For feature extraction, as timm's `forward_intermediates`; the conformance runner compares these
+        between frameworks."""
         outputs = {}
         for name, stage in self.stages():
             outputs[name] = x = stage(x)

@@ -46,7 +46,7 @@ class Conv(NamedTuple):
     activation: str
 
 
-class Block(NamedTuple):
+class DS(NamedTuple):
     """kxk depthwise + BN + act, then 1x1 pointwise + BN + act."""
 
     in_channels: int
@@ -58,7 +58,7 @@ class Block(NamedTuple):
 
 class Architecture(NamedTuple):
     stem: Conv
-    blocks: tuple[Block, ...]
+    blocks: tuple[DS, ...]
     last_conv: Conv | None  # 1x1 conv + BN + act before pooling
     fc: Conv | None  # fully connected + act after pooling
 
@@ -89,23 +89,23 @@ MOBILENET_V1_100 = Architecture(
     stem=Conv(32, 3, 2, "relu6"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  32,   64, 3, 1, "relu6"),
-        Block(  64,  128, 3, 2, "relu6"),
+        DS(  32,   64, 3, 1, "relu6"),
+        DS(  64,  128, 3, 2, "relu6"),
         # 56x56 in (224x224 image)
-        Block( 128,  128, 3, 1, "relu6"),
-        Block( 128,  256, 3, 2, "relu6"),
+        DS( 128,  128, 3, 1, "relu6"),
+        DS( 128,  256, 3, 2, "relu6"),
         # 28x28 in (224x224 image)
-        Block( 256,  256, 3, 1, "relu6"),
-        Block( 256,  512, 3, 2, "relu6"),
+        DS( 256,  256, 3, 1, "relu6"),
+        DS( 256,  512, 3, 2, "relu6"),
         # 14x14 in (224x224 image)
-        Block( 512,  512, 3, 1, "relu6"),
-        Block( 512,  512, 3, 1, "relu6"),
-        Block( 512,  512, 3, 1, "relu6"),
-        Block( 512,  512, 3, 1, "relu6"),
-        Block( 512,  512, 3, 1, "relu6"),
-        Block( 512, 1024, 3, 2, "relu6"),
+        DS( 512,  512, 3, 1, "relu6"),
+        DS( 512,  512, 3, 1, "relu6"),
+        DS( 512,  512, 3, 1, "relu6"),
+        DS( 512,  512, 3, 1, "relu6"),
+        DS( 512,  512, 3, 1, "relu6"),
+        DS( 512, 1024, 3, 2, "relu6"),
         # 7x7 in (224x224 image)
-        Block(1024, 1024, 3, 1, "relu6"),
+        DS(1024, 1024, 3, 1, "relu6"),
     ),
     last_conv=None,
     fc=None,
@@ -114,23 +114,23 @@ MOBILENET_V1_075 = Architecture(
     stem=Conv(24, 3, 2, "relu6"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  24,   48, 3, 1, "relu6"),
-        Block(  48,   96, 3, 2, "relu6"),
+        DS(  24,   48, 3, 1, "relu6"),
+        DS(  48,   96, 3, 2, "relu6"),
         # 56x56 in (224x224 image)
-        Block(  96,   96, 3, 1, "relu6"),
-        Block(  96,  192, 3, 2, "relu6"),
+        DS(  96,   96, 3, 1, "relu6"),
+        DS(  96,  192, 3, 2, "relu6"),
         # 28x28 in (224x224 image)
-        Block( 192,  192, 3, 1, "relu6"),
-        Block( 192,  384, 3, 2, "relu6"),
+        DS( 192,  192, 3, 1, "relu6"),
+        DS( 192,  384, 3, 2, "relu6"),
         # 14x14 in (224x224 image)
-        Block( 384,  384, 3, 1, "relu6"),
-        Block( 384,  384, 3, 1, "relu6"),
-        Block( 384,  384, 3, 1, "relu6"),
-        Block( 384,  384, 3, 1, "relu6"),
-        Block( 384,  384, 3, 1, "relu6"),
-        Block( 384,  768, 3, 2, "relu6"),
+        DS( 384,  384, 3, 1, "relu6"),
+        DS( 384,  384, 3, 1, "relu6"),
+        DS( 384,  384, 3, 1, "relu6"),
+        DS( 384,  384, 3, 1, "relu6"),
+        DS( 384,  384, 3, 1, "relu6"),
+        DS( 384,  768, 3, 2, "relu6"),
         # 7x7 in (224x224 image)
-        Block( 768,  768, 3, 1, "relu6"),
+        DS( 768,  768, 3, 1, "relu6"),
     ),
     last_conv=None,
     fc=None,
@@ -139,23 +139,23 @@ MOBILENET_V1_050 = Architecture(
     stem=Conv(16, 3, 2, "relu6"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   32, 3, 1, "relu6"),
-        Block(  32,   64, 3, 2, "relu6"),
+        DS(  16,   32, 3, 1, "relu6"),
+        DS(  32,   64, 3, 2, "relu6"),
         # 56x56 in (224x224 image)
-        Block(  64,   64, 3, 1, "relu6"),
-        Block(  64,  128, 3, 2, "relu6"),
+        DS(  64,   64, 3, 1, "relu6"),
+        DS(  64,  128, 3, 2, "relu6"),
         # 28x28 in (224x224 image)
-        Block( 128,  128, 3, 1, "relu6"),
-        Block( 128,  256, 3, 2, "relu6"),
+        DS( 128,  128, 3, 1, "relu6"),
+        DS( 128,  256, 3, 2, "relu6"),
         # 14x14 in (224x224 image)
-        Block( 256,  256, 3, 1, "relu6"),
-        Block( 256,  256, 3, 1, "relu6"),
-        Block( 256,  256, 3, 1, "relu6"),
-        Block( 256,  256, 3, 1, "relu6"),
-        Block( 256,  256, 3, 1, "relu6"),
-        Block( 256,  512, 3, 2, "relu6"),
+        DS( 256,  256, 3, 1, "relu6"),
+        DS( 256,  256, 3, 1, "relu6"),
+        DS( 256,  256, 3, 1, "relu6"),
+        DS( 256,  256, 3, 1, "relu6"),
+        DS( 256,  256, 3, 1, "relu6"),
+        DS( 256,  512, 3, 2, "relu6"),
         # 7x7 in (224x224 image)
-        Block( 512,  512, 3, 1, "relu6"),
+        DS( 512,  512, 3, 1, "relu6"),
     ),
     last_conv=None,
     fc=None,
@@ -164,23 +164,23 @@ MOBILENET_V1_025 = Architecture(
     stem=Conv(8, 3, 2, "relu6"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(   8,   16, 3, 1, "relu6"),
-        Block(  16,   32, 3, 2, "relu6"),
+        DS(   8,   16, 3, 1, "relu6"),
+        DS(  16,   32, 3, 2, "relu6"),
         # 56x56 in (224x224 image)
-        Block(  32,   32, 3, 1, "relu6"),
-        Block(  32,   64, 3, 2, "relu6"),
+        DS(  32,   32, 3, 1, "relu6"),
+        DS(  32,   64, 3, 2, "relu6"),
         # 28x28 in (224x224 image)
-        Block(  64,   64, 3, 1, "relu6"),
-        Block(  64,  128, 3, 2, "relu6"),
+        DS(  64,   64, 3, 1, "relu6"),
+        DS(  64,  128, 3, 2, "relu6"),
         # 14x14 in (224x224 image)
-        Block( 128,  128, 3, 1, "relu6"),
-        Block( 128,  128, 3, 1, "relu6"),
-        Block( 128,  128, 3, 1, "relu6"),
-        Block( 128,  128, 3, 1, "relu6"),
-        Block( 128,  128, 3, 1, "relu6"),
-        Block( 128,  256, 3, 2, "relu6"),
+        DS( 128,  128, 3, 1, "relu6"),
+        DS( 128,  128, 3, 1, "relu6"),
+        DS( 128,  128, 3, 1, "relu6"),
+        DS( 128,  128, 3, 1, "relu6"),
+        DS( 128,  128, 3, 1, "relu6"),
+        DS( 128,  256, 3, 2, "relu6"),
         # 7x7 in (224x224 image)
-        Block( 256,  256, 3, 1, "relu6"),
+        DS( 256,  256, 3, 1, "relu6"),
     ),
     last_conv=None,
     fc=None,
@@ -271,7 +271,7 @@ class ConvBNAct(nn.Module):
 
 
 class DepthwiseSeparable(nn.Module):
-    def __init__(self, block: Block, flavor: Flavor):
+    def __init__(self, block: DS, flavor: Flavor):
         super().__init__()
         c = block.in_channels
         self.depthwise = ConvBNAct(c, c, block.kernel, block.stride, block.activation, flavor, groups=c)
@@ -316,8 +316,9 @@ class MobileNetV1(nn.Module):
 
     def forward_intermediates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The output of every stage by canonical name, in order: "stem", "blocks.0", "blocks.1", ...,
-        "pool", "classifier" (the logits). For feature extraction, as timm's
-        `forward_intermediates`; the conformance runner compares these between frameworks."""
+        "pool", "classifier" (the logits).
+        For feature extraction, as timm's `forward_intermediates`; the conformance runner compares these
+        between frameworks."""
         outputs = {}
         for name, stage in self.stages():
             outputs[name] = x = stage(x)

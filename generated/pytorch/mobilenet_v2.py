@@ -46,7 +46,7 @@ class Conv(NamedTuple):
     activation: str
 
 
-class Block(NamedTuple):
+class IR(NamedTuple):
     """[1x1 expand + BN + act] -> kxk depthwise + BN + act -> [squeeze-excite] -> 1x1 project + BN."""
 
     in_channels: int
@@ -62,7 +62,7 @@ class Block(NamedTuple):
 
 class Architecture(NamedTuple):
     stem: Conv
-    blocks: tuple[Block, ...]
+    blocks: tuple[IR, ...]
     last_conv: Conv | None  # 1x1 conv + BN + act before pooling
     fc: Conv | None  # fully connected + act after pooling
 
@@ -93,27 +93,27 @@ MOBILENET_V2_140 = Architecture(
     stem=Conv(48, 3, 2, "relu6"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  48,   48,   24, 3, 1,   0, "relu6", False, False),
-        Block(  24,  144,   32, 3, 2,   0, "relu6", True, False),
+        IR(  48,   48,   24, 3, 1,   0, "relu6", False, False),
+        IR(  24,  144,   32, 3, 2,   0, "relu6", True, False),
         # 56x56 in (224x224 image)
-        Block(  32,  192,   32, 3, 1,   0, "relu6", True, True),
-        Block(  32,  192,   48, 3, 2,   0, "relu6", True, False),
+        IR(  32,  192,   32, 3, 1,   0, "relu6", True, True),
+        IR(  32,  192,   48, 3, 2,   0, "relu6", True, False),
         # 28x28 in (224x224 image)
-        Block(  48,  288,   48, 3, 1,   0, "relu6", True, True),
-        Block(  48,  288,   48, 3, 1,   0, "relu6", True, True),
-        Block(  48,  288,   88, 3, 2,   0, "relu6", True, False),
+        IR(  48,  288,   48, 3, 1,   0, "relu6", True, True),
+        IR(  48,  288,   48, 3, 1,   0, "relu6", True, True),
+        IR(  48,  288,   88, 3, 2,   0, "relu6", True, False),
         # 14x14 in (224x224 image)
-        Block(  88,  528,   88, 3, 1,   0, "relu6", True, True),
-        Block(  88,  528,   88, 3, 1,   0, "relu6", True, True),
-        Block(  88,  528,   88, 3, 1,   0, "relu6", True, True),
-        Block(  88,  528,  136, 3, 1,   0, "relu6", True, False),
-        Block( 136,  816,  136, 3, 1,   0, "relu6", True, True),
-        Block( 136,  816,  136, 3, 1,   0, "relu6", True, True),
-        Block( 136,  816,  224, 3, 2,   0, "relu6", True, False),
+        IR(  88,  528,   88, 3, 1,   0, "relu6", True, True),
+        IR(  88,  528,   88, 3, 1,   0, "relu6", True, True),
+        IR(  88,  528,   88, 3, 1,   0, "relu6", True, True),
+        IR(  88,  528,  136, 3, 1,   0, "relu6", True, False),
+        IR( 136,  816,  136, 3, 1,   0, "relu6", True, True),
+        IR( 136,  816,  136, 3, 1,   0, "relu6", True, True),
+        IR( 136,  816,  224, 3, 2,   0, "relu6", True, False),
         # 7x7 in (224x224 image)
-        Block( 224, 1344,  224, 3, 1,   0, "relu6", True, True),
-        Block( 224, 1344,  224, 3, 1,   0, "relu6", True, True),
-        Block( 224, 1344,  448, 3, 1,   0, "relu6", True, False),
+        IR( 224, 1344,  224, 3, 1,   0, "relu6", True, True),
+        IR( 224, 1344,  224, 3, 1,   0, "relu6", True, True),
+        IR( 224, 1344,  448, 3, 1,   0, "relu6", True, False),
     ),
     last_conv=Conv(1792, 1, 1, "relu6"),
     fc=None,
@@ -122,27 +122,27 @@ MOBILENET_V2_130 = Architecture(
     stem=Conv(40, 3, 2, "relu6"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  40,   40,   24, 3, 1,   0, "relu6", False, False),
-        Block(  24,  144,   32, 3, 2,   0, "relu6", True, False),
+        IR(  40,   40,   24, 3, 1,   0, "relu6", False, False),
+        IR(  24,  144,   32, 3, 2,   0, "relu6", True, False),
         # 56x56 in (224x224 image)
-        Block(  32,  192,   32, 3, 1,   0, "relu6", True, True),
-        Block(  32,  192,   40, 3, 2,   0, "relu6", True, False),
+        IR(  32,  192,   32, 3, 1,   0, "relu6", True, True),
+        IR(  32,  192,   40, 3, 2,   0, "relu6", True, False),
         # 28x28 in (224x224 image)
-        Block(  40,  240,   40, 3, 1,   0, "relu6", True, True),
-        Block(  40,  240,   40, 3, 1,   0, "relu6", True, True),
-        Block(  40,  240,   80, 3, 2,   0, "relu6", True, False),
+        IR(  40,  240,   40, 3, 1,   0, "relu6", True, True),
+        IR(  40,  240,   40, 3, 1,   0, "relu6", True, True),
+        IR(  40,  240,   80, 3, 2,   0, "relu6", True, False),
         # 14x14 in (224x224 image)
-        Block(  80,  480,   80, 3, 1,   0, "relu6", True, True),
-        Block(  80,  480,   80, 3, 1,   0, "relu6", True, True),
-        Block(  80,  480,   80, 3, 1,   0, "relu6", True, True),
-        Block(  80,  480,  128, 3, 1,   0, "relu6", True, False),
-        Block( 128,  768,  128, 3, 1,   0, "relu6", True, True),
-        Block( 128,  768,  128, 3, 1,   0, "relu6", True, True),
-        Block( 128,  768,  208, 3, 2,   0, "relu6", True, False),
+        IR(  80,  480,   80, 3, 1,   0, "relu6", True, True),
+        IR(  80,  480,   80, 3, 1,   0, "relu6", True, True),
+        IR(  80,  480,   80, 3, 1,   0, "relu6", True, True),
+        IR(  80,  480,  128, 3, 1,   0, "relu6", True, False),
+        IR( 128,  768,  128, 3, 1,   0, "relu6", True, True),
+        IR( 128,  768,  128, 3, 1,   0, "relu6", True, True),
+        IR( 128,  768,  208, 3, 2,   0, "relu6", True, False),
         # 7x7 in (224x224 image)
-        Block( 208, 1248,  208, 3, 1,   0, "relu6", True, True),
-        Block( 208, 1248,  208, 3, 1,   0, "relu6", True, True),
-        Block( 208, 1248,  416, 3, 1,   0, "relu6", True, False),
+        IR( 208, 1248,  208, 3, 1,   0, "relu6", True, True),
+        IR( 208, 1248,  208, 3, 1,   0, "relu6", True, True),
+        IR( 208, 1248,  416, 3, 1,   0, "relu6", True, False),
     ),
     last_conv=Conv(1664, 1, 1, "relu6"),
     fc=None,
@@ -151,27 +151,27 @@ MOBILENET_V2_100 = Architecture(
     stem=Conv(32, 3, 2, "relu6"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  32,   32,   16, 3, 1,   0, "relu6", False, False),
-        Block(  16,   96,   24, 3, 2,   0, "relu6", True, False),
+        IR(  32,   32,   16, 3, 1,   0, "relu6", False, False),
+        IR(  16,   96,   24, 3, 2,   0, "relu6", True, False),
         # 56x56 in (224x224 image)
-        Block(  24,  144,   24, 3, 1,   0, "relu6", True, True),
-        Block(  24,  144,   32, 3, 2,   0, "relu6", True, False),
+        IR(  24,  144,   24, 3, 1,   0, "relu6", True, True),
+        IR(  24,  144,   32, 3, 2,   0, "relu6", True, False),
         # 28x28 in (224x224 image)
-        Block(  32,  192,   32, 3, 1,   0, "relu6", True, True),
-        Block(  32,  192,   32, 3, 1,   0, "relu6", True, True),
-        Block(  32,  192,   64, 3, 2,   0, "relu6", True, False),
+        IR(  32,  192,   32, 3, 1,   0, "relu6", True, True),
+        IR(  32,  192,   32, 3, 1,   0, "relu6", True, True),
+        IR(  32,  192,   64, 3, 2,   0, "relu6", True, False),
         # 14x14 in (224x224 image)
-        Block(  64,  384,   64, 3, 1,   0, "relu6", True, True),
-        Block(  64,  384,   64, 3, 1,   0, "relu6", True, True),
-        Block(  64,  384,   64, 3, 1,   0, "relu6", True, True),
-        Block(  64,  384,   96, 3, 1,   0, "relu6", True, False),
-        Block(  96,  576,   96, 3, 1,   0, "relu6", True, True),
-        Block(  96,  576,   96, 3, 1,   0, "relu6", True, True),
-        Block(  96,  576,  160, 3, 2,   0, "relu6", True, False),
+        IR(  64,  384,   64, 3, 1,   0, "relu6", True, True),
+        IR(  64,  384,   64, 3, 1,   0, "relu6", True, True),
+        IR(  64,  384,   64, 3, 1,   0, "relu6", True, True),
+        IR(  64,  384,   96, 3, 1,   0, "relu6", True, False),
+        IR(  96,  576,   96, 3, 1,   0, "relu6", True, True),
+        IR(  96,  576,   96, 3, 1,   0, "relu6", True, True),
+        IR(  96,  576,  160, 3, 2,   0, "relu6", True, False),
         # 7x7 in (224x224 image)
-        Block( 160,  960,  160, 3, 1,   0, "relu6", True, True),
-        Block( 160,  960,  160, 3, 1,   0, "relu6", True, True),
-        Block( 160,  960,  320, 3, 1,   0, "relu6", True, False),
+        IR( 160,  960,  160, 3, 1,   0, "relu6", True, True),
+        IR( 160,  960,  160, 3, 1,   0, "relu6", True, True),
+        IR( 160,  960,  320, 3, 1,   0, "relu6", True, False),
     ),
     last_conv=Conv(1280, 1, 1, "relu6"),
     fc=None,
@@ -180,27 +180,27 @@ MOBILENET_V2_075 = Architecture(
     stem=Conv(24, 3, 2, "relu6"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  24,   24,   16, 3, 1,   0, "relu6", False, False),
-        Block(  16,   96,   24, 3, 2,   0, "relu6", True, False),
+        IR(  24,   24,   16, 3, 1,   0, "relu6", False, False),
+        IR(  16,   96,   24, 3, 2,   0, "relu6", True, False),
         # 56x56 in (224x224 image)
-        Block(  24,  144,   24, 3, 1,   0, "relu6", True, True),
-        Block(  24,  144,   24, 3, 2,   0, "relu6", True, False),
+        IR(  24,  144,   24, 3, 1,   0, "relu6", True, True),
+        IR(  24,  144,   24, 3, 2,   0, "relu6", True, False),
         # 28x28 in (224x224 image)
-        Block(  24,  144,   24, 3, 1,   0, "relu6", True, True),
-        Block(  24,  144,   24, 3, 1,   0, "relu6", True, True),
-        Block(  24,  144,   48, 3, 2,   0, "relu6", True, False),
+        IR(  24,  144,   24, 3, 1,   0, "relu6", True, True),
+        IR(  24,  144,   24, 3, 1,   0, "relu6", True, True),
+        IR(  24,  144,   48, 3, 2,   0, "relu6", True, False),
         # 14x14 in (224x224 image)
-        Block(  48,  288,   48, 3, 1,   0, "relu6", True, True),
-        Block(  48,  288,   48, 3, 1,   0, "relu6", True, True),
-        Block(  48,  288,   48, 3, 1,   0, "relu6", True, True),
-        Block(  48,  288,   72, 3, 1,   0, "relu6", True, False),
-        Block(  72,  432,   72, 3, 1,   0, "relu6", True, True),
-        Block(  72,  432,   72, 3, 1,   0, "relu6", True, True),
-        Block(  72,  432,  120, 3, 2,   0, "relu6", True, False),
+        IR(  48,  288,   48, 3, 1,   0, "relu6", True, True),
+        IR(  48,  288,   48, 3, 1,   0, "relu6", True, True),
+        IR(  48,  288,   48, 3, 1,   0, "relu6", True, True),
+        IR(  48,  288,   72, 3, 1,   0, "relu6", True, False),
+        IR(  72,  432,   72, 3, 1,   0, "relu6", True, True),
+        IR(  72,  432,   72, 3, 1,   0, "relu6", True, True),
+        IR(  72,  432,  120, 3, 2,   0, "relu6", True, False),
         # 7x7 in (224x224 image)
-        Block( 120,  720,  120, 3, 1,   0, "relu6", True, True),
-        Block( 120,  720,  120, 3, 1,   0, "relu6", True, True),
-        Block( 120,  720,  240, 3, 1,   0, "relu6", True, False),
+        IR( 120,  720,  120, 3, 1,   0, "relu6", True, True),
+        IR( 120,  720,  120, 3, 1,   0, "relu6", True, True),
+        IR( 120,  720,  240, 3, 1,   0, "relu6", True, False),
     ),
     last_conv=Conv(1280, 1, 1, "relu6"),
     fc=None,
@@ -209,27 +209,27 @@ MOBILENET_V2_050 = Architecture(
     stem=Conv(16, 3, 2, "relu6"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,    8, 3, 1,   0, "relu6", False, False),
-        Block(   8,   48,   16, 3, 2,   0, "relu6", True, False),
+        IR(  16,   16,    8, 3, 1,   0, "relu6", False, False),
+        IR(   8,   48,   16, 3, 2,   0, "relu6", True, False),
         # 56x56 in (224x224 image)
-        Block(  16,   96,   16, 3, 1,   0, "relu6", True, True),
-        Block(  16,   96,   16, 3, 2,   0, "relu6", True, False),
+        IR(  16,   96,   16, 3, 1,   0, "relu6", True, True),
+        IR(  16,   96,   16, 3, 2,   0, "relu6", True, False),
         # 28x28 in (224x224 image)
-        Block(  16,   96,   16, 3, 1,   0, "relu6", True, True),
-        Block(  16,   96,   16, 3, 1,   0, "relu6", True, True),
-        Block(  16,   96,   32, 3, 2,   0, "relu6", True, False),
+        IR(  16,   96,   16, 3, 1,   0, "relu6", True, True),
+        IR(  16,   96,   16, 3, 1,   0, "relu6", True, True),
+        IR(  16,   96,   32, 3, 2,   0, "relu6", True, False),
         # 14x14 in (224x224 image)
-        Block(  32,  192,   32, 3, 1,   0, "relu6", True, True),
-        Block(  32,  192,   32, 3, 1,   0, "relu6", True, True),
-        Block(  32,  192,   32, 3, 1,   0, "relu6", True, True),
-        Block(  32,  192,   48, 3, 1,   0, "relu6", True, False),
-        Block(  48,  288,   48, 3, 1,   0, "relu6", True, True),
-        Block(  48,  288,   48, 3, 1,   0, "relu6", True, True),
-        Block(  48,  288,   80, 3, 2,   0, "relu6", True, False),
+        IR(  32,  192,   32, 3, 1,   0, "relu6", True, True),
+        IR(  32,  192,   32, 3, 1,   0, "relu6", True, True),
+        IR(  32,  192,   32, 3, 1,   0, "relu6", True, True),
+        IR(  32,  192,   48, 3, 1,   0, "relu6", True, False),
+        IR(  48,  288,   48, 3, 1,   0, "relu6", True, True),
+        IR(  48,  288,   48, 3, 1,   0, "relu6", True, True),
+        IR(  48,  288,   80, 3, 2,   0, "relu6", True, False),
         # 7x7 in (224x224 image)
-        Block(  80,  480,   80, 3, 1,   0, "relu6", True, True),
-        Block(  80,  480,   80, 3, 1,   0, "relu6", True, True),
-        Block(  80,  480,  160, 3, 1,   0, "relu6", True, False),
+        IR(  80,  480,   80, 3, 1,   0, "relu6", True, True),
+        IR(  80,  480,   80, 3, 1,   0, "relu6", True, True),
+        IR(  80,  480,  160, 3, 1,   0, "relu6", True, False),
     ),
     last_conv=Conv(1280, 1, 1, "relu6"),
     fc=None,
@@ -238,27 +238,27 @@ MOBILENET_V2_035 = Architecture(
     stem=Conv(16, 3, 2, "relu6"),
     blocks=(
         # 112x112 in (224x224 image)
-        Block(  16,   16,    8, 3, 1,   0, "relu6", False, False),
-        Block(   8,   48,    8, 3, 2,   0, "relu6", True, False),
+        IR(  16,   16,    8, 3, 1,   0, "relu6", False, False),
+        IR(   8,   48,    8, 3, 2,   0, "relu6", True, False),
         # 56x56 in (224x224 image)
-        Block(   8,   48,    8, 3, 1,   0, "relu6", True, True),
-        Block(   8,   48,   16, 3, 2,   0, "relu6", True, False),
+        IR(   8,   48,    8, 3, 1,   0, "relu6", True, True),
+        IR(   8,   48,   16, 3, 2,   0, "relu6", True, False),
         # 28x28 in (224x224 image)
-        Block(  16,   96,   16, 3, 1,   0, "relu6", True, True),
-        Block(  16,   96,   16, 3, 1,   0, "relu6", True, True),
-        Block(  16,   96,   24, 3, 2,   0, "relu6", True, False),
+        IR(  16,   96,   16, 3, 1,   0, "relu6", True, True),
+        IR(  16,   96,   16, 3, 1,   0, "relu6", True, True),
+        IR(  16,   96,   24, 3, 2,   0, "relu6", True, False),
         # 14x14 in (224x224 image)
-        Block(  24,  144,   24, 3, 1,   0, "relu6", True, True),
-        Block(  24,  144,   24, 3, 1,   0, "relu6", True, True),
-        Block(  24,  144,   24, 3, 1,   0, "relu6", True, True),
-        Block(  24,  144,   32, 3, 1,   0, "relu6", True, False),
-        Block(  32,  192,   32, 3, 1,   0, "relu6", True, True),
-        Block(  32,  192,   32, 3, 1,   0, "relu6", True, True),
-        Block(  32,  192,   56, 3, 2,   0, "relu6", True, False),
+        IR(  24,  144,   24, 3, 1,   0, "relu6", True, True),
+        IR(  24,  144,   24, 3, 1,   0, "relu6", True, True),
+        IR(  24,  144,   24, 3, 1,   0, "relu6", True, True),
+        IR(  24,  144,   32, 3, 1,   0, "relu6", True, False),
+        IR(  32,  192,   32, 3, 1,   0, "relu6", True, True),
+        IR(  32,  192,   32, 3, 1,   0, "relu6", True, True),
+        IR(  32,  192,   56, 3, 2,   0, "relu6", True, False),
         # 7x7 in (224x224 image)
-        Block(  56,  336,   56, 3, 1,   0, "relu6", True, True),
-        Block(  56,  336,   56, 3, 1,   0, "relu6", True, True),
-        Block(  56,  336,  112, 3, 1,   0, "relu6", True, False),
+        IR(  56,  336,   56, 3, 1,   0, "relu6", True, True),
+        IR(  56,  336,   56, 3, 1,   0, "relu6", True, True),
+        IR(  56,  336,  112, 3, 1,   0, "relu6", True, False),
     ),
     last_conv=Conv(1280, 1, 1, "relu6"),
     fc=None,
@@ -363,7 +363,7 @@ class ConvBNAct(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, block: Block, flavor: Flavor):
+    def __init__(self, block: IR, flavor: Flavor):
         super().__init__()
         c, e = block.in_channels, block.expanded
         self.residual = block.residual
@@ -417,8 +417,9 @@ class MobileNetV2(nn.Module):
 
     def forward_intermediates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The output of every stage by canonical name, in order: "stem", "blocks.0", "blocks.1", ...,
-        "last_conv", "pool", "classifier" (the logits). For feature extraction, as timm's
-        `forward_intermediates`; the conformance runner compares these between frameworks."""
+        "last_conv", "pool", "classifier" (the logits).
+        For feature extraction, as timm's `forward_intermediates`; the conformance runner compares these
+        between frameworks."""
         outputs = {}
         for name, stage in self.stages():
             outputs[name] = x = stage(x)

@@ -420,17 +420,16 @@ class ConvBNAct(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
-class LinearBNAct(nn.Module):
-    """The head's fully connected layer on pooled features: linear without bias, BatchNorm, activation."""
+class LinearBN(nn.Module):
+    """The head's fully connected layer on pooled features: linear without bias, then BatchNorm."""
 
-    def __init__(self, in_features: int, out: int, activation_name: str, flavor: Flavor):
+    def __init__(self, in_features: int, out: int, flavor: Flavor):
         super().__init__()
         self.linear = nn.Linear(in_features, out, bias=False)
         self.bn = nn.BatchNorm1d(out, eps=flavor.bn_epsilon, momentum=flavor.bn_momentum)
-        self.act = activation(activation_name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.linear(x)))
+        return self.bn(self.linear(x))
 
 
 class LayerScale(nn.Module):
@@ -556,7 +555,8 @@ class MobileNetV4(nn.Module):
         self.last_conv = ConvBNAct(features, a.last_conv.out, 1, 1, a.last_conv.activation, flavor)
         features = a.last_conv.out
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = LinearBNAct(features, a.fc.out, a.fc.activation, flavor)
+        self.fc = LinearBN(features, a.fc.out, flavor)
+        self.fc_act = activation(a.fc.activation)
         features = a.fc.out
         self.dropout = nn.Dropout(flavor.dropout)
         self.classifier = nn.Linear(features, num_classes)
@@ -583,8 +583,9 @@ class MobileNetV4(nn.Module):
 
     def forward_intermediates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The output of every stage by canonical name, in order: "stem", "blocks.0", "blocks.1", ...,
-        "last_conv", "pool", "fc", "classifier" (the logits). For feature extraction, as timm's
-        `forward_intermediates`; the conformance runner compares these between frameworks."""
+        "last_conv", "pool", "fc", "classifier" (the logits).
+        For feature extraction, as timm's `forward_intermediates`; the conformance runner compares these
+        between frameworks."""
         outputs = {}
         for name, stage in self.stages():
             outputs[name] = x = stage(x)
@@ -595,7 +596,7 @@ class MobileNetV4(nn.Module):
         stages = [("stem", self.stem), *((f"blocks.{i}", block) for i, block in enumerate(self.blocks))]
         stages.append(("last_conv", self.last_conv))
         stages.append(("pool", lambda x: self.pool(x).flatten(1)))
-        stages.append(("fc", self.fc))
+        stages.append(("fc", lambda x: self.fc_act(self.fc(x))))
         stages.append(("classifier", lambda x: self.classifier(self.dropout(x))))
         return stages
 
