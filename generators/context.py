@@ -16,7 +16,7 @@ from pathlib import Path
 from generators.frameworks import FRAMEWORKS
 from spec.activations import ACTIVATIONS
 from spec.loader import LoadedSpec
-from spec.model import class_name
+from spec.model import GENERATED_NAMES, class_name
 from spec.resolve import (
     Architecture,
     default_resolution,
@@ -82,11 +82,19 @@ def _title(architecture_title: str, width: float, minimalistic: bool) -> str:
     return f"{architecture_title}{' minimalistic' if minimalistic else ''} {width}"
 
 
-def _table_const(variant: str, flavors: list[str], default_flavor: str) -> str:
-    """The default flavor's table is named by the variant; any other by the variant and every flavor it serves."""
-    if default_flavor in flavors:
-        return variant.upper()
-    return "_".join([variant.upper(), *(f.upper() for f in flavors)])
+def _table_const(variant: str, flavors: list[str], default_flavor: str, taken: set[str],
+                 defaults: dict[str, str]) -> str:
+    """The default flavor's table is named by the variant; any other by the variant and every flavor it serves.
+    A name some other table or generated name has (variant `a`'s flavor-`b` table and variant `a_b`; a
+    variant `flavors` and FLAVORS) gets a number: `taken` holds the names in use, `defaults` maps each
+    variant's own name (upper case) to the variant."""
+    base = variant.upper() if default_flavor in flavors else "_".join([variant.upper(), *(f.upper() for f in flavors)])
+    name, number = base, 1
+    while name in taken or defaults.get(name, variant) != variant:
+        number += 1
+        name = f"{base}_{number}"
+    taken.add(name)
+    return name
 
 
 def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict:
@@ -96,6 +104,8 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
     flavors = {name: flavor_values(spec, family_name, name)[0] for name in spec.flavors}
     tables: list[Table] = []
     by_arch: dict[Architecture, str] = {}
+    taken = {*GENERATED_NAMES, class_name(family.title)}
+    defaults = {v.upper(): v for arch in family.architectures.values() for v in arch.variants}
     factories: list[Factory] = []
     for arch in family.architectures.values():
         for variant_name, variant in arch.variants.items():
@@ -107,7 +117,7 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
             figures = []
             for resolved, group in groups.items():
                 if resolved not in by_arch:
-                    by_arch[resolved] = _table_const(variant_name, group, spec.default_flavor)
+                    by_arch[resolved] = _table_const(variant_name, group, spec.default_flavor, taken, defaults)
                     desc = describe(spec, variant_name, group[0], resolution)
                     tables.append(Table(by_arch[resolved], resolved, _block_inputs(desc), (variant_name,),
                                         resolution))

@@ -19,7 +19,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from spec.activations import HARD_SIGMOID_FORMULA, LAYER_ACTIVATIONS
 
 IDENTIFIER = r"^[a-z][a-z0-9_]*$"
-Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER, max_length=64)]
+
+
+def _not_keyword(name: str) -> str:
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        raise ValueError(f"{name!r} is a Python keyword; names become Python identifiers, choose another")
+    return name
+
+
+Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER, max_length=64), AfterValidator(_not_keyword)]
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 Stride = Literal[1, 2]
 Kernel = Literal[1, 3, 5, 7]
@@ -45,6 +53,28 @@ def class_name(title: str) -> str:
     in upper case, joined ("MobileNetV3" -> "MobileNetV3", "Tiny heads (v2.1)" -> "TinyHeadsV21"). A
     valid title starts with a letter, so this is always a Python identifier."""
     return "".join(word[0].upper() + word[1:] for word in re.findall(r"[A-Za-z0-9]+", title))
+
+
+# The lower-case names generated modules define or import at module level, beside the variants' factories
+# (a variant named `architecture` or `torch` would replace them). tests/test_hostile_specs.py checks the
+# list against the rendered files.
+GENERATED_FUNCTION_NAMES = frozenset({
+    "activation", "annotations", "architecture", "batch_norm", "block_layers", "block_module", "conv_bn_act",
+    "depthwise_separable", "fixed_padding", "forward_intermediates", "functools", "fused_inverted_bottleneck",
+    "inverted_residual", "jax", "jnp", "keras", "layers", "math", "mobile_mqa", "nn", "nnx", "np", "ops",
+    "padding_amounts", "residual", "squeeze_excite", "torch", "universal_inverted_bottleneck",
+})
+
+
+def _valid_variant_name(name: str) -> str:
+    """A variant names its factory function in each generated module."""
+    if name in GENERATED_FUNCTION_NAMES or hasattr(builtins, name):
+        what = "a Python builtin" if hasattr(builtins, name) else "a name the generated code defines or imports"
+        raise ValueError(f"variant {name!r} would name its factory {name!r}, which is {what}; choose another name")
+    return name
+
+
+VariantName = Annotated[Identifier, AfterValidator(_valid_variant_name)]
 
 
 def _valid_title(title: str) -> str:
@@ -330,7 +360,7 @@ class Architecture(Strict):
     stem: Stem
     blocks: StageTable
     head: Head
-    variants: dict[Identifier, Variant] = Field(min_length=1)
+    variants: dict[VariantName, Variant] = Field(min_length=1)
 
 
 class SqueezeExcite(Strict):

@@ -22,7 +22,7 @@ from generators import generate
 from generators.generate import render_all
 from spec import SpecError, load_spec
 from spec.loader import DEFAULT_SPEC
-from spec.model import GENERATED_NAMES, class_name
+from spec.model import GENERATED_FUNCTION_NAMES, GENERATED_NAMES, class_name
 
 REPO = Path(__file__).resolve().parent.parent
 FAMILY = "mobilenet_v1"
@@ -197,6 +197,45 @@ def test_generated_names_cover_what_a_class_name_could_collide_with():
                     names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
             spellable = {name for name in names if name[0].isupper() and "_" not in name}
             assert spellable - classes <= GENERATED_NAMES, (path, sorted(spellable - classes - GENERATED_NAMES))
+            # and every lower-case one that a variant (a factory) could collide with, but the factories
+            lower = {name for name in names if name[0].islower()} - set(loaded.spec.variants())
+            assert lower <= GENERATED_FUNCTION_NAMES, (path, sorted(lower - GENERATED_FUNCTION_NAMES))
+
+
+def test_variant_tables_never_replace_generated_names(tmp_path):
+    """A variant's table is named by the variant in upper case: variants `flavors`, `variants` and `ds`
+    would have replaced FLAVORS, VARIANTS and the DS tuple; their tables take a number instead."""
+    text = DEFAULT_SPEC.read_text()
+    for old, new in (("mobilenet_v1_025:", "flavors:"), ("mobilenet_v1_050:", "variants:"),
+                     ("mobilenet_v1_075:", "ds:")):
+        text = text.replace(old, new, 1)
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    for file, source in render_all(load_spec(path)).items():
+        if not file.endswith("mobilenet_v1.py"):
+            continue
+        assigned = [target.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
+                    for target in node.targets if isinstance(target, ast.Name)]
+        defined = [node.name for node in ast.parse(source).body if isinstance(node, (ast.ClassDef, ast.FunctionDef))]
+        names = assigned + defined
+        assert len(names) == len(set(names)), (file, sorted(n for n in names if names.count(n) > 1))
+        assert {"FLAVORS_2", "VARIANTS_2", "DS_2"} <= set(assigned), file
+
+
+@pytest.mark.parametrize(("name", "says"), [
+    ("architecture", "a name the generated code defines or imports"),
+    ("torch", "a name the generated code defines or imports"),
+    ("isinstance", "a Python builtin"),
+    ("lambda", "a Python keyword"),
+])
+def test_variant_names_that_would_replace_generated_names_are_refused(tmp_path, name, says):
+    text = DEFAULT_SPEC.read_text().replace("mobilenet_v1_025:", f"{name}:", 1)
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as error:
+        load_spec(path)
+    assert says in error.value.message and name in error.value.field, str(error.value)
+    assert error.value.line == text[:text.index(f"{name}:")].count("\n") + 1
 
 
 # ---- the spec file named in the headers ---------------------------------------------------------------
