@@ -61,6 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                    help="gpu: models and arrays on the GPU, TF32 off in every framework (default cpu)")
+    p.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+                   help="run only the K-th of N cost-balanced parts of the selected variants (CI matrices)")
+
+    p = commands.add_parser("report", help="work with report folders: `report merge` combines shards")
+    p = p.add_subparsers(dest="report_command", required=True).add_parser(
+        "merge", help="one report (report.json/.md/.html, junit.xml) from several; exits 1 if a check failed")
+    p.add_argument("reports", nargs="+", type=Path, metavar="DIR", help="folders written by `conform --report`")
+    p.add_argument("-o", "--out", type=Path, required=True, help="folder for the merged report")
+    p.add_argument("--partial", action="store_true", help="merge even if shards of the selection are missing")
 
     p = commands.add_parser("port", help="convert a checkpoint between formats (see README: Port a checkpoint)")
     p.add_argument("variant")
@@ -94,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "report":  # reports carry what they need; no spec is read
+            return _report_merge(args)
         loaded = load_spec(args.spec)
         if args.command in ("port", "run", "onnx", "conform"):
             # Every worker process imports the code of this spec, from the folder this names.
@@ -146,6 +157,12 @@ def _resolution(text: str) -> tuple[int, int]:
     if len(parts) != 2 or min(parts) < 32:
         raise argparse.ArgumentTypeError(f"expected R or HxW with sizes of at least 32, got {text!r}")
     return parts[0], parts[1]
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from conformance.shard import parse_shard
+
+    return parse_shard(text)
 
 
 def _list(loaded, args) -> int:
@@ -241,9 +258,9 @@ def _port_or_run(loaded, args) -> int:
 def _conform(loaded, args) -> int:
     from conformance.checks import evaluate
     from conformance.report import print_summary, write_reports
-    from conformance.runner import Options, RunConfig, execute
+    from conformance.runner import Options, RunConfig, RunResult, execute
 
-    variants = _select(loaded, args)
+    variants = selection = _select(loaded, args)
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     unknown = [f for f in frameworks if f not in RUNS]
     if unknown:
@@ -251,22 +268,33 @@ def _conform(loaded, args) -> int:
     flavor = args.flavor or loaded.spec.default_flavor
     if args.device == "gpu" and args.onnx:
         raise ValueError("--onnx exports and checks on the CPU; run it without --device gpu")
+    if args.shard:
+        from conformance.shard import shard_variants
+
+        variants = shard_variants(loaded, selection, args.shard, flavor, args.resolution, args.num_classes)
+        print(f"shard {args.shard[0]}/{args.shard[1]}: {len(variants)} of {len(selection)} selected variants"
+              + (f": {', '.join(variants)}" if variants else "; nothing to run, an empty shard passes"),
+              file=sys.stderr)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console_ = console(stderr=True)
     start = time.perf_counter()
     total = len(variants) * (len(frameworks) + 1)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console_, transient=not console_.is_terminal) as progress:
-        task = progress.add_task(f"conform {len(variants)} variants x {len(frameworks) + 1} runs", total=total)
+    options = Options(onnx=args.onnx, onnx_dir=str(args.onnx_cache.resolve()), device=args.device)
+    if not variants:  # an empty shard: no workers; its report is empty, and valid for `report merge`
+        result = RunResult(RunConfig.for_frameworks(loaded, [], frameworks, flavor, args.resolution, options,
+                                                    num_classes=args.num_classes), [], {}, Path(), 0.0)
+    else:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=console_, transient=not console_.is_terminal) as progress:
+            task = progress.add_task(f"conform {len(variants)} variants x {len(frameworks) + 1} runs", total=total)
 
-        def advance(worker: str, variant: str) -> None:
-            progress.update(task, advance=1, description=f"{worker}: {variant}")
+            def advance(worker: str, variant: str) -> None:
+                progress.update(task, advance=1, description=f"{worker}: {variant}")
 
-        options = Options(onnx=args.onnx, onnx_dir=str(args.onnx_cache.resolve()), device=args.device)
-        result = execute(RunConfig.for_frameworks(
-            loaded, variants, frameworks, flavor, args.resolution, options, num_classes=args.num_classes,
-            work=args.work, parallel=args.parallel, generated=args.generated, progress=advance))
+            result = execute(RunConfig.for_frameworks(
+                loaded, variants, frameworks, flavor, args.resolution, options, num_classes=args.num_classes,
+                work=args.work, parallel=args.parallel, generated=args.generated, progress=advance))
     device_errors = sorted({r.error for r in result.results.values() if r.device_error})
     if device_errors:
         raise ValueError("\n".join(device_errors))
@@ -275,13 +303,25 @@ def _conform(loaded, args) -> int:
     result.extra["check_seconds"] = time.perf_counter() - check_start
     failed = [c for c in checks if not c.ok]
     if args.report:
-        write_reports(args.report, loaded, result, checks)
+        write_reports(args.report, loaded, result, checks, selection, args.shard)
     if args.json:
         report = {"failed": len(failed), "checks": [c.to_json() for c in checks]}
         print(json.dumps(report, indent=1, default=str))
     else:
         print_summary(loaded, result, checks, time.perf_counter() - start)
     return 1 if failed else 0
+
+
+def _report_merge(args) -> int:
+    """`mnforge report merge DIR... -o OUT`: exit 1 if any merged check failed (a CI gate), 2 if refused."""
+    from conformance.report import load_report, merge_reports, print_report, write_report_files
+
+    merged = merge_reports([(str(d), load_report(d)) for d in args.reports], partial=args.partial)
+    write_report_files(args.out, merged)
+    print_report(merged)
+    print(f"merged {len(args.reports)} reports ({len(merged['variants'])} variants, {len(merged['checks'])} "
+          f"checks, {merged['failed']} failed) into {args.out}", file=sys.stderr)
+    return 1 if merged["failed"] else 0
 
 
 def quick_variants(spec) -> list[str]:

@@ -1,9 +1,16 @@
-"""Conformance reports: the terminal table, report.md, report.json and JUnit XML."""
+"""Conformance reports: the terminal table, report.md, report.json, report.html and JUnit XML.
+
+A report is one JSON-ready dict (`report_dict`): the run's settings, its variants' rows, its checks and
+its timing. The four files are written from that dict alone (`write_report_files`), so `mnforge report
+merge` (`merge_reports`) can combine the report.json files of several runs, e.g. the shards of one
+`conform --all --shard K/N` matrix, into the report one run over all of them would have written.
+"""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import fields
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
@@ -15,6 +22,8 @@ from spec import describe
 from spec.files import atomic_write
 
 CHECKS = ("build", "structure", "params", "round_trip", "shapes", "macs", "resolutions", "outputs", "onnx")
+REPORT_FORMAT = 2  # 2: spec, frameworks, options, selection and shard recorded (what `report merge` needs)
+SAME_RUN = ("flavor", "resolution", "num_classes", "frameworks", "options")  # and the spec's sha256
 
 
 def _rows(loaded, run: RunResult, checks: list[Check]) -> list[dict]:
@@ -30,8 +39,9 @@ def _rows(loaded, run: RunResult, checks: list[Check]) -> list[dict]:
             cells[name] = "–" if not group else ("ok" if all(c.ok for c in group) else "FAIL")
         outputs = [c for c in by_variant[variant].get("outputs", []) if "logits_rel" in c.figures]
         worst = max((c.figures["logits_rel"] for c in outputs), default=float("nan"))
+        seconds = sum(sum(r.timings.values()) for (v, _), r in run.results.items() if v == variant)
         rows.append({"variant": variant, "params": desc.params, "state": desc.state, "macs": desc.macs,
-                     "cells": cells, "worst_logits_rel": worst})
+                     "cells": cells, "worst_logits_rel": worst, "worker_seconds": seconds})
     return rows
 
 
@@ -52,20 +62,54 @@ def time_split(run: RunResult) -> dict[str, float]:
     return dict(split)
 
 
+def report_dict(loaded, run: RunResult, checks: list[Check], selection: list[str] | None = None,
+                shard: tuple[int, int] | None = None) -> dict:
+    """Everything the report files show, JSON-ready. `selection`: the variants asked for before `--shard`
+    (default: the run's); `shard`: (K, N) when the run was the K-th of N shards of that selection."""
+    config = run.config
+    return {
+        "format": REPORT_FORMAT,
+        "spec": {"path": str(loaded.path), "sha256": loaded.sha256, "variants": list(loaded.spec.variants())},
+        "flavor": run.flavor, "resolution": list(run.resolution), "num_classes": run.num_classes,
+        "frameworks": [w.key for w in config.workers],
+        "options": {"onnx": config.options.onnx, "device": config.options.device},
+        "selection": list(run.variants if selection is None else selection),
+        "shard": list(shard) if shard else None,
+        "seconds": run.seconds, "time_split": time_split(run),
+        "workers": [{"worker": r.worker.key, "seconds": r.seconds, "returncode": r.returncode,
+                     "timed_out": r.timed_out} for r in run.workers],
+        "failed": sum(not c.ok for c in checks),
+        "variants": _rows(loaded, run, checks),
+        "checks": [c.to_json() for c in checks],
+    }
+
+
+def check_from_json(data: dict) -> Check:
+    """A Check back from report.json (Check.to_json writes every field; graph_equals_spec may be absent)."""
+    return Check(**{f.name: data[f.name] for f in fields(Check) if f.name in data})
+
+
 def print_summary(loaded, run: RunResult, checks: list[Check], seconds: float) -> None:
+    print_report(report_dict(loaded, run, checks), checks, seconds)
+
+
+def print_report(report: dict, checks: list[Check] | None = None, seconds: float | None = None) -> None:
+    """The terminal table of a report dict, its first failures and its time split."""
     from rich.table import Table
 
+    checks = [check_from_json(c) for c in report["checks"]] if checks is None else checks
+    seconds = report["seconds"] if seconds is None else seconds
     console_ = console()
-    h, w = run.resolution
-    table = Table(title=f"Conformance: {len(run.variants)} variants, {run.flavor} flavor, {h}x{w} input, "
-                        f"frameworks {', '.join(r.worker.key for r in run.workers)}")
+    h, w = report["resolution"]
+    table = Table(title=f"Conformance: {len(report['variants'])} variants, {report['flavor']} flavor, {h}x{w} "
+                        f"input, frameworks {', '.join(report['frameworks'])}")
     table.add_column("variant")
     for column in ("params", "BN state", "MACs"):
         table.add_column(column, justify="right")
     for name in CHECKS:
         table.add_column(name, justify="center")
     table.add_column("max logits err", justify="right")
-    for row in _rows(loaded, run, checks):
+    for row in report["variants"]:
         cells = [f"[green]{v}[/]" if v == "ok" else f"[red]{v}[/]" if v == "FAIL" else v for v in row["cells"].values()]
         table.add_row(row["variant"], f"{row['params']:,}", f"{row['state']:,}", f"{row['macs'] / 1e6:.2f} M",
                       *cells, f"{row['worst_logits_rel']:.1e}")
@@ -75,42 +119,74 @@ def print_summary(loaded, run: RunResult, checks: list[Check], seconds: float) -
         console_.print(f"[red]FAIL[/] {c.variant} {c.name} [{c.subject}]: {c.summary}")
     if len(failed) > 30:
         console_.print(f"... and {len(failed) - 30} more failures (see the report)")
-    workers = ", ".join(f"{r.worker.key} {r.seconds:.0f} s" for r in run.workers)
-    split = ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in time_split(run).items())
+    workers = ", ".join(f"{r['worker']} {r['seconds']:.0f} s" for r in report["workers"]) or "none"
+    split = ", ".join(f"{phase} {value:.0f} s" for phase, value in report["time_split"].items())
     console_.print(f"time split: {split}")
     console_.print(f"{len(checks) - len(failed)}/{len(checks)} checks passed in {seconds:.0f} s "
-                  f"(spec and weights {run.spec_seconds:.1f} s; workers: {workers})")
+                  f"(spec and weights {report['time_split'].get('prepare (spec, weights)', 0.0):.1f} s; "
+                  f"workers: {workers})")
 
 
-def write_reports(folder: Path, loaded, run: RunResult, checks: list[Check]) -> None:
+def write_reports(folder: Path, loaded, run: RunResult, checks: list[Check], selection: list[str] | None = None,
+                  shard: tuple[int, int] | None = None) -> dict:
+    report = report_dict(loaded, run, checks, selection, shard)
+    write_report_files(folder, report)
+    return report
+
+
+def write_report_files(folder: Path, report: dict) -> None:
+    """report.json, report.md, report.html and junit.xml from a report dict."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = _rows(loaded, run, checks)
-    atomic_write(folder / "report.json", json.dumps({
-        "flavor": run.flavor, "resolution": list(run.resolution), "num_classes": run.num_classes,
-        "seconds": run.seconds, "time_split": time_split(run),
-        "workers": [{"worker": r.worker.key, "seconds": r.seconds, "returncode": r.returncode,
-                     "timed_out": r.timed_out} for r in run.workers],
-        "variants": rows,
-        "checks": [c.to_json() for c in checks],
-    }, indent=1, default=str))
-    atomic_write(folder / "report.md", _markdown(run, rows, checks))
-    h, w = run.resolution
+    checks = [check_from_json(c) for c in report["checks"]]
+    atomic_write(folder / "report.json", json.dumps(report, indent=1, default=str))
+    atomic_write(folder / "report.md", _markdown(report, checks))
     atomic_write(folder / "report.html", html_report(
-        "MobileNet Forge conformance", rows, checks, CHECKS,
-        f"{len(run.variants)} variants, flavor {run.flavor}, input {h}x{w}, {run.num_classes} classes; "
-        f"{sum(c.ok for c in checks)}/{len(checks)} checks passed in {run.seconds:.0f} s."))
+        "MobileNet Forge conformance", report["variants"], checks, CHECKS,
+        f"{_settings(report)}; {sum(c.ok for c in checks)}/{len(checks)} checks passed in "
+        f"{report['seconds']:.0f} s." + "".join(f" {line}" for line in _provenance(report))))
     atomic_write(folder / "junit.xml", _junit(checks))
 
 
-def _markdown(run: RunResult, rows: list[dict], checks: list[Check]) -> str:
-    h, w = run.resolution
+def _settings(report: dict) -> str:
+    h, w = report["resolution"]
+    return (f"{len(report['variants'])} variants, flavor {report['flavor']}, input {h}x{w}, "
+            f"{report['num_classes']} classes")
+
+
+def _provenance(report: dict) -> list[str]:
+    """Sentences saying what part of a selection this report covers, or which reports it merges."""
+    lines = []
+    if report.get("shard"):
+        k, n = report["shard"]
+        lines.append(f"Shard {k}/{n} of {len(report['selection'])} selected variants"
+                     + (": no variants in this shard." if not report["variants"] else "."))
+    merged = report.get("merged_from")
+    if merged:
+        parts = [f"{m['report']} ({'shard ' + '/'.join(map(str, m['shard'])) + ', ' if m['shard'] else ''}"
+                 f"{m['variants']} variants, {m['seconds']:.0f} s)" for m in merged]
+        lines.append(f"Merged from {len(merged)} reports: {', '.join(parts)}; worker times summed, "
+                     "wall time the longest.")
+        present = {row["variant"] for row in report["variants"]}
+        missing = [v for v in report["selection"] if v not in present]
+        if missing:
+            lines.append(f"Partial: {len(present)} of {len(report['selection'])} selected variants; missing "
+                         f"{', '.join(missing[:10])}{f' and {len(missing) - 10} more' if len(missing) > 10 else ''}.")
+    return lines
+
+
+def _markdown(report: dict, checks: list[Check]) -> str:
+    h, w = report["resolution"]
+    rows = report["variants"]
+    workers = ", ".join(f"{r['worker']} ({r['seconds']:.0f} s)" for r in report["workers"])
     lines = ["# Conformance report", "",
-             f"{len(run.variants)} variants, flavor `{run.flavor}`, input {h}x{w}, {run.num_classes} classes; "
-             f"workers: {', '.join(f'{r.worker.key} ({r.seconds:.0f} s)' for r in run.workers)}; "
-             f"total {run.seconds:.0f} s.", "",
-             "| variant | params | BN state | MACs | " + " | ".join(CHECKS) + " | max logits rel. error |",
-             "|---|---:|---:|---:|" + "---|" * len(CHECKS) + "---:|"]
+             f"{len(rows)} variants, flavor `{report['flavor']}`, input {h}x{w}, {report['num_classes']} classes; "
+             f"workers: {workers}; total {report['seconds']:.0f} s.", ""]
+    provenance = _provenance(report)
+    if provenance:
+        lines += [" ".join(provenance), ""]
+    lines += ["| variant | params | BN state | MACs | " + " | ".join(CHECKS) + " | max logits rel. error |",
+              "|---|---:|---:|---:|" + "---|" * len(CHECKS) + "---:|"]
     for row in rows:
         lines.append(f"| {row['variant']} | {row['params']:,} | {row['state']:,} | {row['macs']:,} | "
                      + " | ".join(row["cells"].values()) + f" | {row['worst_logits_rel']:.2e} |")
@@ -157,3 +233,119 @@ def _junit(checks: list[Check]) -> str:
         cases.append(f'  <testcase classname={quoteattr(c.variant)} name={name}>{body}</testcase>')
     return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="mnforge-conformance" tests="{len(checks)}" '
             f'failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+
+
+class MergeError(ValueError):
+    """Reports that cannot be one run's: a one-line reason."""
+
+
+def load_report(folder: Path) -> dict:
+    """A report folder's report.json, refused in one line when absent, unreadable or of an older format."""
+    path = Path(folder) / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MergeError(f"{folder}: no report.json (write one with `mnforge conform ... --report {folder}`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MergeError(f"{path}: not a readable report ({exc})") from None
+    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
+        raise MergeError(f"{path}: report format {report.get('format') if isinstance(report, dict) else None!r}, "
+                         f"expected {REPORT_FORMAT} (written by an older mnforge; run conform again)")
+    return report
+
+
+def merge_reports(reports: list[tuple[str, dict]], partial: bool = False) -> dict:
+    """One report from several (name, report dict) of the same spec and settings, as one run over all of
+    their variants would have written it: rows and checks in the spec's order, worker times summed per
+    worker, wall time the longest. Refused (MergeError) when the spec or a setting differs, a variant is
+    in two reports, or, when the reports are shards of one selection, a shard is missing (unless
+    `partial`)."""
+    if not reports:
+        raise MergeError("no reports to merge")
+    first_name, first = reports[0]
+    for name, report in reports[1:]:
+        if report["spec"]["sha256"] != first["spec"]["sha256"]:
+            raise MergeError(f"cannot merge {first_name} and {name}: different specs ({first['spec']['path']} "
+                             f"sha256 {first['spec']['sha256'][:12]} vs {report['spec']['path']} "
+                             f"sha256 {report['spec']['sha256'][:12]})")
+        for key in SAME_RUN:
+            if report[key] != first[key]:
+                raise MergeError(f"cannot merge {first_name} and {name}: different {key} "
+                                 f"({_show(first[key])} vs {_show(report[key])})")
+    owner: dict[str, str] = {}
+    for name, report in reports:
+        for row in report["variants"]:
+            if row["variant"] in owner:
+                raise MergeError(f"cannot merge: {row['variant']} is in both {owner[row['variant']]} and {name}")
+            owner[row["variant"]] = name
+    order = {v: i for i, v in enumerate(first["spec"]["variants"])}
+    selection = _merged_selection(reports, partial, order)
+
+    def spec_order(variant: str) -> int:
+        return order.get(variant, len(order))
+
+    rows = sorted((row for _, r in reports for row in r["variants"]), key=lambda row: spec_order(row["variant"]))
+    checks = sorted((c for _, r in reports for c in r["checks"]), key=lambda c: spec_order(c["variant"]))
+    workers: dict[str, dict] = {}
+    for _, report in reports:
+        for w in report["workers"]:
+            merged = workers.setdefault(w["worker"], {"worker": w["worker"], "seconds": 0.0, "returncode": 0,
+                                                      "timed_out": False})
+            merged["seconds"] += w["seconds"]
+            merged["returncode"] = merged["returncode"] or w["returncode"]
+            merged["timed_out"] = merged["timed_out"] or w["timed_out"]
+    split: dict[str, float] = defaultdict(float)
+    for _, report in reports:
+        for phase, seconds in report["time_split"].items():
+            split[phase] = max(split[phase], seconds) if phase == "total wall" else split[phase] + seconds
+    return {
+        "format": REPORT_FORMAT,
+        "spec": first["spec"], **{key: first[key] for key in SAME_RUN},
+        "selection": selection, "shard": None,
+        "seconds": max(r["seconds"] for _, r in reports), "time_split": dict(split),
+        "workers": sorted(workers.values(), key=lambda w: _index(first["frameworks"], w["worker"])),
+        "failed": sum(not c["ok"] for c in checks),
+        "variants": rows, "checks": checks,
+        "merged_from": [{"report": name, "shard": r["shard"], "variants": len(r["variants"]),
+                         "seconds": r["seconds"], "failed": r["failed"]} for name, r in reports],
+    }
+
+
+def _merged_selection(reports: list[tuple[str, dict]], partial: bool, order: dict[str, int]) -> list[str]:
+    """Shards (any report a shard): all must be shards K/N of one selection and one N, every K in 1..N
+    present once (unless `partial`); the merged selection is theirs. Whole runs: the union of their
+    selections, in the spec's order."""
+    first_name, first = reports[0]
+    if not any(r["shard"] for _, r in reports):
+        union = dict.fromkeys(v for _, r in reports for v in r["selection"])
+        return sorted(union, key=lambda v: order.get(v, len(order)))
+    for name, report in reports:
+        if not (report["shard"] and first["shard"] and report["shard"][1] == first["shard"][1]
+                and report["selection"] == first["selection"]):
+            raise MergeError(f"cannot merge {first_name} ({_what(first)}) and {name} ({_what(report)}): "
+                             "shards must split one selection the same number of ways")
+    count = first["shard"][1]
+    seen: dict[int, str] = {}
+    for name, report in reports:
+        k = report["shard"][0]
+        if k in seen:
+            raise MergeError(f"cannot merge: shard {k}/{count} given twice ({seen[k]} and {name})")
+        seen[k] = name
+    missing = [f"{k}/{count}" for k in range(1, count + 1) if k not in seen]
+    if missing and not partial:
+        raise MergeError(f"missing shard(s) {', '.join(missing)} of the {len(first['selection'])} selected "
+                         "variants; pass --partial to merge the others anyway")
+    return list(first["selection"])
+
+
+def _what(report: dict) -> str:
+    selected = f"{len(report['selection'])} selected variants"
+    return f"shard {report['shard'][0]}/{report['shard'][1]} of {selected}" if report["shard"] else f"all {selected}"
+
+
+def _index(items: list, item) -> int:
+    return items.index(item) if item in items else len(items)
+
+
+def _show(value) -> str:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
