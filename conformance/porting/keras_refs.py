@@ -27,21 +27,37 @@ def build(ref: Reference, input_shape=(224, 224, 3)):
     return constructor(input_shape=input_shape, weights=None, classifier_activation=None, **kwargs)
 
 
-def layers(model) -> list[ReferenceLayer]:
+def kind(layer) -> str | None:
+    """The pairing kind of a Keras layer with weights ("batch_norm", "depthwise_conv", "conv", "linear"), else
+    None. Also the kind of op that computes it: a head stored as a 1x1 Conv2D is a "conv" here, whatever the
+    spec calls it, because TensorFlow may give a 1x1 convolution and a Dense layer different kernels."""
     from keras import layers as kl
 
+    if isinstance(layer, kl.BatchNormalization):
+        return "batch_norm"
+    if isinstance(layer, kl.DepthwiseConv2D):
+        return "depthwise_conv"
+    if isinstance(layer, kl.Conv2D):
+        return "conv"
+    if isinstance(layer, kl.Dense):
+        return "linear"
+    return None
+
+
+def layers(model) -> list[ReferenceLayer]:
     out = []
     for layer in model.layers:
+        kind_ = kind(layer)
+        if kind_ is None:
+            continue
         values = {w.name: np.asarray(w.numpy()) for w in layer.weights}
-        if isinstance(layer, kl.BatchNormalization):
-            out.append(ReferenceLayer(layer.name, "batch_norm", {BN_NAMES[k]: v for k, v in values.items()}))
-        elif isinstance(layer, (kl.DepthwiseConv2D, kl.Conv2D, kl.Dense)):
-            kind = ("depthwise_conv" if isinstance(layer, kl.DepthwiseConv2D)
-                    else "conv" if isinstance(layer, kl.Conv2D) else "linear")
+        if kind_ == "batch_norm":
+            out.append(ReferenceLayer(layer.name, kind_, {BN_NAMES[k]: v for k, v in values.items()}))
+        else:
             tensors = {"weight": kernel_to_neutral(layer, values["kernel"])}
             if "bias" in values:
                 tensors["bias"] = values["bias"]
-            out.append(ReferenceLayer(layer.name, kind, tensors))
+            out.append(ReferenceLayer(layer.name, kind_, tensors))
     return out
 
 
