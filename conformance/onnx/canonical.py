@@ -9,6 +9,7 @@ canonical op where two graphs differ, with both sides.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 
@@ -46,6 +47,32 @@ class Canonical:
             name = op.attrs.get("fn", op.kind) if op.kind == "act" else op.kind
             counts[name] = counts.get(name, 0) + 1
         return dict(sorted(counts.items()))
+
+
+AFFINE_HOSTS = ("conv", "linear", "affine")
+
+
+def fold_affines(ops: list[Op], outputs: tuple[int, ...] = ()) -> None:
+    """Fold each per-channel `affine` (a BatchNorm, a layer scale, a per-channel Mul or Add) into the conv,
+    linear or affine op it reads, when nothing else reads that op: BatchNorm folding absorbs it into the
+    weights, and no exported graph can tell the two apart. Where the op's output is read elsewhere too (a
+    residual add that reads a block's input ahead of the attention block's BatchNorm), folding would
+    change what the other reader sees: the affine stays an op of its own. Both builders call this, so
+    the spec and an export fold by one rule. `outputs`: ops that are the graph's outputs (a use each).
+    Folded affines become identities (`finalize` drops them)."""
+    uses = Counter(j for op in ops for j in op.inputs)
+    uses.update(outputs)
+    alias: dict[int, int] = {}
+    for i, op in enumerate(ops):
+        op.inputs = [alias.get(j, j) for j in op.inputs]
+        if op.kind != "affine" or len(op.inputs) != 1:
+            continue
+        (host,) = op.inputs
+        if ops[host].kind in AFFINE_HOSTS and uses[host] == 1:
+            ops[host].folded = True
+            op.kind, op.attrs = "identity", {}
+            alias[i] = host
+            uses[host] = uses[i]  # op i's readers now read the host
 
 
 def finalize(ops: list[Op]) -> list[Op]:

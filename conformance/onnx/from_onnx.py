@@ -11,10 +11,11 @@ Canonicalisation, in order:
   1. inline local functions, fold every node whose inputs are all constants;
   2. follow each tensor's axis order through Transposes, so a Pad's amounts land on H and W, and treat
      Transpose, Reshape, Flatten, (Un)Squeeze, Identity, Dropout, Cast, Expand and Tile as transparent;
-  3. fold BatchNormalization and per-channel constant Mul/Add/Sub/Div into the convolution or linear
-     layer that produces their input (what BatchNorm folding does to the weights; a layer scale folds
-     the same way); where no such layer precedes them (the attention block's BatchNorm on its input)
-     they are one canonical `affine` op (a per-channel scale and shift);
+  3. BatchNormalization and per-channel constant Mul/Add/Sub/Div are canonical `affine` ops (a per-channel
+     scale and shift), folded (canonical.fold_affines, the spec's rule too) into the convolution, linear
+     or affine op that produces their input when nothing else reads that op's output (what BatchNorm
+     folding does to the weights; a layer scale folds the same way). Where something else reads it
+     too (a residual add that reads the input of the attention block's BatchNorm) the affine stays;
   4. compose the remaining elementwise ops with scalar constants into one function of one tensor and
      name it by its values on a probe grid: relu, relu6, hard_sigmoid, hard_swish, gelu (exact, erf),
      or `unknown` (HardSigmoid with ONNX's default alpha 0.2 is not relu6(x + 3) / 6 and stays apart);
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from conformance.onnx.canonical import Canonical, Op, finalize, total_macs, total_params
+from conformance.onnx.canonical import Canonical, Op, finalize, fold_affines, total_macs, total_params
 from spec.activations import ACTIVATIONS
 from spec.resolve import padding_amounts
 
@@ -71,8 +72,9 @@ def canonicalize(model, input_layout: str) -> Canonical:
     for node in model.graph.node:
         reader.read(node)
     (output,) = model.graph.output
-    reader.materialise(output.name)
+    result = reader.materialise(output.name)
     ops = reader.ops
+    fold_affines(ops, outputs=(result,))
     for op in ops:
         if op.kind == "matmul":  # as the spec states it, whatever float32 rounding the exporter's factors had
             op.attrs["scale"] = float(f"{op.attrs['scale']:.5g}")
@@ -241,13 +243,10 @@ def _elementwise(node, op, attrs, ins, live, reader: _Reader) -> _Value:
     value = values[live[0]]
     others = [constants[i] for i in ins if i in constants]
     if op == "BatchNormalization" or any(c.size > 1 for c in others):
-        source = ops[value.source] if value.source is not None else None
-        if not value.fn and source is not None and source.kind in ("conv", "linear", "affine"):
-            source.folded = True  # BatchNorm or a per-channel affine: folded into the weights
-            return _Value(value.source, (), value.layout, value.pads)
-        if op not in ("BatchNormalization", "Mul", "Add", "Sub", "Div"):
-            raise ValueError(f"per-channel {op} {node.name!r} does not follow a convolution or linear layer")
-        # A BatchNorm on a block's input (not after a conv): a per-channel scale and shift of its own.
+        # A per-channel scale and shift: an `affine`, which canonical.fold_affines folds into the conv or
+        # linear layer it reads when nothing else reads that layer (BatchNorm folding), as the spec's are.
+        if op not in ("BatchNormalization", "Mul", "Add", "Sub") and not (op == "Div" and ins[0] == live[0]):
+            raise ValueError(f"per-channel {op} {node.name!r} is not a scale and shift")
         channels = int(others[0].size if op == "BatchNormalization" else max(c.size for c in others))
         return _Value(emit("affine", {"channels": channels}, [materialise(live[0])]), (), value.layout, value.pads)
     step = _scalar_step(op, attrs, ins, live[0], constants)

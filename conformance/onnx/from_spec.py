@@ -2,14 +2,18 @@
 list: every decision (activations, padding amounts, which layer reads which, squeeze-excite gates,
 residual adds) is the resolver's, read from the layers, not decided again here.
 
-BatchNorm folds into the conv or linear layer before it, and a layer scale into the conv before it (as
-an exporter's optimiser may fold them); a BatchNorm on a block's input (the attention block's) is an
-`affine` of its own. An attention layer is softmax(q k^T / sqrt(key_dim)) v: two products and a softmax.
+A BatchNorm or a layer scale is a per-channel `affine`, folded by the canonical rule
+(canonical.fold_affines, the export's rule too): into the conv, linear or affine op it reads when
+nothing else reads that op (as an exporter's optimiser may fold it). So a block's BatchNorm folds into its
+conv, and the attention block's BatchNorm on its input folds into the previous block's last conv when
+that block adds no residual and the attention block adds none (nothing else reads it); after a residual
+add, or when its own residual add reads the same input, it is an `affine` of its own. An attention layer
+is softmax(q k^T / sqrt(key_dim)) v: two products and a softmax.
 """
 
 from __future__ import annotations
 
-from conformance.onnx.canonical import Canonical, Op, finalize, total_macs, total_params
+from conformance.onnx.canonical import Canonical, Op, finalize, fold_affines, total_macs, total_params
 
 CONVS = ("conv", "depthwise_conv")
 
@@ -21,7 +25,6 @@ def from_spec(desc) -> Canonical:
     produced: dict[str, int | None] = {}  # layer name -> the op that yields its output
     block_inputs: dict[str, int | None] = {}
     current: int | None = None  # the previous layer's output (None: the image)
-    previous = None
 
     def emit(kind, attrs, inputs) -> int:
         ops.append(Op(kind, attrs, [i for i in inputs if i is not None]))
@@ -39,16 +42,14 @@ def from_spec(desc) -> Canonical:
             ops[y].weight_size = layer.out_channels * (layer.in_channels // layer.groups) * layer.kernel ** 2
         elif layer.kind == "linear":
             y = emit("linear", {"in": layer.in_channels, "out": layer.out_channels}, [x])
-        elif layer.kind == "batch_norm":
-            folds = (previous is not None and previous.kind in (*CONVS, "linear") and previous.block == layer.block
-                     and not layer.inputs)
-            y = x if folds else emit("affine", {"channels": layer.out_channels}, [x])
+        elif layer.kind in ("batch_norm", "layer_scale"):  # per-channel: fold_affines folds it, or keeps it
+            y = emit("affine", {"channels": layer.out_channels}, [x])
         elif layer.kind == "attention":
             y = _attention(emit, ops, layer, layers, [produced[name] for name in layer.inputs])
         elif layer.kind == "pool":
             y = emit("pool", {}, [x])
-        else:  # layer_scale: folds into the conv before it, like a BatchNorm
-            y = x
+        else:
+            raise ValueError(f"no canonical form for {layer.kind} layer {layer.name!r}")
         if layer.activation != "identity":
             y = emit("act", {"fn": layer.activation}, [y])
         if layer.gates:
@@ -56,7 +57,7 @@ def from_spec(desc) -> Canonical:
         if layer.residual:
             y = emit("add", {}, [block_inputs[layer.block], y])
         produced[layer.name] = current = y
-        previous = layer
+    fold_affines(ops, outputs=(current,))
     ops = finalize(ops)
     return Canonical(ops, total_params(ops), total_macs(ops))
 
