@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +52,36 @@ def _export_torch(model, resolution, path: Path):
 
     example = torch.zeros(1, 3, *resolution, dtype=next(model.parameters()).dtype)
     batch = torch.export.Dim(BATCH, min=1, max=4096)
-    program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT],
-                                output_names=[OUTPUT], dynamic_shapes=({0: batch},), verbose=False)
+    with _contiguous_conv_inputs(model):
+        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT],
+                                    output_names=[OUTPUT], dynamic_shapes=({0: batch},), verbose=False)
     return program.model_proto
+
+
+@contextmanager
+def _contiguous_conv_inputs(model):
+    """While exporting, every convolution of `model` reads its input contiguous (memory layout only: the
+    values, and so the ONNX graph, are the same; ONNX has no strides).
+
+    Why: a conv that reads a strided view makes torch.export's trace ask whether the dynamic batch is 1.
+    The Mobile MQA block's output projection reads its attention output transposed and reshaped, a view
+    with channels-last strides; with one query head (`heads: 1`) the fake convolution's choice of memory
+    format for it depends on whether the batch axis (size 1 in the example) is 1, guards on it, and
+    torch.export reports the batch axis specialised: torch.onnx's retry with the suggested range ends in
+    "UserError: Invalid ranges [2:1]". An example batch of 2 instead traces the channels-last path, and
+    the exported head then reads the pooled features through an as_strided Gather."""
+    import torch
+
+    def contiguous(module, args):
+        return (args[0].contiguous(), *args[1:])
+
+    hooks = [m.register_forward_pre_hook(contiguous) for m in model.modules()
+             if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def _export_keras(model, resolution, path: Path):
