@@ -15,10 +15,15 @@ Canonicalisation, in order:
      scale and shift), folded (canonical.fold_affines, the spec's rule too) into the convolution, linear
      or affine op that produces their input when nothing else reads that op's output (what BatchNorm
      folding does to the weights; a layer scale folds the same way). Where something else reads it
-     too (a residual add that reads the input of the attention block's BatchNorm) the affine stays;
+     too (a residual add that reads the input of the attention block's BatchNorm) the affine stays.
+     A per-channel scale alone waits on its tensor: a product with a tensor of the same source takes it
+     along, since s f(x) * g(x) = s (f(x) g(x)) (TensorFlow moves the scale of a BatchNorm after GELU
+     into GELU's erfc factor), and anything else emits it after the activation;
   4. compose the remaining elementwise ops with scalar constants into one function of one tensor and
      name it by its values on a probe grid: relu, relu6, hard_sigmoid, hard_swish, gelu (exact, erf),
-     or `unknown` (HardSigmoid with ONNX's default alpha 0.2 is not relu6(x + 3) / 6 and stays apart);
+     or `unknown` (HardSigmoid with ONNX's default alpha 0.2 is not relu6(x + 3) / 6 and stays apart).
+     On a conv or linear layer with one output channel (a classifier for one class) a per-channel
+     constant is a scalar one: the scale and shift right after the layer are its affine (its bias);
   5. attention: a MatMul (or two-operand Einsum) of two computed tensors is a canonical `matmul`; scalar
      scale steps on its operands, and on the input of the Softmax that reads it, fold into its `scale`
      attribute, so softmax(q k^T / sqrt(d)) v reads matmul(scale=1/sqrt(d)), softmax, matmul(scale=1)
@@ -53,12 +58,14 @@ KNOWN = {name: activation.reference(PROBE) for name, activation in ACTIVATIONS.i
 @dataclass
 class _Value:
     """A tensor of the graph as seen from the canonical ops: produced by op `source` (None: the input),
-    then through `fn` (elementwise, scalar constants), with the axis order `layout` and pending pads."""
+    then through `fn` (elementwise, scalar constants), then scaled per channel by `scale`, with the axis
+    order `layout` and pending pads."""
 
     source: int | None
     fn: tuple = ()  # elementwise steps since `source`: (name, function)
     layout: tuple[str, ...] | None = ("N", "C", "H", "W")
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right, from Pad nodes
+    scale: tuple[str, int] | None = None  # a pending per-channel scale after `fn`: (its node's output, channels)
 
 
 def canonicalize(model, input_layout: str) -> Canonical:
@@ -105,14 +112,41 @@ class _Reader:
         return len(self.ops) - 1
 
     def materialise(self, name: str) -> int | None:
-        """The canonical op that yields this tensor, emitting its activation if it has one."""
-        value = self.values[name]
-        if not value.fn:
-            return value.source
-        key = (value.source, tuple(step[0] for step in value.fn))
-        if key not in self.act_cache:
-            self.act_cache[key] = self.emit("act", {"fn": _classify(value.fn)}, [value.source])
-        return self.act_cache[key]
+        """The canonical op that yields this tensor, emitting its activation if it has one, then its
+        pending per-channel scale (an `affine`)."""
+        return self._materialise(self.values[name])
+
+    def _materialise(self, value: _Value) -> int | None:
+        source = value.source
+        if value.fn:
+            key = (source, tuple(step[0] for step in value.fn))
+            if key not in self.act_cache:
+                op = source
+                for kind, attrs in self._function_ops(source, value.fn):
+                    op = self.emit(kind, attrs, [op])
+                self.act_cache[key] = op
+            source = self.act_cache[key]
+        if value.scale is not None:
+            key = (source, value.scale)
+            if key not in self.act_cache:
+                self.act_cache[key] = self.emit("affine", {"channels": value.scale[1]}, [source])
+            source = self.act_cache[key]
+        return source
+
+    def _function_ops(self, source: int | None, steps) -> list[tuple[str, dict]]:
+        """The canonical ops of an elementwise function of the output of op `source`: an activation.
+        On the one channel of a conv or linear layer with one output (a classifier for one class), a
+        scale and shift by constants right after the layer is its bias (or BatchNorm), no different from
+        a scalar step: the shortest such prefix after which the rest is an activation the spec names (or
+        nothing) is that channel's affine."""
+        if source is not None and self.ops[source].kind in ("conv", "linear") and self.ops[source].attrs["out"] == 1:
+            leading = next((i for i, step in enumerate(steps) if not _is_affine([step])), len(steps))
+            for cut in range(leading + 1):
+                rest = steps[cut:]
+                name = _classify(rest) if rest else None
+                if name is None or name in KNOWN:
+                    return ([("affine", {"channels": 1})] if cut else []) + ([("act", {"fn": name})] if rest else [])
+        return [("act", {"fn": _classify(steps)})]
 
     def read(self, node) -> None:
         import onnx
@@ -167,7 +201,7 @@ class _Reader:
             layout = tuple(layout[p] for p in attrs["perm"])
         elif op != "Transpose":
             layout = layout if op in ("Identity", "Dropout", "Cast", "Expand", "Tile") else None
-        return _Value(value.source, value.fn, layout, value.pads)
+        return _Value(value.source, value.fn, layout, value.pads, value.scale)
 
     @staticmethod
     def _pad(value: _Value, amounts: list[int]) -> _Value:
@@ -177,7 +211,8 @@ class _Reader:
         top, left = amounts[axis["H"]], amounts[axis["W"]]
         bottom, right = amounts[rank + axis["H"]], amounts[rank + axis["W"]]
         p = value.pads
-        return _Value(value.source, value.fn, value.layout, (p[0] + top, p[1] + left, p[2] + bottom, p[3] + right))
+        return _Value(value.source, value.fn, value.layout, (p[0] + top, p[1] + left, p[2] + bottom, p[3] + right),
+                      value.scale)
 
     def _conv(self, attrs, ins, live: str, out: str) -> _Value:
         value = self.values[live]
@@ -199,7 +234,7 @@ class _Reader:
         """Step 5: a product of two computed tensors; scalar factors on its operands fold into `scale`."""
         factors, inputs = [], []
         for name in live:
-            factor = _linear_factor(self.values[name].fn)
+            factor = _linear_factor(self.values[name].fn) if self.values[name].scale is None else None
             factors.append(1.0 if factor is None else factor)
             inputs.append(self.values[name].source if factor is not None else self.materialise(name))
         source = self.emit("matmul", {"scale": float(np.prod(factors))}, inputs)
@@ -208,7 +243,7 @@ class _Reader:
         return _Value(source, (), None)
 
     def _softmax(self, node, value: _Value) -> _Value:
-        factor = _linear_factor(value.fn)
+        factor = _linear_factor(value.fn) if value.scale is None else None
         if value.source is None or self.ops[value.source].kind != "matmul" or factor is None:
             raise ValueError(f"Softmax {node.name!r} does not read a product of two tensors (attention scores)")
         self.ops[value.source].attrs["scale"] *= factor  # softmax(c * q k^T): c is the product's scale
@@ -227,15 +262,19 @@ class _Reader:
 
 
 def _elementwise(node, op, attrs, ins, live, reader: _Reader) -> _Value:
-    """Steps 3 and 4: fold a per-channel affine into its conv, or add a scalar step to the value's function."""
-    values, constants, ops, emit, materialise = (reader.values, reader.constants, reader.ops, reader.emit,
-                                                 reader.materialise)
+    """Steps 3 and 4: a per-channel affine, or a scalar step added to the value's function."""
+    values, constants, emit, materialise = reader.values, reader.constants, reader.emit, reader.materialise
     if len(live) == 2:  # two tensors: a residual add, a gate, or x * f(x) (hard-swish)
         a, b = values[live[0]], values[live[1]]
-        if a.source == b.source and op in ("Mul", "Add"):
+        if a.source == b.source and (op == "Mul" or op == "Add" and a.scale is None and b.scale is None):
             fa, fb = _compose(a.fn), _compose(b.fn)
             combine = (lambda x: fa(x) * fb(x)) if op == "Mul" else (lambda x: fa(x) + fb(x))
-            return _Value(a.source, ((f"{op}({_steps(a)}|{_steps(b)})", combine),), a.layout)
+            # A per-channel scale on either factor scales the product: (s f(x)) g(x) = s (f(x) g(x)).
+            # (TensorFlow's optimiser moves a BatchNorm's scale after GELU into GELU's erfc factor.)
+            scales = [v.scale for v in (a, b) if v.scale is not None]
+            scale = None if not scales else (scales[0] if len(scales) == 1 else
+                                             (f"{scales[0][0]}*{scales[1][0]}", scales[0][1]))
+            return _Value(a.source, ((f"{op}({_steps(a)}|{_steps(b)})", combine),), a.layout, scale=scale)
         kind = {"Add": "add", "Mul": "scale"}.get(op)
         if kind is None:
             raise ValueError(f"no canonical form for {op} of two tensors in {node.name!r}")
@@ -245,10 +284,18 @@ def _elementwise(node, op, attrs, ins, live, reader: _Reader) -> _Value:
     if op == "BatchNormalization" or any(c.size > 1 for c in others):
         # A per-channel scale and shift: an `affine`, which canonical.fold_affines folds into the conv or
         # linear layer it reads when nothing else reads that layer (BatchNorm folding), as the spec's are.
-        if op not in ("BatchNormalization", "Mul", "Add", "Sub") and not (op == "Div" and ins[0] == live[0]):
-            raise ValueError(f"per-channel {op} {node.name!r} is not a scale and shift")
+        # A scale alone (Mul, or Div by the constant) waits on the value: a product with a tensor of the
+        # same source takes it along, anything else emits it (Reader._materialise).
         channels = int(others[0].size if op == "BatchNormalization" else max(c.size for c in others))
+        if op == "Mul" or op == "Div" and ins[0] == live[0]:
+            if value.scale is not None:
+                value = _Value(materialise(live[0]), (), value.layout, value.pads)
+            return _Value(value.source, value.fn, value.layout, value.pads, (node.output[0], channels))
+        if op not in ("BatchNormalization", "Add", "Sub"):
+            raise ValueError(f"per-channel {op} {node.name!r} is not a scale and shift")
         return _Value(emit("affine", {"channels": channels}, [materialise(live[0])]), (), value.layout, value.pads)
+    if value.scale is not None:  # a scalar step after a per-channel scale: on the scaled tensor
+        value = _Value(materialise(live[0]), (), value.layout, value.pads)
     step = _scalar_step(op, attrs, ins, live[0], constants)
     return _Value(value.source, (*value.fn, (f"{op}{_describe_constants(others, attrs)}", step)), value.layout,
                   value.pads)
@@ -313,6 +360,13 @@ def _classify(steps) -> str:
     if np.allclose(ratio, ratio[0], rtol=1e-6) and np.allclose(y[~nonzero], 0.0):
         return f"scale({ratio[0]:.6g})"
     return "unknown(" + "->".join(step[0] for step in steps) + ")"
+
+
+def _is_affine(steps) -> bool:
+    """Whether the elementwise steps compute a * x + b for constants a and b."""
+    y = _compose(steps)(PROBE.copy())
+    a = (y[1] - y[0]) / (PROBE[1] - PROBE[0])
+    return bool(np.allclose(y, a * PROBE + (y[0] - a * PROBE[0]), rtol=1e-6, atol=1e-6))
 
 
 def _linear_factor(steps) -> float | None:
