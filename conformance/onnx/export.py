@@ -76,7 +76,7 @@ def _contiguous_conv_inputs(model):
         return (args[0].contiguous(), *args[1:])
 
     hooks = [m.register_forward_pre_hook(contiguous) for m in model.modules()
-             if isinstance(m, torch.nn.modules.conv._ConvNd)]
+             if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))]
     try:
         yield
     finally:
