@@ -8,16 +8,18 @@ slow tier runs every reference in REFERENCES.
 1e-6 in the reference's own framework is not a rounding bound: it holds because the generated model
 computes the reference's layers with the same ops, which round alike on any CPU. Where the ops differ,
 kernel choice decides. keras.applications computes the heads of MobileNet and MobileNetV3 as 1x1 Conv2D
-layers on the pooled 1x1 map, the generated Keras models as Dense layers: the same function, bit for bit
-the same with TensorFlow's Eigen kernels (a 1x1 convolution is run as a matrix product), but TensorFlow's
-oneDNN kernels (the default on CPUs with AVX-512 VNNI or AMX, TF_ENABLE_ONEDNN_OPTS=1 elsewhere) sum the
-two in different orders: 1.3e-6 to 1.7e-6 on the logits of MobileNetV3Large 1.0, 5e-7 to 1e-6 on the
-other V1/V3 references (issue 12, item 7). No rounding bound can stand in for the same ops: for that
-head (n = 960 and 1280 terms, sums of |terms| from a float64 run), the worst case 2 n u sum|terms| is
-2e-2 of max|logit| and sqrt(n) u gives 7e-4, while real bugs in the same comparison give 1.3e-3
-(BatchNorm epsilon 1e-5 for 1e-3), 1.3e-4 (epsilon 1.1e-3) and 5.8e-4 (symmetric padding for SAME), all
-with the same top-1. Hence test_keras_head_*: the generated Keras model has keras.applications' layer
-kinds, in order.
+layers on the pooled 1x1 map; Dense layers compute the same function, bit for bit the same with
+TensorFlow's Eigen kernels (a 1x1 convolution is run as a matrix product), but TensorFlow's oneDNN kernels
+(the default on CPUs with AVX-512 VNNI or AMX, TF_ENABLE_ONEDNN_OPTS=1 elsewhere) sum the two in different
+orders: 1.3e-6 to 1.7e-6 on the logits of MobileNetV3Large 1.0, 5e-7 to 1e-6 on the other V1/V3
+references, when the generated Keras heads were Dense (issue 12, item 7). Hence the generated Keras model
+computes the layers after pooling as the flavor's fc_layout says (conv1x1: 1x1 Conv2D, as keras.applications).
+No rounding bound can stand in for the same ops: for that head (n = 960 and 1280 terms, sums of |terms| from
+a float64 run), the worst case 2 n u sum|terms| is 2e-2 of max|logit| and sqrt(n) u gives 7e-4, while real
+bugs in the same comparison give 1.3e-3 (BatchNorm epsilon 1e-5 for 1e-3), 1.3e-4 (epsilon 1.1e-3) and
+5.8e-4 (symmetric padding for SAME), all with the same top-1. Hence test_keras_head_*: the generated Keras
+model has keras.applications' layer kinds, in order; and test_keras_applications_reproduced_with_onednn_kernels
+forces oneDNN on any x86 CPU.
 """
 
 from __future__ import annotations
@@ -94,16 +96,11 @@ def test_every_reference_reproduced_in_every_framework(name, tmp_path, images):
 
 # ---- the same layers as keras.applications, so that kernel choice cannot round them apart ---------------
 
-# One reference per keras.applications model family. The generated Keras models compute every head as Dense
-# layers; keras.applications' MobileNet and MobileNetV3 compute theirs as 1x1 Conv2D layers on the pooled
-# 1x1 map (the spec's fc_layout: conv1x1). Until the Keras template renders that layout with Conv2D layers
-# these are expected to fail; strict, so that the fix turns them into failures that ask to drop the mark
-# (and the one on test_keras_applications_reproduced_with_onednn_kernels).
-HEAD_AS_DENSE = pytest.mark.xfail(
-    strict=True, reason="generated Keras heads are Dense, keras.applications' 1x1 Conv2D (issue 12, item 7)")
-KERAS_BUILDERS = [pytest.param("keras-applications:MobileNet_100", marks=HEAD_AS_DENSE),
-                  "keras-applications:MobileNetV2_100",
-                  pytest.param("keras-applications:MobileNetV3Large_100", marks=HEAD_AS_DENSE)]
+# One reference per keras.applications model family. keras.applications' MobileNet and MobileNetV3 compute
+# their heads as 1x1 Conv2D layers on the pooled 1x1 map (the spec's fc_layout: conv1x1, which the generated
+# Keras model follows), MobileNetV2 as Dense (fc_layout: linear).
+KERAS_BUILDERS = ["keras-applications:MobileNet_100", "keras-applications:MobileNetV2_100",
+                  "keras-applications:MobileNetV3Large_100"]
 
 KINDS_PROBE = """
 import json, sys
@@ -129,8 +126,7 @@ print(json.dumps(out))
 def keras_layer_kinds() -> dict[str, list[list[tuple[str, str]]]]:
     """Per reference: (layer name, kind) of every layer with weights, in the reference and in the generated
     model; one Keras process for all."""
-    names = [p.values[0] if hasattr(p, "values") else p for p in KERAS_BUILDERS]
-    proc = subprocess.run([sys.executable, "-c", KINDS_PROBE, *names], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", KINDS_PROBE, *KERAS_BUILDERS], cwd=ROOT, capture_output=True,
                           text=True, check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.splitlines()[-1])
@@ -147,7 +143,6 @@ def test_keras_head_computed_by_the_same_layers_as_keras_applications(name, kera
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="generated Keras heads are Dense (issue 12, item 7): 1.65e-6 here")
 def test_keras_applications_reproduced_with_onednn_kernels(tmp_path, images, monkeypatch):
     """TensorFlow's oneDNN kernels, which CPUs with AVX-512 VNNI or AMX get by default, on any x86 CPU."""
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")

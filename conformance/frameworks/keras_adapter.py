@@ -1,7 +1,8 @@
 """Keras 3: generated/keras3, on whichever backend KERAS_BACKEND names (set by the worker).
 
 Layouts (conformance/frameworks/keras_layout.py): Conv2D kernel (kh, kw, in, out), DepthwiseConv2D kernel
-(kh, kw, C, 1), Dense kernel (in, out), BatchNormalization gamma / beta / moving_mean / moving_variance.
+(kh, kw, C, 1), Dense kernel (in, out), BatchNormalization gamma / beta / moving_mean / moving_variance; a
+linear layer of the spec computed as a 1x1 Conv2D (fc_layout: conv1x1) has kernel (1, 1, in, out).
 Layer names are canonical names with "-" for "." (Keras on the PyTorch backend makes layer names part of
 torch parameter names, which cannot contain ".").
 """
@@ -14,6 +15,11 @@ from conformance.frameworks import keras_layout
 from conformance.frameworks.protocol import MacCount
 from conformance.weights import WeightError
 from generators.location import family_module
+
+# The spec's linear layers (spec/resolve.py: the layers after pooling) by Keras layer name. Where the flavor's
+# fc_layout is conv1x1 the generated model computes them as 1x1 Conv2D layers; their neutral weight is
+# (out, in) all the same.
+LINEAR_LAYERS = frozenset({"fc", "fc-linear", "classifier"})
 
 
 class Adapter:
@@ -38,9 +44,12 @@ class Adapter:
 
     def _to_neutral(self, layer, variable_name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
         try:
-            return keras_layout.to_neutral(layer, variable_name, value)
+            neutral, value = keras_layout.to_neutral(layer, variable_name, value)
         except KeyError:
             raise WeightError(f"{layer.name}: no neutral layout for {type(layer).__name__}.{variable_name}") from None
+        if layer.name in LINEAR_LAYERS and value.ndim == 4:  # a 1x1 Conv2D head (fc_layout: conv1x1)
+            value = keras_layout.conv1x1_to_linear(value)
+        return neutral, value
 
     def _from_neutral(self, layer, variable_name: str, value: np.ndarray) -> np.ndarray:
         return keras_layout.from_neutral(layer, variable_name, value)

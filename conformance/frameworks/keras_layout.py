@@ -1,7 +1,8 @@
 """Keras weight layouts <-> the neutral layout (PyTorch's), for the generated Keras models
 (keras_adapter.py) and keras.applications (conformance/porting/keras_refs.py) alike.
 
-Conv2D kernel (kh, kw, in, out), DepthwiseConv2D kernel (kh, kw, C, 1), Dense kernel (in, out),
+Conv2D kernel (kh, kw, in, out) (a linear layer of the spec stored as a 1x1 Conv2D: (1, 1, in, out) from
+neutral (out, in)), DepthwiseConv2D kernel (kh, kw, C, 1), Dense kernel (in, out),
 BatchNormalization gamma / beta / moving_mean / moving_variance; biases and a LayerScale's gamma as they are.
 """
 
@@ -31,8 +32,17 @@ def kernel_from_neutral(layer, value: np.ndarray) -> np.ndarray:
     if isinstance(layer, layers.DepthwiseConv2D):
         return value.transpose(2, 3, 0, 1)  # (C, 1, kh, kw) -> (kh, kw, C, 1)
     if isinstance(layer, layers.Conv2D):
+        if value.ndim == 2:  # a linear layer of the spec computed as a 1x1 convolution (fc_layout: conv1x1)
+            value = value[:, :, None, None]
         return value.transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)
     return value.T
+
+
+def conv1x1_to_linear(value: np.ndarray) -> np.ndarray:
+    """A 1x1 convolution's neutral weight (out, in, 1, 1) as the linear layer it computes: (out, in)."""
+    if value.shape[2:] != (1, 1):
+        raise ValueError(f"not a 1x1 convolution: weight {value.shape}")
+    return value.reshape(value.shape[:2])
 
 
 def to_neutral(layer, variable_name: str, value: np.ndarray) -> tuple[str, np.ndarray]:

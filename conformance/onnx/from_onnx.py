@@ -81,6 +81,7 @@ def canonicalize(model, input_layout: str) -> Canonical:
     (output,) = model.graph.output
     result = reader.materialise(output.name)
     ops = reader.ops
+    _conv1x1_heads_as_linear(ops, reader.shapes.get(output.name))
     fold_affines(ops, outputs=(result,))
     for op in ops:
         if op.kind == "matmul":  # as the spec states it, whatever float32 rounding the exporter's factors had
@@ -413,6 +414,28 @@ def _conv_pads(attrs, in_shape, out_shape, kernel) -> tuple[int, int, int, int]:
         return (top, left, bottom, right) if auto == "SAME_UPPER" else (bottom, right, top, left)
     pads = list(attrs.get("pads", [0, 0, 0, 0]))
     return (pads[0], pads[1], pads[2], pads[3])
+
+
+def _conv1x1_heads_as_linear(ops: list[Op], output_shape) -> None:
+    """The layers after pooling stored as 1x1 convolutions (fc_layout: conv1x1, as keras.applications' MobileNet
+    and MobileNetV3): a 1x1 conv (stride 1, no padding, one group) on a 1x1 map whose output reaches only
+    activations and such convs up to a flattened (batch, classes) output is the linear layer it computes.
+    (A squeeze-excite's 1x1 convs on the pooled map reach the scaled map: they stay convs.)"""
+    if output_shape is None or len(output_shape) != 2:
+        return
+    consumers: dict[int, list[int]] = {i: [] for i in range(len(ops))}
+    for i, op in enumerate(ops):
+        for j in op.inputs:
+            consumers[j].append(i)
+    head: set[int] = set()  # ops whose every path to the output is activations and 1x1 convs on a 1x1 map
+    for i in reversed(range(len(ops))):  # consumers come after their inputs
+        op = ops[i]
+        pointwise = (op.kind == "conv" and op.positions == 1 and op.attrs["k"] == 1 and op.attrs["s"] == 1
+                     and op.attrs["group"] == 1 and not any(op.attrs["pads"]))
+        if (pointwise or op.kind == "act") and all(j in head for j in consumers[i]):
+            head.add(i)
+            if pointwise:
+                op.kind, op.attrs = "linear", {"in": op.attrs["in"], "out": op.attrs["out"]}
 
 
 def _fold_pool_sums(ops: list[Op]) -> None:

@@ -28,14 +28,18 @@ class Flavor(NamedTuple):
     bn_epsilon: float
     bn_momentum: float  # PyTorch convention: running = (1 - momentum) * running + momentum * batch
     dropout: float  # before the classifier, training only
+    # How the reference computes the layers after pooling: "linear" (a matrix product on (batch, channels)) or
+    # "conv1x1" (a 1x1 convolution on the pooled 1x1 map). The same function; frameworks may round them apart.
+    fc_layout: str
+    classifier_layout: str
 
 
 FLAVORS = {
-    "tf": Flavor("same", 0.001, 0.003, 0.2),
-    "keras": Flavor("same", 0.001, 0.001, 0.0),
-    "torchvision": Flavor("symmetric", 1e-05, 0.1, 0.2),
-    "timm": Flavor("symmetric", 1e-05, 0.1, 0.0),
-    "timm_tf": Flavor("same", 0.001, 0.01, 0.0),
+    "tf": Flavor("same", 0.001, 0.003, 0.2, "conv1x1", "conv1x1"),
+    "keras": Flavor("same", 0.001, 0.001, 0.0, "linear", "linear"),
+    "torchvision": Flavor("symmetric", 1e-05, 0.1, 0.2, "linear", "linear"),
+    "timm": Flavor("symmetric", 1e-05, 0.1, 0.0, "linear", "linear"),
+    "timm_tf": Flavor("same", 0.001, 0.01, 0.0, "linear", "linear"),
 }
 
 

@@ -27,14 +27,18 @@ class Flavor(NamedTuple):
     bn_epsilon: float
     bn_momentum: float  # PyTorch convention: running = (1 - momentum) * running + momentum * batch
     dropout: float  # before the classifier, training only
+    # How the reference computes the layers after pooling: "linear" (a matrix product on (batch, channels)) or
+    # "conv1x1" (a 1x1 convolution on the pooled 1x1 map). The same function; frameworks may round them apart.
+    fc_layout: str
+    classifier_layout: str
 
 
 FLAVORS = {
-    "tf": Flavor("same", 0.001, 0.003, 0.2),
-    "keras": Flavor("same", 0.001, 0.001, 0.2),
-    "torchvision": Flavor("symmetric", 0.001, 0.01, 0.2),
-    "timm": Flavor("symmetric", 1e-05, 0.1, 0.0),
-    "timm_tf": Flavor("same", 0.001, 0.01, 0.0),
+    "tf": Flavor("same", 0.001, 0.003, 0.2, "conv1x1", "conv1x1"),
+    "keras": Flavor("same", 0.001, 0.001, 0.2, "conv1x1", "conv1x1"),
+    "torchvision": Flavor("symmetric", 0.001, 0.01, 0.2, "linear", "linear"),
+    "timm": Flavor("symmetric", 1e-05, 0.1, 0.0, "conv1x1", "conv1x1"),
+    "timm_tf": Flavor("same", 0.001, 0.01, 0.0, "conv1x1", "conv1x1"),
 }
 
 
@@ -931,6 +935,20 @@ def conv_bn_act(
     return activation(x, activation_name, f"{name}-act")
 
 
+def fully_connected(x, units: int, layout: str, name: str, use_bias: bool = True):
+    """A layer after pooling, computed as the flavor's reference computes it (Flavor.fc_layout): "linear" is a
+    Dense layer on (batch, channels), "conv1x1" a 1x1 Conv2D on the pooled (batch, 1, 1, channels) map, as in
+    keras.applications' MobileNet and MobileNetV3. The same function, but TensorFlow's oneDNN kernels round
+    the two apart: the same layers as the reference give the same logits."""
+    if layout == "conv1x1":
+        if len(x.shape) == 2:
+            x = layers.Reshape((1, 1, x.shape[-1]), name=f"{name}-reshape")(x)
+        return layers.Conv2D(units, 1, use_bias=use_bias, name=name)(x)
+    if len(x.shape) == 4:
+        x = layers.Flatten(name=f"{name}-flatten")(x)
+    return layers.Dense(units, use_bias=use_bias, name=name)(x)
+
+
 def squeeze_excite(x, squeeze: int, name: str):
     """Channel gate: global pool -> 1x1 reduce -> act -> 1x1 expand -> gate -> scale."""
     scale = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}-pool")(x)
@@ -977,10 +995,11 @@ def MobileNetV3(
     for i, block in enumerate(a.blocks):
         x = inverted_residual(x, block, flavor, f"blocks-{i}")
     x = conv_bn_act(x, a.last_conv.out, 1, 1, a.last_conv.activation, flavor, "last_conv")
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = activation(layers.Dense(a.fc.out, name="fc")(x), a.fc.activation, "fc-act")
+    x = layers.GlobalAveragePooling2D(keepdims=flavor.fc_layout == "conv1x1", name="pool")(x)
+    x = activation(fully_connected(x, a.fc.out, flavor.fc_layout, "fc"), a.fc.activation, "fc-act")
     x = layers.Dropout(flavor.dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, name="classifier")(x)
+    x = fully_connected(x, num_classes, flavor.classifier_layout, "classifier")
+    outputs = layers.Flatten(name="classifier-flatten")(x) if len(x.shape) == 4 else x
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -997,6 +1016,12 @@ def forward_intermediates(model: keras.Model) -> keras.Model:
         stage = ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
         if stage not in ("image", "dropout"):
             outputs[stage] = layer.output
+    for stage in (
+        "pool",
+        "fc",
+    ):  # (batch, channels) in every framework, also where a 1x1 map (fc_layout: conv1x1)
+        if stage in outputs and len(outputs[stage].shape) == 4:
+            outputs[stage] = layers.Flatten(name=f"{stage}-output")(outputs[stage])
     return keras.Model(model.inputs, outputs, name=f"{model.name}_intermediates")
 
 
