@@ -137,7 +137,9 @@ class Adapter:
                 taps = (_padding_taps(equation.params, operands[0].shape, operands[1].shape,
                                       equation.outvars[0].aval.shape)
                         if equation.primitive.name == "conv_general_dilated" else 0)
-                cache[key] = (int(cost["flops"]) // 2, taps)
+                # A product with a single output element (a one-class classifier at batch 1) is compiled
+                # as a multiply and a reduction: k products and k - 1 sums, one FLOP short of 2 per MAC.
+                cache[key] = (-(-int(cost["flops"]) // 2), taps)
             macs += cache[key][0]
             padding_taps += cache[key][1]
         return MacCount("XLA cost_analysis per conv_general_dilated / dot_general of the traced forward (FLOPs / 2)",
