@@ -137,13 +137,20 @@ class Adapter:
                 taps = (_padding_taps(equation.params, operands[0].shape, operands[1].shape,
                                       equation.outvars[0].aval.shape)
                         if equation.primitive.name == "conv_general_dilated" else 0)
-                # A product with a single output element (a one-class classifier at batch 1) is compiled
-                # as a multiply and a reduction: k products and k - 1 sums, one FLOP short of 2 per MAC.
-                cache[key] = (-(-int(cost["flops"]) // 2), taps)
+                cache[key] = (_macs_from_flops(int(cost["flops"]), equation.outvars[0].aval.shape), taps)
             macs += cache[key][0]
             padding_taps += cache[key][1]
         return MacCount("XLA cost_analysis per conv_general_dilated / dot_general of the traced forward (FLOPs / 2)",
                         macs, padding_taps)
+
+
+def _macs_from_flops(flops: int, output_shape) -> int:
+    """XLA counts 2 FLOPs per multiply-accumulate, except in two degenerate products (found by the fuzzer):
+    with one tap per output (a 1x1 depthwise conv, a key_dim of 1) each output is a multiply alone, 1 FLOP;
+    with one output element (a one-class classifier at batch 1) the product compiles to k multiplies and
+    k - 1 sums, 2k - 1 FLOPs."""
+    outputs = int(np.prod(output_shape))
+    return outputs if flops == outputs else -(-flops // 2)
 
 
 def _equations(jaxpr):
