@@ -159,20 +159,31 @@ def tier_of(failure: Failure, found_in: str) -> str:
     return "static" if failure.check in STATIC_CHECKS else found_in
 
 
-def predicate(signature: tuple, tier: str, work: Path, parallel: int | None, rename: bool = True):
-    """Which cases still fail with `signature`: static cases one by one, conformance cases merged
-    into as few runs as possible (renamed apart), or one by one when `rename` is False."""
-    counter = iter(range(10**9))
+class SameFailure:
+    """The shrinker's predicate: which cases still fail with `signature`. Static cases run one by one,
+    conformance cases merged into as few runs as possible (renamed apart), or one by one when `rename`
+    is False. `failures` keeps the matching failure of each case that failed (by case key)."""
 
-    def fails(cases: list[Case]) -> list[bool]:
-        folder = work / f"eval{next(counter)}"
-        if tier == "static" or not rename:
-            outcomes = [run_case(c, tier, folder / str(i), parallel) for i, c in enumerate(cases)]
+    def __init__(self, signature: tuple, tier: str, work: Path, parallel: int | None, rename: bool = True):
+        self.signature, self.tier, self.work, self.parallel, self.rename = signature, tier, work, parallel, rename
+        self.calls = 0
+        self.failures: dict[str, Failure] = {}
+
+    def __call__(self, cases: list[Case]) -> list[bool]:
+        folder = self.work / f"eval{self.calls}"
+        self.calls += 1
+        if self.tier == "static" or not self.rename:
+            outcomes = [run_case(c, self.tier, folder / str(i), self.parallel) for i, c in enumerate(cases)]
         else:
-            outcomes = run_cases(cases, tier, folder, parallel)
+            outcomes = run_cases(cases, self.tier, folder, self.parallel)
         shutil.rmtree(folder, ignore_errors=True)
-        return [any(f.signature == signature for f in o.failures) for o in outcomes]
-    return fails
+        verdicts = []
+        for case, outcome in zip(cases, outcomes):
+            match = next((f for f in outcome.failures if f.signature == self.signature), None)
+            if match is not None:
+                self.failures[case.key] = match
+            verdicts.append(match is not None)
+        return verdicts
 
 
 def valid_for(tier: str, static: bool, avoid_known: bool = True) -> Callable[[Case], bool]:
@@ -257,22 +268,22 @@ def investigate(found: Found, case: Case, out: Path, work: Path, parallel: int |
         found.duplicate_of = done[failure.signature]
         log(f"  {found.family}: same failure as {found.duplicate_of}")
         return
-    minimal = single
+    minimal, shown = single, next(f for f in alone.failures if f.signature == failure.signature)
     if do_shrink:
         rename = True
         if tier != "static":  # a bug that depends on names does not survive the renaming that merges cases
-            rename = any(predicate(failure.signature, tier, work / "control", parallel)([single, single]))
-        result = shrink(single, predicate(failure.signature, tier, work / "shrink", parallel, rename),
+            rename = any(SameFailure(failure.signature, tier, work / "control", parallel)([single, single]))
+        result = shrink(single, SameFailure(failure.signature, tier, work / "shrink", parallel, rename),
                         valid_for(tier, tier == "static", avoid_known), chunk=8 if rename else 1,
                         budget_s=shrink_budget, log=lambda line: log(f"  {line}"))
-        minimal = result.case
-        if result.steps and rename and tier != "static":  # its own spec, unrenamed: does it still fail?
-            if not predicate(failure.signature, tier, work / "final", parallel, rename=False)([minimal])[0]:
-                minimal = single
+        if result.steps:  # its own spec, unrenamed: does it still fail, and with which message?
+            final = SameFailure(failure.signature, tier, work / "final", parallel, rename=False)
+            if final([result.case])[0]:
+                minimal, shown = result.case, final.failures[result.case.key]
         found.shrink_steps, found.shrink_seconds = result.steps, result.seconds
     path = out / (f"{name}.yaml" if name else file_name(failure, minimal))
     found.file = str(path)
-    found.command = write_spec(minimal, failure, tier, path, origin)
+    found.command = write_spec(minimal, shown, tier, path, origin)
     done[failure.signature] = found.file
     log(f"  wrote {path}\n  rerun: {found.command}")
 

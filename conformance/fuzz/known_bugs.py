@@ -32,6 +32,7 @@ class KnownBug:
 
 ALL_TIERS = frozenset(TIERS)
 ONNX = frozenset({"onnx"})
+MAC_TIERS = frozenset({"outputs", "onnx"})  # the tiers whose runs count MACs
 
 KNOWN_BUGS: dict[str, KnownBug] = {
     # Reported with the brief of issue 12 (being fixed in other sessions).
@@ -70,6 +71,18 @@ KNOWN_BUGS: dict[str, KnownBug] = {
         "variant `a` under flavor `b` (when b's width rules give other widths) and a variant `a_b` get the "
         "same table constant `A_B`: the second definition replaces the first, and variant `a` builds with "
         "the wrong widths under flavor `b`", ALL_TIERS, "tests/data/fuzz_found/table_constant_collision.yaml"),
+    # Both: the Flax MAC counter takes XLA's FLOPs / 2, and XLA does not count 2 FLOPs per
+    # multiply-accumulate when a product has one output or one tap.
+    "flax_macs_single_class": KnownBug(
+        "conformance/frameworks/flax_adapter.py (count_macs)",
+        "with num_classes 1 (or any 1-output conv or linear) the Flax MAC count is one below the spec per "
+        "output: XLA's cost analysis gives a k-input, 1-output product 2k - 1 FLOPs, and FLOPs // 2 drops a MAC",
+        MAC_TIERS, "tests/data/fuzz_found/flax_macs_single_class.yaml"),
+    "flax_macs_single_tap": KnownBug(
+        "conformance/frameworks/flax_adapter.py (count_macs)",
+        "a convolution or product with one tap per output (a 1x1 depthwise conv: uib k1 or k2 1, a kernel-1 "
+        "table; a 1x1 conv from one channel; an mqa key_dim of 1) counts half its MACs in Flax: XLA gives "
+        "it 1 FLOP (a multiply, no add) per output", MAC_TIERS, "tests/data/fuzz_found/flax_macs_single_tap.yaml"),
 }
 
 
@@ -112,6 +125,21 @@ def triggered(case, loaded, tier: str) -> list[str]:
 
     found = []
     spec = loaded.spec
+    if excluded("flax_macs_single_class", tier) or excluded("flax_macs_single_tap", tier):
+        from spec import describe
+
+        s = case.settings
+        for variant in case.variants():
+            for layer in describe(loaded, variant, s.flavor, s.resolution, s.num_classes).layers:
+                key_dim = layer.in_channels // layer.groups  # an attention layer's groups are its heads
+                if layer.kind == "attention" and key_dim == 1 and excluded("flax_macs_single_tap", tier):
+                    found.append("flax_macs_single_tap")
+                if layer.kind not in ("conv", "depthwise_conv", "linear"):
+                    continue
+                if layer.out_channels == 1 and excluded("flax_macs_single_class", tier):
+                    found.append("flax_macs_single_class")
+                if (layer.in_channels // layer.groups) * layer.kernel ** 2 == 1 and excluded("flax_macs_single_tap", tier):
+                    found.append("flax_macs_single_tap")
     variants = list(spec.variants())
     if excluded("table_constant_collision", tier) and _table_constants_collide(variants, list(spec.flavors)):
         found.append("table_constant_collision")

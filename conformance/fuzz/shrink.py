@@ -97,10 +97,10 @@ def candidates(case: Case) -> Iterator[tuple[str, Case]]:
     """(what it does, the simpler case) for every simplification, most aggressive first."""
     yield from _structure(case)
     yield from _rows(case)
+    yield from _run(case)  # early: a smaller input makes every later evaluation cheaper
     yield from _head_and_stem(case)
     yield from _family_fields(case)
     yield from _flavors(case)
-    yield from _run(case)
     yield from _presentation(case)
 
 
@@ -167,8 +167,8 @@ def _rows(case: Case) -> Iterator[tuple[str, Case]]:
             for name, simpler in ROW_SIMPLER.items():
                 if name not in row:
                     continue
-                for value in simpler:
-                    if value == row[name] or (value is not None and isinstance(row[name], bool)):
+                for value in _preferred(simpler, row[name], None):
+                    if value is not None and isinstance(row[name], bool):
                         continue
                     def change(r, i=i, name=name, value=value):
                         r[i] = {k: v for k, v in r[i].items() if k != name}
@@ -181,6 +181,15 @@ def _rows(case: Case) -> Iterator[tuple[str, Case]]:
                         return r
                     what = "drop" if value is None else f"{value} for"
                     yield f"{arch}: row {i}: {what} {name}", _with_rows(case, family, arch, change)
+
+
+def _preferred(values: list, current, drop) -> list:
+    """The values simpler than `current`: those before it in `values` (simplest first), or all of them
+    when it is none of them. So a value only ever moves towards the front: shrinking cannot cycle."""
+    for i, value in enumerate(values):
+        if value is not drop and value == current and type(value) is type(current):
+            return values[:i]
+    return values
 
 
 def _set(path: tuple, value) -> Callable[[dict], None]:
@@ -205,9 +214,7 @@ def _simpler(case: Case, path: tuple, values: list) -> Iterator[tuple[str, Case]
         if not isinstance(node, dict) or key not in node:
             return
         node = node[key]
-    for value in values:
-        if value is not _DROP and value == node:
-            continue
+    for value in _preferred(values, node, _DROP):
         what = "drop" if value is _DROP else f"{value!r} for"
         yield f"{what} {'.'.join(map(str, path))}", case.edited(_set(path, value))
 

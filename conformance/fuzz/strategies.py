@@ -23,7 +23,8 @@
     the conformance run                  settings()                flavor, resolution, num_classes
     one fuzz batch                       batch(k, tier)            a spec with k families + its run
 
-Every drawn spec is valid: the validator must accept it (a refusal is a strategy bug or a finding).
+Strategy builders are cached (hypothesis validates each new strategy object, which costs more than
+drawing from it). Every drawn spec is valid: the validator must accept it (a refusal is a strategy bug or a finding).
 Models stay small so that a batch conforms in a minute or two: at most MAX_CHANNELS channels after the
 width multiplier (expansions up to EXPANSION_CAP times that), 1-5 rows of 1-2 repeats, inputs of
 32-96 pixels a side. Known bugs (conformance/fuzz/known_bugs.py) are avoided where they would be drawn.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import keyword
 import re
+from functools import cache
 
 from hypothesis import strategies as st
 
@@ -46,7 +48,7 @@ EXPANSION_CAP = 4  # an absolute `exp` is at most this times its input width
 MIN_SIZE, MAX_SIZE = 32, 96  # input height and width
 MAX_CLASSES = 1100
 
-KERNELS = st.sampled_from([1, 3, 5, 7])
+KERNELS = st.sampled_from([1, 3, 5, 7])  # of a full convolution (stem, conv and fused_ib rows)
 STRIDES = st.sampled_from([1, 2])
 TABLE_TYPES = ("depthwise_separable", "inverted_residual", "universal")
 ROW_KINDS = ("conv", "fused_ib", "uib", "mqa")
@@ -54,11 +56,25 @@ SCALES = ("scaled", "fixed", "at_least_base")
 PUBLISHED_WIDTHS = (0.25, 0.35, 0.5, 0.75, 1.0, 1.25, 1.3, 1.4)
 
 
+@cache
 def activations(tier: str) -> st.SearchStrategy[str]:
     names = [a for a in LAYER_ACTIVATIONS if not (a == "gelu" and excluded("gelu_keras_onnx", tier))]
     return st.sampled_from(names)
 
 
+@cache
+def avoid_single_taps(tier: str) -> bool:
+    """The Flax MAC counter's known bugs: no product with one tap or one output (conformance/fuzz/known_bugs.py)."""
+    return excluded("flax_macs_single_tap", tier) or excluded("flax_macs_single_class", tier)
+
+
+@cache
+def depthwise_kernels(tier: str) -> st.SearchStrategy[int]:
+    """The kernel of a depthwise convolution: 1 makes it one tap per output."""
+    return st.sampled_from([3, 5, 7] if avoid_single_taps(tier) else [1, 3, 5, 7])
+
+
+@cache
 def hundredths(low: float, high: float) -> st.SearchStrategy[float]:
     """A number on a 0.01 grid: readable in a YAML file, exact enough to vary every rounding."""
     return st.integers(round(low * 100), round(high * 100)).map(lambda i: i / 100)
@@ -76,12 +92,14 @@ PYTHON_NAMES = tuple(sorted(n for n in {*keyword.kwlist, *keyword.softkwlist, "l
 PLAIN_NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,7}", fullmatch=True)
 
 
+@cache
 def identifiers(tier: str) -> st.SearchStrategy[str]:
     """A flavor, family or architecture name: mostly plain, sometimes a Python keyword or builtin, or a
     name the generated code itself uses."""
     return st.one_of(PLAIN_NAMES, PLAIN_NAMES, PLAIN_NAMES, st.sampled_from((*PYTHON_NAMES, *module_names()[0])))
 
 
+@cache
 def variant_identifiers(tier: str) -> st.SearchStrategy[str]:
     """A variant name (a factory function in the generated module; in upper case, its table constant):
     mostly plain, sometimes a Python keyword or builtin, or a name the generated module uses
@@ -96,13 +114,15 @@ def variant_identifiers(tier: str) -> st.SearchStrategy[str]:
     return names.filter(lambda name: name not in avoid)
 
 
+@cache
 def words(tier: str) -> st.SearchStrategy[str]:
     """Free text as simple words (titles, papers, descriptions): identifiers with spaces."""
     word = st.from_regex(r"[A-Z][a-z]{0,6}|[A-Z]{2,4}|V[0-9]", fullmatch=True)
     return st.lists(word, min_size=1, max_size=3).map(" ".join)
 
 
-def titles(tier: str, variants: list[str]) -> st.SearchStrategy[str]:
+@cache
+def titles(tier: str, variants: tuple[str, ...]) -> st.SearchStrategy[str]:
     """A family title (its class name is the title without spaces): simple words, sometimes a class name
     the generated module defines (`ConvBNAct`, `Flavor`) or one of the family's variant names."""
     if excluded("title_shadows_class_name", tier):
@@ -113,13 +133,16 @@ def titles(tier: str, variants: list[str]) -> st.SearchStrategy[str]:
 # ---- spec-wide sections -----------------------------------------------------------------------------
 
 
-def rounding() -> st.SearchStrategy[dict]:
+@cache
+def rounding(tier: str) -> st.SearchStrategy[dict]:
+    divisors = [8, 8, 8, 2, 4, 16] + ([] if avoid_single_taps(tier) else [1])  # 1: widths of 1 channel
     return st.fixed_dictionaries({
-        "divisor": st.sampled_from([8, 8, 8, 1, 2, 4, 16]),
+        "divisor": st.sampled_from(divisors),
         "min_ratio": st.one_of(st.just(0.9), hundredths(0.01, 1.0)),
     })
 
 
+@cache
 def batch_norm() -> st.SearchStrategy[dict]:
     small = st.sampled_from([1.0e-3, 1.0e-5, 1.0e-2, 0.1, 0.5])
     return st.fixed_dictionaries({"epsilon": st.one_of(small, hundredths(0.01, 0.99)),
@@ -127,11 +150,13 @@ def batch_norm() -> st.SearchStrategy[dict]:
                                                         hundredths(0.01, 0.99))})
 
 
+@cache
 def fc_layout() -> st.SearchStrategy:
     layout = st.sampled_from(["linear", "conv1x1"])
     return st.one_of(layout, st.fixed_dictionaries({"fc": layout, "classifier": layout}))
 
 
+@cache
 def flavor_values() -> dict:
     """The conventions every flavor states."""
     return {
@@ -143,21 +168,24 @@ def flavor_values() -> dict:
     }
 
 
+@cache
 def width_rule() -> st.SearchStrategy:
     scale = st.sampled_from(SCALES)
     return st.one_of(scale, st.fixed_dictionaries({"scale": scale}, optional={"fixed_below": hundredths(0.01, 4.0)}))
 
 
-def width_rules(required: set[str]) -> st.SearchStrategy[dict]:
+@cache
+def width_rules(required: frozenset[str]) -> st.SearchStrategy[dict]:
     fields = {"stem": width_rule(), "expansion": st.sampled_from(["ratio", "absolute"]),
               "last_conv": width_rule(), "fc": width_rule()}
     return st.fixed_dictionaries({k: v for k, v in fields.items() if k in required},
                                  optional={k: v for k, v in fields.items() if k not in required})
 
 
+@cache
 def flavor_override() -> st.SearchStrategy[dict]:
     """What a flavor changes for one family (any subset, possibly nothing)."""
-    return st.fixed_dictionaries({}, optional={**flavor_values(), "width_rules": width_rules(set())})
+    return st.fixed_dictionaries({}, optional={**flavor_values(), "width_rules": width_rules(frozenset())})
 
 
 @st.composite
@@ -172,16 +200,19 @@ def flavor(draw, families: list[str], tier: str) -> dict:
 # ---- a family ----------------------------------------------------------------------------------------
 
 
+@cache
 def squeeze_excite(tier: str) -> st.SearchStrategy[dict]:
     return st.fixed_dictionaries({"ratio": st.one_of(st.just(0.25), hundredths(0.01, 1.0)),
                                   "activation": activations(tier), "gate": st.just("hard_sigmoid")})
 
 
+@cache
 def minimalistic(tier: str) -> st.SearchStrategy[dict]:
-    return st.fixed_dictionaries({"kernel": KERNELS, "squeeze_excite": st.just(False),
+    return st.fixed_dictionaries({"kernel": depthwise_kernels(tier), "squeeze_excite": st.just(False),
                                   "activation": activations(tier)})
 
 
+@cache
 def variant(minimal: bool) -> st.SearchStrategy[dict]:
     width = st.one_of(st.sampled_from(PUBLISHED_WIDTHS), hundredths(0.01, 4.0))
     if not minimal:
@@ -189,18 +220,21 @@ def variant(minimal: bool) -> st.SearchStrategy[dict]:
     return st.fixed_dictionaries({"width": width}, optional={"minimalistic": st.booleans()})
 
 
-def channels(budget: int) -> st.SearchStrategy[int]:
+@cache
+def channels(budget: int, tier: str) -> st.SearchStrategy[int]:
     """A base width from a table: scaled by any of the architecture's widths, at most MAX_CHANNELS."""
-    return st.integers(1, budget)
+    return st.integers(min(2 if avoid_single_taps(tier) else 1, budget), budget)
 
 
+@cache
 def stem(budget: int, tier: str) -> st.SearchStrategy[dict]:
-    return st.fixed_dictionaries({"out": channels(budget), "kernel": KERNELS, "stride": STRIDES,
+    return st.fixed_dictionaries({"out": channels(budget, tier), "kernel": KERNELS, "stride": STRIDES,
                                   "activation": activations(tier)})
 
 
+@cache
 def conv_head(budget: int, tier: str) -> st.SearchStrategy[dict]:
-    return st.fixed_dictionaries({"out": channels(budget), "activation": activations(tier)})
+    return st.fixed_dictionaries({"out": channels(budget, tier), "activation": activations(tier)})
 
 
 @st.composite
@@ -217,6 +251,7 @@ def head(draw, shape: tuple[bool, bool, bool], budget: int, tier: str) -> dict:
     return out
 
 
+@cache
 def head_shape() -> st.SearchStrategy[tuple[bool, bool, bool]]:
     return st.tuples(st.booleans(), st.booleans(), st.booleans()).map(lambda s: (s[0], s[1], s[1] and s[2]))
 
@@ -226,13 +261,14 @@ def head_shape() -> st.SearchStrategy[tuple[bool, bool, bool]]:
 # stride so far (attention needs the input downsampled), and whether the row opens the table.
 
 
+@cache
 def repeats() -> st.SearchStrategy[int]:
     return st.sampled_from([1, 1, 2])
 
 
 @st.composite
 def depthwise_separable_row(draw, state: dict, tier: str) -> dict:
-    row = {"out": draw(channels(state["budget"])), "stride": draw(STRIDES)}
+    row = {"out": draw(channels(state["budget"], tier)), "stride": draw(STRIDES)}
     if draw(st.booleans()):
         row["repeats"] = draw(repeats())
     return row
@@ -240,13 +276,13 @@ def depthwise_separable_row(draw, state: dict, tier: str) -> dict:
 
 @st.composite
 def inverted_residual_row(draw, state: dict, tier: str) -> dict:
-    row = {"out": draw(channels(state["budget"])), "stride": draw(STRIDES)}
+    row = {"out": draw(channels(state["budget"], tier)), "stride": draw(STRIDES)}
     if draw(st.booleans()):  # `t`, a ratio of the rounded input width; else `exp`, a width from the table
         row["expansion"] = draw(expansion_ratio())
     else:
         row["expanded"] = draw(st.integers(1, EXPANSION_CAP * state["base_in"]))
     if state["kernel_default"] is None or draw(st.booleans()):
-        row["kernel"] = draw(KERNELS)
+        row["kernel"] = draw(depthwise_kernels(tier))
     if state["activation_default"] is None or draw(st.booleans()):
         row["activation"] = draw(activations(tier))
     if state["squeeze_excite"] and draw(st.booleans()):
@@ -258,6 +294,7 @@ def inverted_residual_row(draw, state: dict, tier: str) -> dict:
     return row
 
 
+@cache
 def expansion_ratio(low: float = 1.0) -> st.SearchStrategy[float]:
     published = [t for t in (1, 2, 3, 4, 6) if t >= low]
     return st.one_of(st.sampled_from(published), st.integers(round(low * 4), 32).map(lambda q: q / 4))
@@ -265,7 +302,7 @@ def expansion_ratio(low: float = 1.0) -> st.SearchStrategy[float]:
 
 @st.composite
 def conv_row(draw, state: dict, tier: str) -> dict:
-    return {"block": "conv", "k2": draw(KERNELS), "out": draw(channels(state["budget"])), "stride": draw(STRIDES)}
+    return {"block": "conv", "k2": draw(KERNELS), "out": draw(channels(state["budget"], tier)), "stride": draw(STRIDES)}
 
 
 @st.composite
@@ -274,16 +311,17 @@ def fused_ib_row(draw, state: dict, tier: str) -> dict:
     # t >= 2 when strided: with t near 1 the expansion rounds to the input width, and a fused_ib without an
     # expansion conv has nothing to carry the stride (spec/resolve.py refuses it when resolving).
     return {"block": "fused_ib", "k2": draw(KERNELS), "expansion": draw(expansion_ratio(2.0 if stride == 2 else 1.0)),
-            "out": draw(channels(state["budget"])), "stride": stride}
+            "out": draw(channels(state["budget"], tier)), "stride": stride}
 
 
 @st.composite
 def uib_row(draw, state: dict, tier: str) -> dict:
-    row = {"block": "uib", "expansion": draw(expansion_ratio()), "out": draw(channels(state["budget"])),
+    row = {"block": "uib", "expansion": draw(expansion_ratio()), "out": draw(channels(state["budget"], tier)),
            "stride": draw(STRIDES)}
-    k1, k2 = draw(st.one_of(st.none(), KERNELS)), draw(st.one_of(st.none(), KERNELS))
+    kernels = depthwise_kernels(tier)
+    k1, k2 = draw(st.one_of(st.none(), kernels)), draw(st.one_of(st.none(), kernels))
     if row["stride"] == 2 and k1 is None and k2 is None:  # the stride needs a depthwise conv to carry it
-        k2 = draw(KERNELS)
+        k2 = draw(kernels)
     row.update({k: v for k, v in (("k1", k1), ("k2", k2)) if v is not None})
     return row
 
@@ -294,11 +332,11 @@ def mqa_row(draw, state: dict, tier: str) -> dict:
     if state["opens"] and kv_stride == 2 and excluded("mqa_first_kv_stride2_torch_onnx", tier):
         kv_stride = 1
     keeps_width = state["opens"] is False and excluded("mqa_changes_channels", tier)
-    row = {"block": "mqa", "heads": draw(st.integers(1, 4)), "key_dim": draw(st.integers(1, 16)),
+    row = {"block": "mqa", "heads": draw(st.integers(1, 4)), "key_dim": draw(st.integers(2 if avoid_single_taps(tier) else 1, 16)),
            "kv_stride": kv_stride,
-           "out": state["base_in"] if keeps_width else draw(channels(state["budget"]))}
+           "out": state["base_in"] if keeps_width else draw(channels(state["budget"], tier))}
     if kv_stride == 2 or draw(st.booleans()):  # k2: the kernel of the key/value downsampling
-        row["k2"] = draw(KERNELS)
+        row["k2"] = draw(depthwise_kernels(tier))
     if draw(st.booleans()):
         row["stride"] = 1
     return row
@@ -347,10 +385,10 @@ def presented_rows(draw, kind: str, rows: list[dict]) -> dict:
 def table(draw, kind: str, stem_out: int, stem_stride: int, budget: int, features: dict, tier: str) -> dict:
     out: dict = {"type": kind}
     if kind == "depthwise_separable":
-        out.update(kernel=draw(KERNELS), activation=draw(activations(tier)))
+        out.update(kernel=draw(depthwise_kernels(tier)), activation=draw(activations(tier)))
     elif kind == "inverted_residual":
         if draw(st.booleans()):
-            out["kernel"] = draw(KERNELS)
+            out["kernel"] = draw(depthwise_kernels(tier))
         if draw(st.booleans()):
             out["activation"] = draw(activations(tier))
     else:
@@ -413,8 +451,8 @@ def family(draw, names: list[str], variant_names: list[str], flavors: list[str],
         required.add("expansion")
     required |= {part for part in ("last_conv", "fc") if any(part in a["head"] for a in archs)}
     used_variants = [v for a in archs for v in a["variants"]]
-    data: dict = {"title": draw(titles(tier, used_variants)), "paper": draw(words(tier)), "resolutions": resolutions,
-                  "width_rules": draw(width_rules(required))}
+    data: dict = {"title": draw(titles(tier, tuple(used_variants))), "paper": draw(words(tier)), "resolutions": resolutions,
+                  "width_rules": draw(width_rules(frozenset(required)))}
     if draw(st.integers(0, 3)) == 0:
         data["references"] = draw(st.lists(st.sampled_from(flavors), unique=True))
     uses_se = any(row.get("squeeze_excite") for a in archs for row in table_rows(a["blocks"]))
@@ -430,10 +468,12 @@ def family(draw, names: list[str], variant_names: list[str], flavors: list[str],
 # ---- a whole spec and its run ------------------------------------------------------------------------------
 
 
-def settings(flavors: list[str]) -> st.SearchStrategy[Settings]:
+def settings(flavors: list[str], tier: str) -> st.SearchStrategy[Settings]:
     size = st.integers(MIN_SIZE, MAX_SIZE)
     resolution = st.one_of(st.tuples(size, size), size.map(lambda s: (s, s)))
-    classes = st.one_of(st.sampled_from([1, 2, 10, 1000, 1001]), st.integers(1, MAX_CLASSES))
+    fewest = 2 if excluded("flax_macs_single_class", tier) else 1
+    classes = st.one_of(st.sampled_from([c for c in (1, 2, 10, 1000, 1001) if c >= fewest]),
+                        st.integers(fewest, MAX_CLASSES))
     return st.builds(Settings, st.sampled_from(flavors), resolution, classes)
 
 
@@ -454,9 +494,9 @@ def batch(draw, families: int, tier: str = "outputs", table_types: tuple[str, ..
                  for i in range(families))
     spec = {
         "spec_version": 1,
-        "rounding": draw(rounding()),
+        "rounding": draw(rounding(tier)),
         "default_flavor": draw(st.sampled_from(flavor_names)),
         "flavors": {name: draw(flavor(list(drawn), tier)) for name in flavor_names},
         "families": drawn,
     }
-    return Case(spec, draw(settings(flavor_names)))
+    return Case(spec, draw(settings(flavor_names, tier)))
