@@ -40,5 +40,14 @@ conformance-quick: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench --json reports/bench.json $(BENCH_ARGS)
 
+# Property-based fuzzing (FUZZING.md): N random families through every framework; SHARD=K/S runs the
+# K-th of S disjoint shards (a CI matrix). Minimal failing specs and summary.{json,md} go to reports/fuzz/.
+N ?= 1000
+SHARD ?= 1/1
+SEED ?= 0
+.PHONY: fuzz
+fuzz: $(STAMP)
+	$(PY) -m conformance.fuzz --n $(N) --shard $(SHARD) --seed $(SEED) --out reports/fuzz
+
 clean:
 	rm -rf $(VENV) reports .pytest_cache
