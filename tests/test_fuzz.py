@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -23,11 +24,11 @@ from hypothesis import strategies as st
 
 from conformance.fuzz import known_bugs
 from conformance.fuzz.campaign import draw, parse_shard, plan, shard, tier_examples, valid_for, write_spec
-from conformance.fuzz.case import DEFAULTS, Case, Settings, features, set_table_rows, table_rows
+from conformance.fuzz.case import DEFAULTS, Case, features, set_table_rows, table_rows
 from conformance.fuzz.pipeline import Failure, run_case, use_jax_cache
 from conformance.fuzz.shrink import shrink
 from conformance.fuzz.strategies import ROW_KINDS, TABLE_TYPES, batch
-from spec import describe, load_spec
+from spec import SpecError, describe, load_spec
 
 FOUND = Path(__file__).parent / "data" / "fuzz_found"
 # The same examples on every run; no shrinking (hypothesis takes minutes on specs this size): a failing
@@ -153,22 +154,33 @@ def test_plan_is_deterministic_and_shards_are_disjoint():
         parse_shard("5/4")
 
 
+def _rerun_options(text: str) -> list[str]:
+    """The options of a minimal spec's `# Rerun: mnforge --spec FILE conform ...` line."""
+    rerun = next(line for line in text.splitlines() if line.startswith("# Rerun: ")).split()
+    return rerun[rerun.index("conform") + 1:]
+
+
 @pytest.mark.parametrize("name", sorted(n for n, bug in known_bugs.KNOWN_BUGS.items() if bug.repro))
-def test_found_specs_load_and_trigger_their_known_bug(name):
-    bug = known_bugs.KNOWN_BUGS[name]
-    path = Path(bug.repro)
+def test_found_names_are_refused_where_they_stand(name):
+    """The name bugs the fuzzer found are now refused by the validator, at the name's line."""
+    path = Path(known_bugs.KNOWN_BUGS[name].repro)
     text = path.read_text()
     assert "# Rerun: mnforge --spec " in text and "# Fails: " in text
-    loaded = load_spec(path)
-    rerun = next(line for line in text.splitlines() if line.startswith("# Rerun: ")).split()
+    with pytest.raises(SpecError) as error:
+        load_spec(path)
+    assert error.value.line and error.value.field, str(error.value)
 
-    def option(flag: str, default: str) -> str:
-        return rerun[rerun.index(flag) + 1] if flag in rerun else default
 
-    h, w = option("--resolution", "32x32").split("x")
-    case = Case(yaml.safe_load(text), Settings(option("--flavor", loaded.spec.default_flavor), (int(h), int(w)),
-                                               int(option("--num-classes", "1000"))))
-    assert name in known_bugs.triggered(case, loaded, sorted(bug.tiers)[0])
+@pytest.mark.parametrize("name", sorted(known_bugs.FIXED))
+def test_found_specs_conform_now(name, capsys, tmp_path):
+    """The minimal specs of fixed bugs pass the check that failed, with the command their header gives."""
+    from conformance.cli import main as mnforge
+
+    path = Path(known_bugs.FIXED[name])
+    code = mnforge(["--spec", str(path), "conform", *_rerun_options(path.read_text()), "--json",
+                    "--work", str(tmp_path)])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, [c for c in report["checks"] if not c["ok"]]
 
 
 def test_features_name_what_a_case_uses():

@@ -35,54 +35,33 @@ ONNX = frozenset({"onnx"})
 MAC_TIERS = frozenset({"outputs", "onnx"})  # the tiers whose runs count MACs
 
 KNOWN_BUGS: dict[str, KnownBug] = {
-    # Reported with the brief of issue 12 (being fixed in other sessions).
-    "mixed_architectures": KnownBug(
-        "generators/context.py, templates",
-        "a family whose architectures differ in head shape (last_conv, fc, fc batch_norm) or table type "
-        "fails to generate or build", ALL_TIERS),
-    "mqa_changes_channels": KnownBug(
-        "conformance/onnx (canonical graph)",
-        "an mqa row whose output width differs from its input width fails the ONNX graph check", ONNX),
-    "gelu_keras_onnx": KnownBug(
-        "conformance/onnx (Keras export / canonical graph)",
-        "a GELU activation fails the Keras ONNX canonical-graph comparison", ONNX),
-    "mqa_first_kv_stride2_torch_onnx": KnownBug(
-        "conformance/onnx/export.py (PyTorch)",
-        "a universal table that opens with an mqa row with kv_stride 2 fails the PyTorch ONNX export", ONNX),
-    # Found by this fuzzer.
+    # Found by this fuzzer and fixed by making the validator refuse such names, with a located error
+    # (spec/model.py): the strategies keep drawing valid specs only, so these names stay out of them.
     "keyword_variant_name": KnownBug(
-        "spec/model.py (Identifier), generators (factory names)",
-        "a variant named by a Python keyword (`del`, `import`, `pass`, ...) passes the validator and is "
-        "rendered as `def del(...)`: ruff cannot format the file, `generate` fails", ALL_TIERS,
+        "spec/model.py (Identifier): now refused",
+        "a variant named by a Python keyword (`del`, `import`, `pass`, ...) passed the validator and was "
+        "rendered as `def del(...)`: ruff could not format the file, `generate` failed", ALL_TIERS,
         "tests/data/fuzz_found/keyword_variant_name.yaml"),
     "variant_name_shadows_module_name": KnownBug(
-        "spec/model.py (Identifier), generators templates (module namespace)",
+        "spec/model.py (GENERATED_FUNCTION_NAMES, builtins): now refused",
         "a variant named like a top-level name of the generated module (`nn`, `layers`, `keras`, `nnx`, "
-        "`activation`, `architecture`, `batch_norm`, `conv_bn_act`, `fixed_padding`, `flavors`, "
-        "`forward_intermediates`, `f` -> constant `F` over torch.nn.functional, ...) replaces it: the "
-        "model fails to build", ALL_TIERS, "tests/data/fuzz_found/variant_name_shadows_module_name.yaml"),
+        "`activation`, `architecture`, ...) or a builtin replaced it: the model failed to build", ALL_TIERS,
+        "tests/data/fuzz_found/variant_name_shadows_module_name.yaml"),
     "title_shadows_class_name": KnownBug(
-        "generators/context.py (class_name from the title)",
-        "a family title whose class name (the title without spaces) equals a class of the generated module "
-        "(`ConvBNAct`, `DepthwiseSeparable`, `Architecture`, ...) replaces that class: the model fails to build",
+        "spec/model.py (GENERATED_NAMES): now refused",
+        "a family title whose class name equals a class of the generated module (`ConvBNAct`, "
+        "`DepthwiseSeparable`, `Architecture`, ...) replaced that class: the model failed to build",
         ALL_TIERS, "tests/data/fuzz_found/title_shadows_class_name.yaml"),
-    "table_constant_collision": KnownBug(
-        "generators/context.py (_table_const)",
-        "variant `a` under flavor `b` (when b's width rules give other widths) and a variant `a_b` get the "
-        "same table constant `A_B`: the second definition replaces the first, and variant `a` builds with "
-        "the wrong widths under flavor `b`", ALL_TIERS, "tests/data/fuzz_found/table_constant_collision.yaml"),
-    # Both: the Flax MAC counter takes XLA's FLOPs / 2, and XLA does not count 2 FLOPs per
-    # multiply-accumulate when a product has one output or one tap.
-    "flax_macs_single_class": KnownBug(
-        "conformance/frameworks/flax_adapter.py (count_macs)",
-        "with num_classes 1 (or any 1-output conv or linear) the Flax MAC count is one below the spec per "
-        "output: XLA's cost analysis gives a k-input, 1-output product 2k - 1 FLOPs, and FLOPs // 2 drops a MAC",
-        MAC_TIERS, "tests/data/fuzz_found/flax_macs_single_class.yaml"),
-    "flax_macs_single_tap": KnownBug(
-        "conformance/frameworks/flax_adapter.py (count_macs)",
-        "a convolution or product with one tap per output (a 1x1 depthwise conv: uib k1 or k2 1, a kernel-1 "
-        "table; a 1x1 conv from one channel; an mqa key_dim of 1) counts half its MACs in Flax: XLA gives "
-        "it 1 FLOP (a multiply, no add) per output", MAC_TIERS, "tests/data/fuzz_found/flax_macs_single_tap.yaml"),
+}
+# Fixed, and drawn again (their minimal specs in tests/data/fuzz_found/ conform: tests/test_fuzz.py):
+# table_constant_collision (generators/context.py numbers a colliding table constant), flax_macs_single_class
+# and flax_macs_single_tap (conformance/frameworks/flax_adapter.py reads XLA's degenerate products), and
+# the bugs issue 12 reported (mixed head shapes and table types in a family; ONNX: channel-changing mqa,
+# GELU after an attention BatchNorm in Keras, a PyTorch export with mqa rows first).
+FIXED = {
+    "table_constant_collision": "tests/data/fuzz_found/table_constant_collision.yaml",
+    "flax_macs_single_class": "tests/data/fuzz_found/flax_macs_single_class.yaml",
+    "flax_macs_single_tap": "tests/data/fuzz_found/flax_macs_single_tap.yaml",
 }
 
 

@@ -123,7 +123,7 @@ def run_cases(cases: list[Case], tier: str, work: Path, parallel: int | None = N
 
 
 def _unrenamed(failure: Failure, suffix: str) -> Failure:
-    strip = lambda name: name.removesuffix(suffix) if name else name  # noqa: E731
+    strip = lambda name: name.removesuffix(suffix) if name else name
     return Failure(strip(failure.family), strip(failure.variant), failure.check, failure.subject, failure.summary)
 
 

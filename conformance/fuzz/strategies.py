@@ -32,6 +32,7 @@ width multiplier (expansions up to EXPANSION_CAP times that), 1-5 rows of 1-2 re
 
 from __future__ import annotations
 
+import builtins
 import keyword
 import re
 from functools import cache
@@ -41,7 +42,7 @@ from hypothesis import strategies as st
 from conformance.fuzz.case import REQUIRED, Case, Settings, alias_of, set_table_rows, table_rows
 from conformance.fuzz.known_bugs import excluded, module_names
 from spec.activations import HARD_SIGMOID_FORMULA, LAYER_ACTIVATIONS
-from spec.model import IDENTIFIER
+from spec.model import GENERATED_FUNCTION_NAMES, IDENTIFIER
 
 MAX_CHANNELS = 64  # any width after the multiplier (stem, rows, heads), before rounding up
 EXPANSION_CAP = 4  # an absolute `exp` is at most this times its input width
@@ -89,14 +90,20 @@ PYTHON_NAMES = tuple(sorted(n for n in {*keyword.kwlist, *keyword.softkwlist, "l
                             if re.fullmatch(IDENTIFIER, n)))
 
 
-PLAIN_NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,7}", fullmatch=True)
+def _not_keyword(name: str) -> bool:
+    # The validator refuses Python keywords as any name (spec/model.py: Identifier).
+    return not (keyword.iskeyword(name) or keyword.issoftkeyword(name))
+
+
+PLAIN_NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,7}", fullmatch=True).filter(_not_keyword)
 
 
 @cache
 def identifiers(tier: str) -> st.SearchStrategy[str]:
-    """A flavor, family or architecture name: mostly plain, sometimes a Python keyword or builtin, or a
-    name the generated code itself uses."""
-    return st.one_of(PLAIN_NAMES, PLAIN_NAMES, PLAIN_NAMES, st.sampled_from((*PYTHON_NAMES, *module_names()[0])))
+    """A flavor, family or architecture name: mostly plain, sometimes a Python builtin or a name the
+    generated code itself uses (never a keyword: the validator refuses those)."""
+    tricky = [name for name in (*PYTHON_NAMES, *module_names()[0]) if _not_keyword(name)]
+    return st.one_of(PLAIN_NAMES, PLAIN_NAMES, PLAIN_NAMES, st.sampled_from(tricky))
 
 
 @cache
@@ -108,10 +115,11 @@ def variant_identifiers(tier: str) -> st.SearchStrategy[str]:
     if excluded("keyword_variant_name", tier):
         avoid |= set(keyword.kwlist)
     if excluded("variant_name_shadows_module_name", tier):
-        avoid |= set(module_names()[0])
+        avoid |= set(module_names()[0]) | set(GENERATED_FUNCTION_NAMES)
+    avoid |= {name for name in PYTHON_NAMES if hasattr(builtins, name) or not _not_keyword(name)}
     tricky = [name for name in (*PYTHON_NAMES, *module_names()[0]) if name not in avoid]
     names = st.one_of(PLAIN_NAMES, PLAIN_NAMES, PLAIN_NAMES, st.sampled_from(tricky))
-    return names.filter(lambda name: name not in avoid)
+    return names.filter(lambda name: name not in avoid and not hasattr(builtins, name))
 
 
 @cache
