@@ -40,7 +40,7 @@ conformance-quick: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench --json reports/bench.json $(BENCH_ARGS)
 
-# Property-based fuzzing (FUZZING.md): N random families through every framework; SHARD=K/S runs the
+# Property-based fuzzing (README: Fuzzing): N random families through every framework; SHARD=K/S runs the
 # K-th of S disjoint shards (a CI matrix). Minimal failing specs and summary.{json,md} go to reports/fuzz/.
 N ?= 1000
 SHARD ?= 1/1
