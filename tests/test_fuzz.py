@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the spec grammar (conformance/fuzz; FUZZING.md): the default tier.
+"""Property-based fuzzing of the spec grammar (conformance/fuzz; README: Fuzzing): the default tier.
 
 * every drawn spec is valid: the validator accepts it, every variant describes, and it triggers none
   of the known bugs its tier avoids (hypothesis, derandomized: the same examples on every run);

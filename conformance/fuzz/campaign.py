@@ -36,7 +36,7 @@ from conformance.fuzz.strategies import batch
 from spec.files import atomic_write
 
 TIER_SHARES = {"onnx": 0.03, "outputs": 0.20}  # of the examples; `outputs` includes `onnx`
-# Families per batch, so that a batch takes about a minute or two on 2 busy cores (FUZZING.md).
+# Families per batch, so that a batch takes about a minute or two on 2 busy cores (README: Fuzzing).
 FAMILIES_PER_BATCH = {"build": 6, "outputs": 5, "onnx": 2}
 DEFAULT_OUT = Path("reports/fuzz")
 JAX_CACHE = Path(".cache/fuzz/jax")
