@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", type=Path, required=True)
 
     args = parser.parse_args(argv)
+    previous = os.environ.get(location.ENVIRONMENT)
     try:
         if args.command == "generate":
             return _generate(args)
@@ -122,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, UnknownName, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:  # called from Python (tests, scripts): the next command chooses its own folder
+        if previous is None:
+            os.environ.pop(location.ENVIRONMENT, None)
+        else:
+            os.environ[location.ENVIRONMENT] = previous
 
 
 def _generate(args) -> int:
