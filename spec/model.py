@@ -60,8 +60,8 @@ def class_name(title: str) -> str:
 # list against the rendered files.
 GENERATED_FUNCTION_NAMES = frozenset({
     "activation", "annotations", "architecture", "batch_norm", "block_layers", "block_module", "conv_bn_act",
-    "depthwise_separable", "fixed_padding", "forward_intermediates", "functools", "fused_inverted_bottleneck",
-    "inverted_residual", "jax", "jnp", "keras", "layers", "math", "mobile_mqa", "nn", "nnx", "np", "ops",
+    "depthwise_separable", "fixed_padding", "forward_intermediates", "fully_connected", "functools",
+    "fused_inverted_bottleneck", "inverted_residual", "jax", "jnp", "keras", "layers", "math", "mobile_mqa", "nn", "nnx", "np", "ops",
     "padding_amounts", "residual", "squeeze_excite", "torch", "universal_inverted_bottleneck",
 })
 
