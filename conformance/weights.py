@@ -144,6 +144,8 @@ def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             tensors = {}
             for name in f.keys():
                 tensors[name] = f.get_tensor(name)
+                if tensors[name].dtype.kind not in "biuf":  # ml_dtypes, once imported, reads bfloat16 and float8
+                    raise TypeError(f"dtype {tensors[name].dtype}")
     except TypeError as exc:  # a dtype NumPy has not got (bfloat16, float8)
         raise WeightError(f"{path}: tensor {name!r} cannot be read as a NumPy array ({exc}); the neutral file "
                           f"holds float32") from None

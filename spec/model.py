@@ -406,10 +406,6 @@ class Family(Strict):
                 raise ValueError(f"{arch_name} has inverted residuals but width_rules has no `expansion`")
         if self.width_rules.stem is None:
             raise ValueError("width_rules needs `stem`")
-        tables = {variant.upper() for arch in self.architectures.values() for variant in arch.variants}
-        if class_name(self.title) in tables:  # a table const: the variant's name in upper case
-            raise ValueError(f"title {self.title!r} gives the model class the name of a variant's table, "
-                             f"{class_name(self.title)!r}; choose another title")
         return self
 
 

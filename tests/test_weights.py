@@ -3,6 +3,8 @@ written by spec/files.py's atomic write: tests/test_files.py.)"""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -100,3 +102,16 @@ def test_worker_refuses_a_file_of_another_variant(tmp_path):
     build = next(c for c in evaluate(SPEC, result) if c.name == "build")
     assert not build.ok
     assert "WeightError" in build.summary and "squeeze_excite" in build.summary, build.summary
+
+
+def test_bfloat16_is_refused_even_once_ml_dtypes_can_read_it(tmp_path):
+    """Importing ml_dtypes (JAX and TensorFlow do) teaches NumPy bfloat16: the neutral file still refuses it,
+    naming the tensor, whatever was imported before."""
+    import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy)
+
+    header = json.dumps({"stem.conv.weight": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]},
+                         "__metadata__": {"format": neutral.FORMAT}}).encode()
+    path = tmp_path / "bf16.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(6))
+    with pytest.raises(neutral.WeightError, match=r"tensor 'stem\.conv\.weight' cannot be read .*bfloat16"):
+        neutral.load(path)
