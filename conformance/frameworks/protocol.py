@@ -26,14 +26,41 @@ class MacCount:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """One optimizer, in PyTorch's conventions; each adapter builds its framework's own (torch.optim,
+    keras.optimizers, optax through nnx.Optimizer) and converts where that framework's differ."""
+
+    name: str  # "sgd" or "adamw"
+    learning_rate: float
+    momentum: float = 0.0  # sgd: buf = momentum * buf + g; p -= lr * buf (no dampening, not Nesterov)
+    beta1: float = 0.9  # adamw
+    beta2: float = 0.999
+    epsilon: float = 1e-8  # added to sqrt(v) after the bias correction, as torch.optim.AdamW and optax
+    weight_decay: float = 0.0  # adamw: decoupled, p -= lr * weight_decay * p
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TrainStep:
+    """One training-mode forward and backward pass (no optimizer step)."""
+
+    blocks: dict[str, np.ndarray]  # every block's output with batch statistics, NCHW or (batch, C)
+    loss: float  # mean softmax cross-entropy on the labels
+    gradients: dict[str, np.ndarray]  # of every trainable tensor, by canonical name, in the neutral layout
+
+
 @runtime_checkable
 class FrameworkAdapter(Protocol):
     run_key: str  # the run it serves: generators.frameworks.RUNS
     device: str  # "cpu", or "cuda" / "gpu" where the worker places models itself
 
     def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
-              dtype: str = "float32", abstract: bool = False) -> Any:
-        """A generated model in eval mode; `abstract`: weights will be loaded, skip a costly random init."""
+              dtype: str = "float32", abstract: bool = False, dropout: float | None = None) -> Any:
+        """A generated model in eval mode; `abstract`: weights will be loaded, skip a costly random init;
+        `dropout`: the rate before the classifier (None: the flavor's)."""
 
     def shapes(self, model: Any) -> dict[str, tuple[int, ...]]:
         """Every tensor (parameters and BatchNorm state) by canonical name, in the neutral layout."""
@@ -58,3 +85,16 @@ class FrameworkAdapter(Protocol):
 
     def count_macs(self, model: Any, resolution: tuple[int, int]) -> MacCount:
         """MACs of one image at `resolution`, counted by the framework's own means."""
+
+    def train_step(self, model: Any, images_nchw: np.ndarray, labels: np.ndarray) -> TrainStep:
+        """One training-mode forward (batch statistics; the running statistics updated once) and the
+        gradients of the mean softmax cross-entropy on `labels`. Leaves the model in eval mode."""
+
+    def fit(self, model: Any, images_nchw: np.ndarray, labels: np.ndarray, optimizer: OptimizerConfig,
+            steps: int) -> list[dict[str, np.ndarray]]:
+        """`steps` training steps on the one batch with the framework's own optimizer: after each, every
+        trainable tensor by canonical name in the neutral layout. Leaves the model in eval mode."""
+
+    def train_outputs(self, model: Any, images_nchw: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+        """Every block's output in training mode with dropout active, its masks drawn from `seed`.
+        Leaves the model in eval mode."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.frameworks.protocol import MacCount
+from conformance.frameworks.protocol import MacCount, OptimizerConfig, TrainStep
 from conformance.weights import WeightError
 from generators.location import family_module
 
@@ -20,9 +20,10 @@ class Adapter:
         self.torch = torch
 
     def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
-              dtype: str = "float32", abstract: bool = False):
+              dtype: str = "float32", abstract: bool = False, dropout: float | None = None):
         module = family_module("torch", family)
-        model = module.VARIANTS[variant](num_classes=num_classes, flavor=flavor).eval().to(self.device)
+        rate = {} if dropout is None else {"dropout": dropout}
+        model = module.VARIANTS[variant](num_classes=num_classes, flavor=flavor, **rate).eval().to(self.device)
         return model.double() if dtype == "float64" else model
 
     def tensors(self, model) -> dict[str, np.ndarray]:
@@ -59,6 +60,56 @@ class Adapter:
         dtype = next(model.parameters()).dtype
         with self.torch.no_grad():
             return model(self.torch.from_numpy(images_nchw).to(self.device, dtype)).cpu().numpy()
+
+    def _batch(self, model, images_nchw: np.ndarray, labels: np.ndarray):
+        dtype = next(model.parameters()).dtype
+        return (self.torch.from_numpy(images_nchw).to(self.device, dtype),
+                self.torch.from_numpy(np.asarray(labels, np.int64)).to(self.device))
+
+    def train_step(self, model, images_nchw: np.ndarray, labels: np.ndarray) -> TrainStep:
+        x, y = self._batch(model, images_nchw, labels)
+        model.train()
+        model.zero_grad(set_to_none=True)
+        try:
+            blocks = model.forward_intermediates(x)
+            loss = self.torch.nn.functional.cross_entropy(blocks["classifier"], y)
+            loss.backward()
+        finally:
+            model.eval()
+        return TrainStep({name: value.detach().cpu().numpy() for name, value in blocks.items()}, float(loss),
+                         {name: p.grad.detach().cpu().numpy().copy() for name, p in model.named_parameters()})
+
+    def fit(self, model, images_nchw: np.ndarray, labels: np.ndarray, optimizer: OptimizerConfig,
+            steps: int) -> list[dict[str, np.ndarray]]:
+        x, y = self._batch(model, images_nchw, labels)
+        o = optimizer
+        if o.name == "sgd":
+            step = self.torch.optim.SGD(model.parameters(), lr=o.learning_rate, momentum=o.momentum)
+        else:
+            step = self.torch.optim.AdamW(model.parameters(), lr=o.learning_rate, betas=(o.beta1, o.beta2),
+                                          eps=o.epsilon, weight_decay=o.weight_decay)
+        after = []
+        model.train()
+        try:
+            for _ in range(steps):
+                step.zero_grad(set_to_none=True)
+                self.torch.nn.functional.cross_entropy(model(x), y).backward()
+                step.step()
+                after.append({name: p.detach().cpu().numpy().copy() for name, p in model.named_parameters()})
+        finally:
+            model.eval()
+        return after
+
+    def train_outputs(self, model, images_nchw: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+        x, _ = self._batch(model, images_nchw, np.zeros(len(images_nchw)))
+        self.torch.manual_seed(seed)
+        model.train()
+        try:
+            with self.torch.no_grad():
+                outputs = model.forward_intermediates(x)
+        finally:
+            model.eval()
+        return {name: value.cpu().numpy() for name, value in outputs.items()}
 
     def logits_at(self, model, desc, resolution: tuple[int, int], batch: int) -> np.ndarray:
         return self.logits(model, np.zeros((batch, 3, *resolution), np.float32))
