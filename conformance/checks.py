@@ -63,6 +63,7 @@ def evaluate(loaded: LoadedSpec, run: RunResult) -> list[Check]:
         checks += _onnx_checks(variant, run, usable, desc)
         if any(key == REFERENCE_KEY for key in keys):
             checks += _output_checks(variant, run, usable, desc)
+        checks += _train_checks(variant, run, usable)
     return checks
 
 
@@ -214,3 +215,68 @@ def _compare(variant, subject, a, b, reference, reference_top1) -> Check:
     return Check(variant, "outputs", subject, ok, summary,
                  {"logits_rel": logits, "logits_abs": per_block["classifier"]["abs"], "max_block_rel": max_block,
                   "first_diverging": first_bad, "blocks": per_block})
+
+
+def _train_checks(variant: str, run: RunResult, keys: list[str]) -> list[Check]:
+    """Training-mode parity against the float64 reference (conformance/training.py), per run: the forward
+    pass with batch statistics and the running statistics after one step (every run), dropout's place and
+    rate (float32 runs), the gradients and the parameters after each SGD and AdamW step, with the fine-tuned
+    model's eval logits (float64 runs)."""
+    from conformance.training import dropout_ok
+
+    if not run.config.options.train:
+        return []
+    checks = []
+    for key in keys:
+        train = run.results[(variant, key)].train
+        if key == REFERENCE_KEY:
+            continue
+        if train is None or train.get("reference_missing"):
+            checks.append(Check(variant, "train", key, False, "no training results from the float64 reference"
+                                if train else "no training results"))
+            continue
+        tolerance = train["tolerance"]
+        forward = train["forward"]
+        logits = forward["blocks"]["classifier"]
+        ok = forward["first_diverging"] is None and forward["top1_same"]
+        summary = (f"training-mode logits rel. error {logits:.2e} (tolerance {tolerance:.0e}), top-1 "
+                   f"{'same' if forward['top1_same'] else 'DIFFERS'}; loss {train['loss']:.6f} "
+                   f"(reference {train['loss_reference']:.6f})")
+        if forward["first_diverging"]:
+            block = forward["first_diverging"]
+            summary += f"; first diverging block: {block} (rel. error {forward['blocks'][block]:.2e})"
+        checks.append(Check(variant, "train_forward", key, ok, summary, forward))
+        checks.append(Check(variant, "running_stats", key, train["statistics"]["failing_count"] == 0,
+                            _section_summary("running statistics after one step", train["statistics"]),
+                            train["statistics"]))
+        if "gradients" in train:
+            checks.append(Check(variant, "gradients", key, train["gradients"]["failing_count"] == 0,
+                                _section_summary("gradients", train["gradients"]), train["gradients"]))
+        for name in ("sgd", "adamw"):
+            if name not in train:
+                continue
+            steps = train[name]["steps"]
+            bad = [i + 1 for i, step in enumerate(steps) if step["failing_count"]]
+            summary = _section_summary(f"parameters after {len(steps)} {name} steps", steps[-1])
+            if bad:
+                first = steps[bad[0] - 1]
+                summary += f"; first failing at step {bad[0]} in block {first['first_diverging']}: {first['failing'][:3]}"
+            ok = not bad
+            if name == "sgd":
+                rel, same = train[name]["eval_logits_rel"], train[name]["eval_top1_same"]
+                ok = ok and rel <= tolerance and same
+                summary += f"; fine-tuned eval logits rel. error {rel:.2e}, top-1 {'same' if same else 'DIFFERS'}"
+            checks.append(Check(variant, name, key, ok, summary, train[name]))
+        if "dropout" in train:
+            ok, summary = dropout_ok(train["dropout"])
+            checks.append(Check(variant, "dropout", key, ok, summary, train["dropout"]))
+    return checks
+
+
+def _section_summary(what: str, section: dict) -> str:
+    worst = section["worst"]
+    text = (f"{what}: {section['tensors']} tensors, worst {worst['tensor']} {worst['error']:.2e} "
+            f"(allowed {worst['allowed']:.1e}, relative to the reference's change)")
+    if section["first_diverging"]:
+        text += f"; first diverging block: {section['first_diverging']}"
+    return text

@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also export to ONNX (opset 18): checker, ONNX Runtime vs each framework, canonical graphs")
     p.add_argument("--onnx-cache", type=Path, default=Path(".cache/onnx"),
                    help="exports are kept here under a content hash, so a re-run does not re-export")
+    p.add_argument("--train", action="store_true",
+                   help="also training-mode parity: batch-statistics forward, gradients, running statistics, "
+                        "SGD and AdamW steps, dropout (README: Training parity)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                    help="gpu: models and arrays on the GPU, TF32 off in every framework (default cpu)")
@@ -286,7 +289,7 @@ def _conform(loaded, args) -> int:
     console_ = console(stderr=True)
     start = time.perf_counter()
     total = len(variants) * (len(frameworks) + 1)
-    options = Options(onnx=args.onnx, onnx_dir=str(args.onnx_cache.resolve()), device=args.device)
+    options = Options(onnx=args.onnx, onnx_dir=str(args.onnx_cache.resolve()), device=args.device, train=args.train)
     if not variants:  # an empty shard: no workers; its report is empty, and valid for `report merge`
         result = RunResult(RunConfig.for_frameworks(loaded, [], frameworks, flavor, args.resolution, options,
                                                     num_classes=args.num_classes), [], {}, Path(), 0.0)

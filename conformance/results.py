@@ -82,6 +82,7 @@ class WorkerResult:
     onnx_skipped: str | None = None  # why this run exports no ONNX
     onnx_error: str | None = None  # the exception that ended the ONNX export or its validation
     logits_shapes: dict[str, list[int]] | None = None  # "HxW" -> logits shape
+    train: dict | None = None  # training-mode parity figures (conformance/training.py; worker.run_training)
     error: str | None = None  # the exception that ended this variant's job
     traceback: str | None = None
     device_error: bool = False  # --device gpu, and this framework sees no GPU: the CLI stops

@@ -26,6 +26,7 @@ import numpy as np
 
 from conformance import weights as neutral
 from conformance.results import WorkerResult, outputs_path, result_path
+from conformance.training import TRAIN_BATCH, TRAIN_RESOLUTION
 from generators.frameworks import REFERENCE_RUN, RUNS
 from generators.location import ENVIRONMENT, generated_dir
 from spec import describe
@@ -70,6 +71,7 @@ class Options:
     onnx_dir: str | None = None  # where exports are cached (content-hashed); default: the run's folder
     onnx_reference_evaluator: tuple[str, ...] = ()  # variants also run in onnx.reference (slow, pure Python)
     device: str = "cpu"  # "gpu": every worker runs on the GPU with TF32 off (conformance/worker.py)
+    train: bool = False  # training-mode parity (conformance/training.py); needs the float64 reference
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,9 @@ class RunConfig:
     def for_frameworks(cls, spec: LoadedSpec, variants, frameworks, flavor: str, resolution: tuple[int, int],
                        options: Options = Options(), **settings) -> RunConfig:
         """The usual workers: the float64 reference (when outputs are compared), then each run named."""
-        workers = ([Worker(*REFERENCE)] if options.outputs else []) + [Worker(f) for f in frameworks]
+        workers = ([Worker(*REFERENCE)] if options.outputs or options.train else []) + [Worker(f) for f in frameworks]
+        if options.train:  # gradients and optimizer steps are compared in float64 (conformance/training.py)
+            workers += [Worker(f, "float64") for f in frameworks if Worker(f, "float64").key != Worker(*REFERENCE).key]
         return cls(spec, tuple(variants), tuple(workers), flavor, resolution, options=options, **settings)
 
 
@@ -143,7 +147,10 @@ def prepare(loaded: LoadedSpec, variants: list[str], flavor: str, resolution: tu
                      {"variant": variant, "flavor": flavor, "num_classes": str(num_classes)})
     rng = np.random.default_rng(seed + 1)
     images = rng.normal(0.0, 1.0, (batch, 3, *resolution)).astype(np.float32)
-    np.savez(work / "inputs.npz", images=images)
+    # The training batch (conformance/training.py): its own size, fixed labels.
+    train_images = rng.normal(0.0, 1.0, (TRAIN_BATCH, 3, *TRAIN_RESOLUTION)).astype(np.float32)
+    train_labels = rng.integers(0, num_classes, TRAIN_BATCH)
+    np.savez(work / "inputs.npz", images=images, train_images=train_images, train_labels=train_labels)
 
 
 def execute(config: RunConfig) -> RunResult:
@@ -170,6 +177,8 @@ def _run_workers(config: RunConfig) -> list[WorkerRun]:
     work, options = config.work, config.options
     # Most costly first (generators.frameworks: Run.start_cost), so that the last worker to start is a short one.
     pending = sorted(config.workers, key=lambda w: -RUNS[w.framework].start_cost)
+    if options.train:  # every other run waits for the reference's training results: it starts first
+        pending.sort(key=lambda w: (w.framework, w.dtype) != REFERENCE)
     parallel = config.parallel or os.cpu_count() or 1
     running: list[tuple[WorkerRun, subprocess.Popen, float, object]] = []
     done: list[WorkerRun] = []
@@ -180,7 +189,7 @@ def _run_workers(config: RunConfig) -> list[WorkerRun]:
         env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
     else:  # workers share the GPU: JAX and TensorFlow take memory as they need it, not all up front
         env.update(XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_FORCE_GPU_ALLOW_GROWTH="true")
-    timeout = TIMEOUT_BASE + config.timeout_per_variant * len(config.variants)
+    timeout = worker_timeout(config)
     while pending or running:
         while pending and len(running) < parallel:
             worker = pending.pop(0)
@@ -216,6 +225,7 @@ def _run_workers(config: RunConfig) -> list[WorkerRun]:
 def _request(config: RunConfig, worker: Worker) -> dict:
     """What one worker process is asked to do (conformance/worker.py reads it)."""
     work, options, full = config.work, config.options, worker.dtype == "float32"
+    timeout = worker_timeout(config)
     return {
         "framework": worker.framework, "spec": str(config.spec.path), "out": str(work / "out"),
         "inputs": str(work / "inputs.npz"), "device": options.device,
@@ -227,9 +237,22 @@ def _request(config: RunConfig, worker: Worker) -> dict:
                   "logits_at": _logits_at(config.spec, v, options) if full else [],
                   "onnx": {"dir": options.onnx_dir or str(work / "onnx"),
                            "reference_evaluator": v in options.onnx_reference_evaluator}
-                  if options.onnx and full else None}
+                  if options.onnx and full else None,
+                  "train": _train_job(worker, timeout) if options.train else None}
                  for v in config.variants],
     }
+
+
+def worker_timeout(config: RunConfig) -> float:
+    """Seconds a worker may take: its imports, then each variant (training compiles three more functions
+    per model in JAX and costs about as much again as the rest)."""
+    per_variant = config.timeout_per_variant * (3 if config.options.train else 1)
+    return TIMEOUT_BASE + per_variant * len(config.variants)
+
+
+def _train_job(worker: Worker, wait_s: float) -> dict:
+    role = "reference" if (worker.framework, worker.dtype) == REFERENCE else worker.dtype
+    return {"role": role, "reference_run": REFERENCE[0], "reference_dtype": REFERENCE[1], "wait_s": wait_s}
 
 
 def _logits_at(loaded: LoadedSpec, variant: str, options: Options) -> list[list[int]]:

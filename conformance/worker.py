@@ -22,7 +22,8 @@ def main(argv: list[str]) -> int:
     framework = request["framework"]  # a run key: generators.frameworks.RUNS
     from conformance.frameworks import set_up_process
 
-    set_up_process(framework)  # KERAS_BACKEND, before any framework is imported
+    dtypes = {job.get("dtype", "float32") for job in request["jobs"]}
+    set_up_process(framework, "float64" if "float64" in dtypes else "float32")  # before any framework import
 
     import numpy as np
 
@@ -100,6 +101,10 @@ def main(argv: list[str]) -> int:
                     exported = [f"{r.key} ({r.title})" for r in RUNS.values() if r.native and r.key in EXPORTERS]
                     result.onnx_skipped = f"{framework}: ONNX export is checked from {', '.join(exported)}"
                 timings["onnx"] = time.perf_counter() - t
+            if job.get("train"):
+                t = time.perf_counter()
+                result.train = run_training(adapter, loaded, desc, job, np.load(request["inputs"]), out)
+                timings["train"] = time.perf_counter() - t
             if job.get("logits_at"):
                 t = time.perf_counter()
                 result.logits_shapes = {
@@ -112,6 +117,148 @@ def main(argv: list[str]) -> int:
         _write_result(out, result)
         print(f"{framework} {job['variant']} done", flush=True)
     return 0
+
+
+def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
+    """Training-mode parity (conformance/training.py). The float64 reference computes everything and writes
+    it; a float32 run computes the training-mode forward, the running statistics and dropout; a float64
+    run the forward, running statistics, gradients and optimizer steps. Each non-reference run then waits
+    for the reference's file and returns the comparison's figures."""
+    import numpy as np
+
+    from conformance import training
+    from conformance import weights as neutral
+    from spec import describe
+    from spec.resolve import flavor_values
+
+    settings = job["train"]
+    role = settings["role"]  # "reference", "float32" or "float64"
+    images, labels = inputs["train_images"], inputs["train_labels"]
+    resolution = tuple(images.shape[2:])
+    at = describe(loaded, desc.variant, desc.flavor, resolution, desc.num_classes)
+    weights, _ = neutral.load(job["weights"])
+    dtype = job.get("dtype", "float32")
+    timings: dict[str, float] = {}
+
+    def fresh(dropout: float | None = 0.0):
+        model = adapter.build(at.family, at.variant, at.flavor, at.num_classes, at.resolution, dtype, abstract=True,
+                              dropout=dropout)
+        adapter.load(model, weights)
+        return model
+
+    t = time.perf_counter()
+    model = fresh()
+    step = adapter.train_step(model, images, labels)
+    statistics = {name: value for name, value in adapter.tensors(model).items() if neutral.is_state(name)}
+    timings["step"] = time.perf_counter() - t
+    fitted, eval_logits = {}, None
+    if role != "float32":  # float32 gradients jump at activation kinks (training.py): compared in float64
+        for optimizer in training.OPTIMIZERS:
+            t = time.perf_counter()
+            model = fresh()
+            fitted[optimizer.name] = adapter.fit(model, images, labels, optimizer, training.TRAIN_STEPS)
+            if optimizer.name == "sgd":
+                eval_logits = adapter.logits(model, images)
+            timings[optimizer.name] = time.perf_counter() - t
+    figures: dict = {"role": role, "resolution": list(resolution), "batch": len(images), "loss": step.loss,
+                     "timings": timings}
+    reference_file = training.reference_path(out, desc.variant)
+    if role == "reference":
+        arrays = {f"blocks/{n}": v for n, v in step.blocks.items()}
+        arrays |= {f"grad/{n}": v for n, v in step.gradients.items()}
+        arrays |= {f"stats/{n}": v for n, v in statistics.items()}
+        arrays |= {f"{name}{i}/{n}": v for name, steps in fitted.items()
+                   for i, params in enumerate(steps) for n, v in params.items()}
+        arrays["sgd_eval_logits"] = eval_logits
+        arrays["loss"] = np.float64(step.loss)
+        _save_npz(reference_file, arrays)
+        return figures
+    if role == "float32":
+        rate = flavor_values(loaded.spec, at.family, at.flavor)[0].dropout
+        t = time.perf_counter()
+        model = fresh(dropout=None)
+        samples = [adapter.train_outputs(model, images, seed) for seed in range(training.DROPOUT_SAMPLES)]
+        figures["dropout"] = training.dropout_figures(samples, list(at.block_shapes), weights["classifier.weight"],
+                                                      weights["classifier.bias"], rate)
+        timings["dropout"] = time.perf_counter() - t
+    reference = _wait_for_reference(reference_file, out, desc.variant, settings)
+    if reference is None:
+        figures["reference_missing"] = True
+        return figures
+    return {**figures, **_compare_training(reference, step, statistics, fitted, eval_logits, weights,
+                                           training.tolerance(dtype))}
+
+
+def _wait_for_reference(path: Path, out: Path, variant: str, settings: dict):
+    """The reference run's training file for `variant`, once written; None if that run finished the variant
+    without one (its result says why) or never wrote it within the wait."""
+    import numpy as np
+
+    from conformance.results import result_path
+
+    deadline = time.perf_counter() + settings.get("wait_s", 600)
+    written = result_path(out, variant, settings["reference_run"], settings["reference_dtype"])
+    while time.perf_counter() < deadline:
+        if path.exists():
+            with np.load(path) as data:
+                return {name: data[name] for name in data.files}
+        if written.exists():
+            return None
+        time.sleep(0.2)
+    return None
+
+
+def _compare_training(reference: dict, step, statistics: dict, fitted: dict, eval_logits, weights: dict,
+                      tolerance: float) -> dict:
+    import numpy as np
+
+    from conformance import training
+
+    def group(prefix: str) -> dict:
+        return {name[len(prefix) + 1:]: value for name, value in reference.items() if name.startswith(prefix + "/")}
+
+    blocks_ref = group("blocks")
+    order = list(blocks_ref)
+    blocks = {name: training.relative(step.blocks[name], ref, ref) if name in step.blocks
+              and step.blocks[name].shape == ref.shape else float("inf") for name, ref in blocks_ref.items()}
+    first_block = next((name for name in order if not blocks[name] <= tolerance), None)
+    top1 = bool(np.array_equal(step.blocks["classifier"].argmax(-1), blocks_ref["classifier"].argmax(-1)))
+    stats_ref = group("stats")
+    statistics_errors = training.change_errors(statistics, stats_ref, tolerance,
+                                               before={n: weights[n] for n in stats_ref}, stores=1)
+    result = {
+        "tolerance": tolerance,
+        "loss_reference": float(reference["loss"]),
+        "forward": {"blocks": blocks, "first_diverging": first_block, "top1_same": top1},
+        "statistics": _section(statistics_errors, order),
+    }
+    if not fitted:
+        return result
+    result["gradients"] = _section(training.change_errors(step.gradients, group("grad"), tolerance), order)
+    for name, steps in fitted.items():
+        per_step = []
+        for i, params in enumerate(steps):
+            ref = group(f"{name}{i}")
+            errors = training.change_errors(params, ref, tolerance, before={n: weights[n] for n in ref}, stores=i + 1)
+            per_step.append(_section(errors, order))
+        result[name] = {"steps": per_step}
+        if name == "sgd":
+            ref_logits = reference["sgd_eval_logits"]
+            result[name]["eval_logits_rel"] = training.relative(eval_logits, ref_logits, ref_logits)
+            result[name]["eval_top1_same"] = bool(np.array_equal(eval_logits.argmax(-1), ref_logits.argmax(-1)))
+    return result
+
+
+def _section(errors, order: list[str]) -> dict:
+    from conformance import training
+
+    blocks, first = training.per_block(errors, order)
+    worst = max(errors.errors, key=lambda n: errors.errors[n] / errors.allowed[n]) if errors.errors else None
+    section = {"per_block": blocks, "first_diverging": first, "tensors": len(errors.errors),
+               "failing": errors.failing[:10], "failing_count": len(errors.failing), "floor": errors.floor,
+               "worst": {"tensor": worst, "error": errors.errors[worst], "allowed": errors.allowed[worst]}
+               if worst else None}
+    return section
 
 
 def _use_device(framework: str, device: str) -> str | None:

@@ -15,11 +15,14 @@ from conformance.frameworks.protocol import FrameworkAdapter
 from generators.frameworks import run
 
 
-def set_up_process(key: str) -> None:
-    """Before the run's framework is imported: KERAS_BACKEND for a Keras run, in this process only."""
+def set_up_process(key: str, dtype: str = "float32") -> None:
+    """Before the run's framework is imported: KERAS_BACKEND for a Keras run, in this process only; for a
+    float64 run on JAX, 64-bit arrays (JAX makes every array 32-bit unless told at import)."""
     backend = run(key).keras_backend
     if backend:
         os.environ["KERAS_BACKEND"] = backend
+    if dtype == "float64" and run(key).library == "jax":
+        os.environ["JAX_ENABLE_X64"] = "1"
 
 
 def adapter(key: str) -> FrameworkAdapter:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.frameworks.protocol import MacCount
+from conformance.frameworks.protocol import MacCount, OptimizerConfig, TrainStep
 from conformance.weights import WeightError
 from generators.location import family_module
 
@@ -21,6 +21,7 @@ NAMES = {"kernel": "weight", "bias": "bias", "gamma": "gamma"}  # conv / linear,
 class Adapter:
     run_key = "flax"
     device = "cpu"  # on a GPU run JAX uses the GPU it sees
+    dtype = np.dtype(np.float32)  # float64 for training parity's float64 runs (conformance/training.py)
 
     def __init__(self):
         import jax
@@ -31,20 +32,28 @@ class Adapter:
         # weights the traced part), so each architecture compiles once and loading new weights needs no
         # recompile.
         self._forward_intermediates = nnx.jit(lambda m, x: m.forward_intermediates(x))
+        # Training: the same, with the loss's gradients (nnx.Param only; nnx.BatchStat and the dropout's RNG
+        # state are updated in the model); an optimizer step is that function, then the optimizer's update
+        # (elementwise, cheap to compile). The model's train / eval mode is part of its static graph.
+        self._value_and_grad = nnx.jit(nnx.value_and_grad(_loss, has_aux=True))
+        self._optimizer_update = nnx.jit(lambda optimizer, model, grads: optimizer.update(model, grads))
 
     def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
-              dtype: str = "float32", abstract: bool = False):
+              dtype: str = "float32", abstract: bool = False, dropout: float | None = None):
         """abstract: shapes only (nnx.eval_shape), for a model whose every weight is loaded next;
         an eager NNX init costs seconds per variant on this machine."""
-        if dtype != "float32":
-            raise ValueError("the Flax adapter runs float32 only; the float64 reference is PyTorch")
+        if dtype == "float64" and not self.jax.config.jax_enable_x64:
+            raise ValueError("float64 in Flax needs JAX's 64-bit mode (conformance.frameworks.set_up_process)")
+        self.dtype = np.dtype(dtype)  # the weights' and inputs' (one dtype per worker process)
         module = family_module("flax", family)
         factory = module.VARIANTS[variant]
+        rate = {} if dropout is None else {"dropout": dropout}
         if abstract:
-            model = self.nnx.eval_shape(lambda: factory(num_classes=num_classes, flavor=flavor, rngs=self.nnx.Rngs(0)))
+            model = self.nnx.eval_shape(lambda: factory(num_classes=num_classes, flavor=flavor, rngs=self.nnx.Rngs(0),
+                                                        **rate))
             self._concrete_rng_state(model)
         else:
-            model = factory(num_classes=num_classes, flavor=flavor, rngs=self.nnx.Rngs(0))
+            model = factory(num_classes=num_classes, flavor=flavor, rngs=self.nnx.Rngs(0), **rate)
         model.eval()
         return model
 
@@ -92,7 +101,7 @@ class Adapter:
 
         state = self.state(model)
         for name, leaf, variable in self._variables(model, state):
-            value = np.asarray(tensors[name], dtype=np.float32)
+            value = np.asarray(tensors[name], dtype=self.dtype)
             value = _kernel_from_neutral(value) if leaf == "kernel" else value
             if tuple(value.shape) != tuple(variable.shape):
                 raise WeightError(f"{name}: shape {value.shape} in Flax layout, the model has {tuple(variable.shape)}")
@@ -100,11 +109,59 @@ class Adapter:
         self.nnx.update(model, state)
 
     def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self._forward_intermediates(model, images_nchw.transpose(0, 2, 3, 1))
+        outputs = self._forward_intermediates(model, images_nchw.transpose(0, 2, 3, 1).astype(self.dtype))
         return {name: _to_nchw(np.asarray(value)) for name, value in outputs.items()}
 
     def logits(self, model, images_nchw: np.ndarray) -> np.ndarray:
         return self.forward_blocks(model, images_nchw)["classifier"]
+
+    def _named(self, model, state) -> dict[str, np.ndarray]:
+        """A state of the model's parameters (gradients, or the parameters themselves) by canonical name."""
+        out = {}
+        for name, leaf, variable in self._variables(model, state):
+            value = np.asarray(variable.get_value())
+            out[name] = _kernel_to_neutral(value) if leaf == "kernel" else value
+        return out
+
+    def train_step(self, model, images_nchw: np.ndarray, labels: np.ndarray) -> TrainStep:
+        model.train()
+        try:
+            (loss, blocks), grads = self._value_and_grad(model, images_nchw.transpose(0, 2, 3, 1).astype(self.dtype),
+                                                         np.asarray(labels, np.int32))
+        finally:
+            model.eval()
+        return TrainStep({name: _to_nchw(np.asarray(value)) for name, value in blocks.items()}, float(loss),
+                         self._named(model, grads))
+
+    def fit(self, model, images_nchw: np.ndarray, labels: np.ndarray, optimizer: OptimizerConfig,
+            steps: int) -> list[dict[str, np.ndarray]]:
+        import optax
+
+        o = optimizer
+        if o.name == "sgd":
+            transform = optax.sgd(o.learning_rate, momentum=o.momentum or None)
+        else:  # optax adds epsilon after the bias correction and decays weights decoupled, as PyTorch
+            transform = optax.adamw(o.learning_rate, b1=o.beta1, b2=o.beta2, eps=o.epsilon, weight_decay=o.weight_decay)
+        state = self.nnx.Optimizer(model, transform, wrt=self.nnx.Param)
+        x, y = images_nchw.transpose(0, 2, 3, 1).astype(self.dtype), np.asarray(labels, np.int32)
+        after = []
+        model.train()
+        try:
+            for _ in range(steps):
+                _, grads = self._value_and_grad(model, x, y)
+                self._optimizer_update(state, model, grads)
+                after.append(self._named(model, self.nnx.state(model, self.nnx.Param)))
+        finally:
+            model.eval()
+        return after
+
+    def train_outputs(self, model, images_nchw: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+        self.nnx.reseed(model, dropout=seed)
+        model.train()
+        try:
+            return self.forward_blocks(model, images_nchw)
+        finally:
+            model.eval()
 
     def logits_at(self, model, desc, resolution: tuple[int, int], batch: int) -> np.ndarray:
         return self.logits(model, np.zeros((batch, 3, *resolution), np.float32))
@@ -142,6 +199,14 @@ class Adapter:
             padding_taps += cache[key][1]
         return MacCount("XLA cost_analysis per conv_general_dilated / dot_general of the traced forward (FLOPs / 2)",
                         macs, padding_taps)
+
+
+def _loss(model, images_nhwc, labels):
+    """Mean softmax cross-entropy of the logits on integer labels, and every block's output."""
+    import optax
+
+    blocks = model.forward_intermediates(images_nhwc)
+    return optax.softmax_cross_entropy_with_integer_labels(blocks["classifier"], labels).mean(), blocks
 
 
 def _macs_from_flops(flops: int, output_shape) -> int:

@@ -24,7 +24,10 @@ class Adapter:
         module = family_module("torch", family)
         rate = {} if dropout is None else {"dropout": dropout}
         model = module.VARIANTS[variant](num_classes=num_classes, flavor=flavor, **rate).eval().to(self.device)
-        return model.double() if dtype == "float64" else model
+        if dtype == "float64":
+            _exact_hard_sigmoid(model)
+            return model.double()
+        return model
 
     def tensors(self, model) -> dict[str, np.ndarray]:
         return {name: value.detach().cpu().numpy().copy() for name, value in model.state_dict().items()
@@ -131,3 +134,19 @@ class Adapter:
             model(x)
         flops = counter.get_total_flops()
         return MacCount("torch.utils.flop_counter.FlopCounterMode (FLOPs / 2)", flops // 2, details={"flops": flops})
+
+
+def _exact_hard_sigmoid(model) -> None:
+    """PyTorch's hardsigmoid backward multiplies by the float32 constant 1/6 in float64 too (3e-8 relative:
+    every gradient through a squeeze-excite gate, 2.14.1), which would make the float64 reference only as
+    exact as float32 there. The reference computes relu6(x + 3) / 6, the same function, in float64."""
+    import torch
+
+    class ExactHardSigmoid(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.relu6(x + 3.0) / 6.0
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Hardsigmoid):
+                setattr(parent, name, ExactHardSigmoid())
