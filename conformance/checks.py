@@ -266,6 +266,9 @@ def _train_checks(variant: str, run: RunResult, keys: list[str]) -> list[Check]:
                 rel, same = train[name]["eval_logits_rel"], train[name]["eval_top1_same"]
                 ok = ok and rel <= tolerance and same
                 summary += f"; fine-tuned eval logits rel. error {rel:.2e}, top-1 {'same' if same else 'DIFFERS'}"
+            if train[name].get("excluded"):
+                summary += (f"; {len(train[name]['excluded'])} tensors with a gradient of zero but for rounding "
+                            "left out (Adam scales rounding up to full steps; their gradients are checked)")
             checks.append(Check(variant, name, key, ok, summary, train[name]))
         if "dropout" in train:
             ok, summary = dropout_ok(train["dropout"])

@@ -67,6 +67,11 @@ FLOAT32_TOLERANCE = 1e-4
 # x170) gives 1e-13; measured 1e-14 to 1e-12 (README). A bug (a stopped or wrong derivative, a wrong
 # epsilon or momentum) shows as 1e-4 or more.
 FLOAT64_TOLERANCE = 1e-9
+# A gradient that is zero but for float64 rounding (measured 1e-17 to 4e-16 of the largest: the bias
+# right before a training-mode BatchNorm) against 6e-3 for the smallest true one. Adam divides a gradient
+# by its own root mean square, so it turns such rounding into steps of any size up to the learning rate:
+# the AdamW comparison leaves those tensors out and lists them (their gradients are compared).
+ZERO_GRADIENT = 1e-10
 Z_LIMIT = 7.0  # dropout's mean test, |z| of every logit: P(|z| > 7) = 3e-12 per logit when all is right
 
 
@@ -126,6 +131,13 @@ def change_errors(values: dict[str, np.ndarray], reference: dict[str, np.ndarray
     return TensorErrors(errors, allowed, floor)
 
 
+def zero_gradient_tensors(gradients_ref: dict[str, np.ndarray]) -> list[str]:
+    """Tensors whose reference gradient is zero to float64 rounding (below ZERO_GRADIENT of the largest)."""
+    largest = max(float(np.max(np.abs(g))) for g in gradients_ref.values() if np.size(g))
+    return sorted(name for name, g in gradients_ref.items()
+                  if np.size(g) and float(np.max(np.abs(g))) < ZERO_GRADIENT * largest)
+
+
 def block_of(tensor: str) -> str:
     """The block a tensor belongs to: "blocks.3.expand.bn.weight" -> "blocks.3", "classifier.bias" ->
     "classifier"."""
@@ -133,8 +145,10 @@ def block_of(tensor: str) -> str:
     return ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
 
 
-def per_block(errors: TensorErrors, order: list[str]) -> tuple[dict[str, dict], str | None]:
-    """The worst tensor of every block (in network order), and the first block with a failing tensor."""
+def per_block(errors: TensorErrors, order: list[str], backward: bool = False) -> tuple[dict[str, dict], str | None]:
+    """The worst tensor of every block (in network order), and the first block with a failing tensor: in
+    network order, or for what the backward pass computes (gradients, and the updates made of them) from
+    the loss back, where a wrong derivative first shows before it spreads to every block upstream."""
     worst: dict[str, dict] = {}
     for name, error in errors.errors.items():
         block = block_of(name)
@@ -142,7 +156,7 @@ def per_block(errors: TensorErrors, order: list[str]) -> tuple[dict[str, dict], 
         if block not in worst or ratio > worst[block]["ratio"]:
             worst[block] = {"tensor": name, "error": error, "allowed": errors.allowed[name], "ratio": ratio}
     ranked = sorted(worst, key=lambda b: order.index(b) if b in order else len(order))
-    first = next((b for b in ranked if not worst[b]["ratio"] <= 1.0), None)
+    first = next((b for b in (reversed(ranked) if backward else ranked) if not worst[b]["ratio"] <= 1.0), None)
     return {b: worst[b] for b in ranked}, first
 
 

@@ -234,14 +234,17 @@ def _compare_training(reference: dict, step, statistics: dict, fitted: dict, eva
     }
     if not fitted:
         return result
-    result["gradients"] = _section(training.change_errors(step.gradients, group("grad"), tolerance), order)
+    gradients_ref = group("grad")
+    result["gradients"] = _section(training.change_errors(step.gradients, gradients_ref, tolerance), order,
+                                   backward=True)
+    zero = training.zero_gradient_tensors(gradients_ref)
     for name, steps in fitted.items():
         per_step = []
         for i, params in enumerate(steps):
-            ref = group(f"{name}{i}")
+            ref = {n: v for n, v in group(f"{name}{i}").items() if name != "adamw" or n not in zero}
             errors = training.change_errors(params, ref, tolerance, before={n: weights[n] for n in ref}, stores=i + 1)
-            per_step.append(_section(errors, order))
-        result[name] = {"steps": per_step}
+            per_step.append(_section(errors, order, backward=True))
+        result[name] = {"steps": per_step, "excluded": zero if name == "adamw" else []}
         if name == "sgd":
             ref_logits = reference["sgd_eval_logits"]
             result[name]["eval_logits_rel"] = training.relative(eval_logits, ref_logits, ref_logits)
@@ -249,10 +252,10 @@ def _compare_training(reference: dict, step, statistics: dict, fitted: dict, eva
     return result
 
 
-def _section(errors, order: list[str]) -> dict:
+def _section(errors, order: list[str], backward: bool = False) -> dict:
     from conformance import training
 
-    blocks, first = training.per_block(errors, order)
+    blocks, first = training.per_block(errors, order, backward)
     worst = max(errors.errors, key=lambda n: errors.errors[n] / errors.allowed[n]) if errors.errors else None
     section = {"per_block": blocks, "first_diverging": first, "tensors": len(errors.errors),
                "failing": errors.failing[:10], "failing_count": len(errors.failing), "floor": errors.floor,

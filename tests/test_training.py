@@ -7,10 +7,16 @@ naming the first block where it shows.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from conformance import training
+from conformance.checks import Check, evaluate
+from conformance.runner import REFERENCE, Options, RunConfig, Worker, execute
+from generators import location
+from spec import load_spec
 
 # ---- the rules, on synthetic numbers ---------------------------------------------------------------
 
@@ -56,6 +62,8 @@ def test_the_first_diverging_block_is_named_in_network_order():
     assert first == "blocks.1"
     assert list(blocks) == ["stem", "blocks.1", "classifier"]
     assert blocks["blocks.1"]["tensor"] == "blocks.1.expand.conv.weight"
+    # gradients: from the loss back, where a wrong derivative shows first
+    assert training.per_block(errors, order, backward=True)[1] == "classifier"
 
 
 ORDER = ["stem", "pool", "classifier"]
@@ -98,3 +106,89 @@ def test_dropout_that_reaches_an_earlier_block_fails_naming_it():
 def test_no_dropout_means_identical_passes():
     samples, w, b = _dropout_samples(0.0, inverted=True, samples=4)
     assert training.dropout_ok(training.dropout_figures(samples, ORDER, w, b, 0.0))[0]
+
+
+# ---- real runs --------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+PLANT_VARIANT = "mobilenet_v3_small_100"  # squeeze-excite in blocks 0 and 3-10
+# Two flavors that are timm's but for one planted mistake each.
+PLANTED_FLAVORS = """\
+extends: bundled
+flavors:
+  timm_momentum_inverted:
+    description: timm, with the BatchNorm momentum inverted (Keras' 0.9 read as PyTorch's).
+    padding: symmetric
+    batch_norm: {epsilon: 1.0e-5, momentum: 0.9}
+    hard_sigmoid: relu6(x+3)/6
+    dropout: 0.0
+    fc_layout: linear
+  timm_epsilon_1e3:
+    description: timm, with TensorFlow's BatchNorm epsilon.
+    padding: symmetric
+    batch_norm: {epsilon: 1.0e-3, momentum: 0.1}
+    hard_sigmoid: relu6(x+3)/6
+    dropout: 0.0
+    fc_layout: linear
+"""
+SE_GATE = "return x * self.gate(self.expand(self.act(self.reduce(scale))))"
+
+
+def _by(checks, subject: str) -> dict[str, Check]:
+    return {c.name: c for c in checks if c.subject == subject}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """One run, three planted bugs: PyTorch float32 with the momentum inverted, Flax float32 with a wrong
+    epsilon, Flax float64 with the gradient stopped at every squeeze-excite gate (a patched copy of the
+    generated Flax file; the float64 reference imports the same folder, its PyTorch file untouched)."""
+    work = tmp_path_factory.mktemp("planted")
+    spec_file = work / "planted.yaml"
+    spec_file.write_text(PLANTED_FLAVORS)
+    loaded = load_spec(spec_file)
+    generated = work / "generated"
+    location.generated_dir(loaded, override=generated)  # rendered there, then patched
+    flax_file = generated / "flax_nnx" / "mobilenet_v3.py"
+    text = flax_file.read_text()
+    assert text.count(SE_GATE) == 1
+    flax_file.write_text(text.replace(SE_GATE, SE_GATE.replace("return x * ", "return x * jax.lax.stop_gradient(")
+                                      + ")"))
+    workers = (Worker(*REFERENCE), Worker("torch", flavor="timm_momentum_inverted"),
+               Worker("flax", flavor="timm_epsilon_1e3"), Worker("flax", "float64"))
+    result = execute(RunConfig(loaded, (PLANT_VARIANT,), workers, "timm", (96, 80), work=work / "run",
+                               generated=generated, options=Options(count_macs=False, train=True)))
+    return evaluate(loaded, result)
+
+
+def test_an_inverted_momentum_fails_the_running_statistics_naming_the_first_layer(planted):
+    checks = _by(planted, "torch")
+    assert checks["train_forward"].ok, checks["train_forward"].summary  # batch statistics: momentum unused
+    stats = checks["running_stats"]
+    assert not stats.ok
+    assert stats.figures["first_diverging"] == "stem" and "first diverging block: stem" in stats.summary
+    assert stats.figures["worst"]["error"] > 1e2 * stats.figures["worst"]["allowed"]  # by orders of magnitude
+
+
+def test_a_wrong_epsilon_fails_the_training_forward_naming_the_stem(planted):
+    forward = _by(planted, "flax")["train_forward"]
+    assert not forward.ok
+    assert forward.figures["first_diverging"] == "stem" and "first diverging block: stem" in forward.summary
+    assert forward.figures["blocks"]["stem"] > 10 * training.FLOAT32_TOLERANCE
+
+
+def test_a_gradient_stopped_at_the_gate_fails_naming_the_last_gated_block(planted):
+    checks = _by(planted, "flax:float64")
+    assert checks["train_forward"].ok, checks["train_forward"].summary  # the forward pass is the same
+    gradients = checks["gradients"]
+    assert not gradients.ok
+    # from the loss back, the first block whose gradients differ is the last one with a gate
+    assert gradients.figures["first_diverging"] == "blocks.10", gradients.summary
+    assert all(gradients.figures["per_block"][b]["ratio"] <= 1.0 for b in ("last_conv", "classifier"))
+    assert gradients.figures["per_block"]["blocks.10"]["error"] > 1e4 * training.FLOAT64_TOLERANCE
+    assert not checks["sgd"].ok and not checks["adamw"].ok
+
+
+def test_zero_gradient_tensors_are_those_at_rounding_level():
+    grads = {"a": np.array([1.0, -2.0]), "b.bias": np.array([3e-16]), "c": np.array([1e-4])}
+    assert training.zero_gradient_tensors(grads) == ["b.bias"]
