@@ -41,10 +41,11 @@ TITLE_LENGTH = 80
 # underscore): a family title may not give one of them. tests/test_hostile_specs.py checks the list
 # against the rendered files.
 GENERATED_NAMES = frozenset({
-    "ACTIVATIONS", "ARCHITECTURES", "Architecture", "Block", "Callable", "Conv", "ConvBNAct", "ConvBlock", "DS",
-    "DepthwiseSeparable", "F", "FAMILIES", "FLAVORS", "Flavor", "FusedIB", "FusedInvertedBottleneck", "IR",
-    "InvertedResidual", "LayerScale", "LinearBN", "MQA", "MobileMQA", "MultiQueryAttention", "NamedTuple",
-    "SqueezeExcite", "UIB", "UniversalInvertedBottleneck", "VARIANTS",
+    "ACTIVATIONS", "ARCHITECTURES", "Architecture", "BiasedBatchNorm1d", "BiasedBatchNorm2d", "BiasedRunningVariance",
+    "Block", "Callable", "Conv", "ConvBNAct", "ConvBlock", "DS", "DepthwiseSeparable", "F", "FAMILIES", "FLAVORS",
+    "Flavor", "FusedIB", "FusedInvertedBottleneck", "IR", "InvertedResidual", "LayerScale", "LinearBN", "MQA",
+    "MobileMQA", "MultiQueryAttention", "NamedTuple", "SqueezeExcite", "UIB", "UnbiasedBatchNorm",
+    "UnbiasedBatchNormalization", "UniversalInvertedBottleneck", "VARIANTS",
 })
 
 
@@ -60,9 +61,10 @@ def class_name(title: str) -> str:
 # list against the rendered files.
 GENERATED_FUNCTION_NAMES = frozenset({
     "activation", "annotations", "architecture", "batch_norm", "block_layers", "block_module", "conv_bn_act",
-    "depthwise_separable", "fixed_padding", "forward_intermediates", "fully_connected", "functools",
-    "fused_inverted_bottleneck", "inverted_residual", "jax", "jnp", "keras", "layers", "math", "mobile_mqa", "nn", "nnx", "np", "ops",
-    "padding_amounts", "residual", "squeeze_excite", "torch", "universal_inverted_bottleneck",
+    "conv_init", "depthwise_separable", "fixed_padding", "forward_intermediates", "fully_connected", "functools",
+    "fused_inverted_bottleneck", "inverted_residual", "jax", "jnp", "keras", "layers", "linear_init", "load_state",
+    "math", "mobile_mqa", "nn", "nnx", "np", "ops", "padding_amounts", "residual", "save_state", "serialization",
+    "squeeze_excite", "torch", "universal_inverted_bottleneck",
 })
 
 
@@ -143,6 +145,10 @@ class WidthRules(Strict):
 class BatchNorm(Strict):
     epsilon: Annotated[float, Field(gt=0, lt=1)]
     momentum: Annotated[float, Field(gt=0, lt=1)]  # PyTorch convention
+    # The batch variance a training step blends into the running variance: "unbiased" (x n / (n - 1), n the
+    # values per channel: PyTorch, TF-slim's fused batch norm) or "biased" (Keras 3, Flax). Both normalize
+    # the batch with the biased one. A family override that leaves it out keeps the flavor's.
+    running_variance: Literal["unbiased", "biased"] = "unbiased"
 
 
 FcLayout = Literal["linear", "conv1x1"]
@@ -196,8 +202,11 @@ class Flavor(FlavorValues):
         base = FlavorValues(**{k: getattr(self, k) for k in FlavorValues.model_fields})
         if override is None:
             return base, None
-        changes = {k: v for k, v in override.model_dump(exclude_none=True).items() if k != "width_rules"}
-        return base.model_copy(update={k: getattr(override, k) for k in changes}), override.width_rules
+        changes = {k: getattr(override, k) for k in override.model_dump(exclude_none=True) if k != "width_rules"}
+        if override.batch_norm is not None:  # its unset fields (running_variance) keep the flavor's
+            changes["batch_norm"] = base.batch_norm.model_copy(
+                update={k: getattr(override.batch_norm, k) for k in override.batch_norm.model_fields_set})
+        return base.model_copy(update=changes), override.width_rules
 
 
 class Stem(Strict):

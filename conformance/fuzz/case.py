@@ -194,7 +194,7 @@ def row_repeats(row: dict) -> int:
 # section: no two sections order the same two fields differently, except a head's batch_norm).
 FIELD_ORDER = ("spec_version", "rounding", "divisor", "min_ratio", "default_flavor", "flavors", "description",
                "title", "paper", "resolutions", "resolution", "references", "type", "block", "out", "kernel",
-               "stride", "padding", "batch_norm", "epsilon", "momentum", "hard_sigmoid", "dropout", "fc_layout",
+               "stride", "padding", "batch_norm", "epsilon", "momentum", "running_variance", "hard_sigmoid", "dropout", "fc_layout",
                "width_rules", "scale", "fixed_below", "stem", "expansion", "width", "squeeze_excite", "ratio",
                "minimalistic", "activation", "gate", "layer_scale", "columns", "rows", "last_conv", "fc",
                "classifier", "architectures", "blocks", "head", "variants", "families")

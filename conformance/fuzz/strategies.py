@@ -153,9 +153,11 @@ def rounding(tier: str) -> st.SearchStrategy[dict]:
 @cache
 def batch_norm() -> st.SearchStrategy[dict]:
     small = st.sampled_from([1.0e-3, 1.0e-5, 1.0e-2, 0.1, 0.5])
+    # running_variance: both conventions, and sometimes left out (the default, or the flavor's in an override)
     return st.fixed_dictionaries({"epsilon": st.one_of(small, hundredths(0.01, 0.99)),
                                   "momentum": st.one_of(st.sampled_from([0.1, 0.01, 0.003, 0.001]),
-                                                        hundredths(0.01, 0.99))})
+                                                        hundredths(0.01, 0.99))},
+                                 optional={"running_variance": st.sampled_from(["unbiased", "biased"])})
 
 
 @cache

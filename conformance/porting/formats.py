@@ -28,6 +28,7 @@ from conformance.frameworks import adapter as get_adapter
 from conformance.porting.references import LIBRARIES
 from conformance.weights import WeightError, check_tensors, expected_tensors
 from generators.frameworks import FRAMEWORKS
+from generators.location import family_module
 from spec.files import atomic_path, atomic_write
 from spec.resolve import Description
 
@@ -296,46 +297,31 @@ def write_keras_reference(path: Path, desc: Description, ref, tensors: dict[str,
 
 
 def read_flax(path: Path, desc: Description) -> dict[str, np.ndarray]:
-    from flax import nnx, serialization
+    """The generated module's `load_state` reads it: the layout users restore with."""
+    from flax import serialization
 
+    data = Path(path).read_bytes()
     try:
-        restored = serialization.msgpack_restore(Path(path).read_bytes())
+        serialization.msgpack_restore(data)
     except Exception as exc:
         raise WeightError(f"{path}: not a readable msgpack file ({type(exc).__name__}: {exc})") from None
     adapter = get_adapter("flax")
     model = adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, desc.resolution, abstract=True)
-    state = adapter.state(model)
     try:
-        nnx.replace_by_pure_dict(state, _int_keys(restored))
+        family_module("flax", desc.family).load_state(model, data)
     except Exception as exc:
         raise WeightError(f"{path}: does not fit {desc.variant}: {str(exc).splitlines()[0][:400]}") from None
-    nnx.update(model, state)
     tensors = adapter.tensors(model)
     check_tensors(tensors, expected_tensors(desc), str(path))
     return tensors
 
 
 def write_flax(path: Path, desc: Description, tensors: dict[str, np.ndarray]) -> None:
-    from flax import serialization
-
+    """The generated module's `save_state` writes it."""
     adapter = get_adapter("flax")
     model = adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, desc.resolution, abstract=True)
     adapter.load(model, tensors)
-    pure = adapter.state(model).to_pure_dict()
-    atomic_write(path, serialization.msgpack_serialize(_numpy_tree(pure)))
-
-
-def _int_keys(tree):
-    """msgpack stores every key as a string; NNX lists index their blocks by int."""
-    if isinstance(tree, dict):
-        return {int(k) if isinstance(k, str) and k.isdigit() else k: _int_keys(v) for k, v in tree.items()}
-    return tree
-
-
-def _numpy_tree(tree):
-    if isinstance(tree, dict):
-        return {str(k): _numpy_tree(v) for k, v in tree.items()}
-    return np.asarray(tree)
+    atomic_write(path, family_module("flax", desc.family).save_state(model))
 
 
 # framework key -> reader / writer of its own weight file (`read_KEY`, `write_KEY` above). A framework
