@@ -177,30 +177,70 @@ class Adapter:
 
     def fit(self, model, images_nchw: np.ndarray, labels: np.ndarray, optimizer: OptimizerConfig,
             steps: int) -> list[dict[str, np.ndarray]]:
-        """Keras' own optimizers, run eagerly. SGD keeps velocity = momentum * v - lr * g and adds it: for a
-        constant learning rate, -lr times PyTorch's buffer (both start from the first gradient)."""
-        o, optimizers = optimizer, self.keras.optimizers
-        if o.name == "sgd":
-            step = optimizers.SGD(learning_rate=o.learning_rate, momentum=o.momentum)
-        elif o.name == "adamw":
-            # Decoupled weight decay p -= lr * weight_decay * p, applied before the Adam update as
-            # torch.optim.AdamW does.
-            step = optimizers.AdamW(learning_rate=o.learning_rate, weight_decay=o.weight_decay, beta_1=o.beta1,
-                                    beta_2=o.beta2, epsilon=o.epsilon)
+        o = optimizer
+        block, compiled = self._blocks(model)
+        variables = block.trainable_variables
+        if self.keras.backend.backend() == "jax":
+            if ("fit", o) not in compiled:  # compiled once per model and optimizer
+                compiled["fit", o] = self._apply_jax(self._optimizer(o), variables)
+            apply = compiled["fit", o]()
         else:
-            raise ValueError(f"unknown optimizer {o.name!r}")
-        variables = self._blocks(model)[0].trainable_variables
+            apply = _apply_eagerly(self._optimizer(o), variables)
         after = []
         for t in range(1, steps + 1):
             gradients = self._gradients(model, images_nchw, labels)[2]
-            if o.name == "adamw":
-                # Keras adds epsilon to sqrt(v) before the bias correction (lr * sqrt(1 - beta2^t) / (1 - beta1^t)
-                # * m / (sqrt(v) + eps)), PyTorch after it (lr * m_hat / (sqrt(v_hat) + eps)): the same step
-                # with eps * sqrt(1 - beta2^t) in Keras.
-                step.epsilon = o.epsilon * math.sqrt(1.0 - o.beta2**t)
-            step.apply(gradients, variables)
+            # Keras adds epsilon to sqrt(v) before the bias correction (lr * sqrt(1 - beta2^t) / (1 - beta1^t)
+            # * m / (sqrt(v) + eps)), PyTorch after it (lr * m_hat / (sqrt(v_hat) + eps)): the same step with
+            # eps * sqrt(1 - beta2^t) in Keras, a new value each step.
+            apply(gradients, o.epsilon * math.sqrt(1.0 - o.beta2**t))
             after.append(self._neutral(model, variables, [variable.value for variable in variables]))
         return after
+
+    def _optimizer(self, o: OptimizerConfig):
+        """Keras' own. SGD keeps velocity = momentum * v - lr * g and adds it: for a constant learning rate,
+        -lr times PyTorch's buffer (both start from the first gradient)."""
+        optimizers = self.keras.optimizers
+        if o.name == "sgd":
+            return optimizers.SGD(learning_rate=o.learning_rate, momentum=o.momentum)
+        if o.name == "adamw":
+            # Decoupled weight decay p -= lr * weight_decay * p, applied before the Adam update as
+            # torch.optim.AdamW does.
+            return optimizers.AdamW(learning_rate=o.learning_rate, weight_decay=o.weight_decay, beta_1=o.beta1,
+                                    beta_2=o.beta2, epsilon=o.epsilon)
+        raise ValueError(f"unknown optimizer {o.name!r}")
+
+    def _apply_jax(self, step, variables):
+        """`step.apply` for Keras on JAX, where its first eager call compiles every small operation on its
+        own: stateless_apply compiled once, epsilon an argument of it (one compilation serves every step).
+        Returns a function that starts a new run from the optimizer's initial state, and returns its apply."""
+        import jax
+
+        step.build(variables)
+
+        def update(state, gradients, values, epsilon):
+            if not hasattr(step, "epsilon"):  # SGD
+                return step.stateless_apply(state, gradients, values)
+            given, step.epsilon = step.epsilon, epsilon  # the tracer, read by update_step while tracing
+            try:
+                return step.stateless_apply(state, gradients, values)
+            finally:
+                step.epsilon = given
+
+        update = jax.jit(update)
+        initial = [variable.value for variable in step.variables]
+
+        def start():
+            state = initial
+
+            def apply(gradients, epsilon: float):
+                nonlocal state
+                values, state = update(state, gradients, [variable.value for variable in variables], epsilon)
+                for variable, value in zip(variables, values):
+                    variable.assign(value)
+
+            return apply
+
+        return start
 
     def train_outputs(self, model, images_nchw: np.ndarray, seed: int) -> dict[str, np.ndarray]:
         """Dropout masks come from each layer's seed generator, set from `seed` (Keras on PyTorch draws an
@@ -256,6 +296,17 @@ class Adapter:
                 heads, queries, keys = layer.heads, int(np.prod(query[1:3])), int(np.prod(key[1:3]))
                 macs += heads * queries * keys * (key[-1] + value[-1])
         return MacCount("Keras layer kernels x output positions (+ attention products from layer shapes)", macs)
+
+
+def _apply_eagerly(step, variables):
+    """`step.apply`, with the step's epsilon (Adam), read by update_step at each eager call."""
+
+    def apply(gradients, epsilon: float):
+        if hasattr(step, "epsilon"):
+            step.epsilon = epsilon
+        step.apply(gradients, variables)
+
+    return apply
 
 
 def _to_nchw(value: np.ndarray) -> np.ndarray:
