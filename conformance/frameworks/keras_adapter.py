@@ -252,12 +252,14 @@ class Adapter:
                 generator.state.assign(np.asarray([seed, index << 20], dtype=generator.state.dtype))
                 index += 1
         backend = self.keras.backend.backend()
+        x = np.ascontiguousarray(images_nchw.transpose(0, 2, 3, 1), np.float32)
         if backend == "torch":
             import torch
 
             torch.manual_seed(seed)
-        x = np.ascontiguousarray(images_nchw.transpose(0, 2, 3, 1), np.float32)
-        if backend == "jax":
+            with torch.no_grad():
+                outputs = block([x], training=True)
+        elif backend == "jax":
             if "train_outputs" not in compiled:
                 import jax
 
