@@ -5,14 +5,20 @@ Layouts (conformance/frameworks/keras_layout.py): Conv2D kernel (kh, kw, in, out
 linear layer of the spec computed as a 1x1 Conv2D (fc_layout: conv1x1) has kernel (1, 1, in, out).
 Layer names are canonical names with "-" for "." (Keras on the PyTorch backend makes layer names part of
 torch parameter names, which cannot contain ".").
+
+Training runs the block model (the generated `forward_intermediates`, on the same layers and variables) with
+`training=True`, and takes gradients with the backend's own means: tf.GradientTape, JAX's value_and_grad of
+`stateless_call` (compiled once per model), PyTorch's autograd on the tensors behind the variables.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from conformance.frameworks import keras_layout
-from conformance.frameworks.protocol import MacCount
+from conformance.frameworks.protocol import MacCount, OptimizerConfig, TrainStep
 from conformance.weights import WeightError
 from generators.location import family_module
 
@@ -30,17 +36,19 @@ class Adapter:
 
         self.keras = keras
         self.run_key = "keras" if keras.backend.backend() == "tensorflow" else f"keras-{keras.backend.backend()}"
-        # (model, its block model), for the latest model only, matched by identity: a cache keyed by id()
-        # once handed a freed MobileNetV3's block model to a MobileNetV4 that reused its id.
-        self._block_model: tuple[object, object] | None = None
+        # (model, its block model, functions compiled for it by name), for the latest model only, matched by
+        # identity: a cache keyed by id() once handed a freed MobileNetV3's block model to a MobileNetV4 that
+        # reused its id.
+        self._block_model: tuple[object, object, dict] | None = None
         self._modules: dict[str, object] = {}  # variant (the name of its model) -> its generated module
 
     def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
-              dtype: str = "float32", abstract: bool = False):
+              dtype: str = "float32", abstract: bool = False, dropout: float | None = None):
         if dtype != "float32":
             raise ValueError("the Keras adapter runs float32 only; the float64 reference is PyTorch")
         module = self._modules[variant] = family_module("keras", family)
-        return module.VARIANTS[variant](num_classes=num_classes, flavor=flavor, input_shape=(*resolution, 3))
+        rate = {} if dropout is None else {"dropout": dropout}
+        return module.VARIANTS[variant](num_classes=num_classes, flavor=flavor, input_shape=(*resolution, 3), **rate)
 
     def _to_neutral(self, layer, variable_name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
         try:
@@ -79,12 +87,192 @@ class Adapter:
                 raise WeightError(f"{name}: shape {value.shape} in Keras layout, the layer has {tuple(variable.shape)}")
             variable.assign(value)
 
-    def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:
-        if self._block_model is None or self._block_model[0] is not model:  # once per model: compiled once
+    def _blocks(self, model):
+        """The model's block model and the functions compiled for it (by name), built once per model."""
+        if self._block_model is None or self._block_model[0] is not model:
             module = self._modules[model.name]
-            self._block_model = (model, module.forward_intermediates(model))
-        outputs = self._block_model[1].predict_on_batch(images_nchw.transpose(0, 2, 3, 1))
+            self._block_model = (model, module.forward_intermediates(model), {})
+        return self._block_model[1], self._block_model[2]
+
+    def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self._blocks(model)[0].predict_on_batch(images_nchw.transpose(0, 2, 3, 1))
         return {name: _to_nchw(np.asarray(value)) for name, value in outputs.items()}
+
+    def _numpy(self, value) -> np.ndarray:
+        if self.keras.backend.backend() == "torch":
+            value = value.detach()
+        return np.asarray(self.keras.ops.convert_to_numpy(value))
+
+    def _neutral(self, model, variables, values) -> dict[str, np.ndarray]:
+        """`values` of `variables` (a gradient has its variable's layout) by canonical name, in the model's
+        order and the neutral layout."""
+        value = {id(variable): v for variable, v in zip(variables, values)}
+        return {name: self._to_neutral(layer, variable.name, self._numpy(value[id(variable)]))[1]
+                for name, layer, variable in self._variables(model) if id(variable) in value}
+
+    def _loss(self, logits, labels):
+        ops = self.keras.ops
+        return ops.mean(self.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+
+    def _gradients(self, model, images_nchw: np.ndarray, labels: np.ndarray):
+        """One training-mode forward of the block model (batch statistics; the moving statistics updated
+        once) and the gradients of the mean cross-entropy of its logits: (outputs, loss, the gradients in the
+        order of the block model's trainable_variables)."""
+        block, compiled = self._blocks(model)
+        x = np.ascontiguousarray(images_nchw.transpose(0, 2, 3, 1), np.float32)
+        y = np.asarray(labels, np.int32)
+        return getattr(self, f"_gradients_{self.keras.backend.backend()}")(block, compiled, x, y)
+
+    def _gradients_tensorflow(self, block, compiled, x, y):
+        """A tf.function, traced once per model (TensorFlow runs a model's backward pass eagerly op by op)."""
+        if "gradients" not in compiled:
+            import tensorflow as tf
+
+            def gradients(x, y):
+                with tf.GradientTape() as tape:
+                    outputs = block([x], training=True)
+                    loss = self._loss(outputs["classifier"], y)
+                return outputs, loss, tape.gradient(loss, block.trainable_variables)
+
+            compiled["gradients"] = tf.function(gradients)
+        return compiled["gradients"](x, y)
+
+    def _gradients_jax(self, block, compiled, x, y):
+        """Keras on JAX is slow eagerly: value_and_grad of the stateless call, compiled once per model; the
+        new non-trainable values (moving statistics) are then assigned to the variables."""
+        if "gradients" not in compiled:
+            import jax
+
+            def loss(trainable, non_trainable, x, y):
+                outputs, non_trainable = block.stateless_call(trainable, non_trainable, [x], training=True)
+                return self._loss(outputs["classifier"], y), (outputs, non_trainable)
+
+            compiled["gradients"] = jax.jit(jax.value_and_grad(loss, has_aux=True))
+        (loss, (outputs, non_trainable)), gradients = compiled["gradients"](
+            [v.value for v in block.trainable_variables], [v.value for v in block.non_trainable_variables], x, y)
+        for variable, value in zip(block.non_trainable_variables, non_trainable):
+            variable.assign(value)
+        return outputs, loss, gradients
+
+    def _gradients_torch(self, block, compiled, x, y):
+        import torch
+
+        parameters = [variable.value for variable in block.trainable_variables]  # torch.nn.Parameter
+        for parameter in parameters:
+            parameter.grad = None
+        with torch.enable_grad():
+            outputs = block([x], training=True)
+            loss = self._loss(outputs["classifier"], self.keras.ops.convert_to_tensor(y))
+            loss.backward()
+        gradients = [parameter.grad.detach().clone() for parameter in parameters]
+        for parameter in parameters:
+            parameter.grad = None
+        return outputs, loss.detach(), gradients
+
+    def train_step(self, model, images_nchw: np.ndarray, labels: np.ndarray) -> TrainStep:
+        outputs, loss, gradients = self._gradients(model, images_nchw, labels)
+        return TrainStep({name: _to_nchw(self._numpy(value)) for name, value in outputs.items()},
+                         float(self._numpy(loss)), self._neutral(model, self._blocks(model)[0].trainable_variables,
+                                                                gradients))
+
+    def fit(self, model, images_nchw: np.ndarray, labels: np.ndarray, optimizer: OptimizerConfig,
+            steps: int) -> list[dict[str, np.ndarray]]:
+        o = optimizer
+        block, compiled = self._blocks(model)
+        variables = block.trainable_variables
+        if self.keras.backend.backend() == "jax":
+            if ("fit", o) not in compiled:  # compiled once per model and optimizer
+                compiled["fit", o] = self._apply_jax(self._optimizer(o), variables)
+            apply = compiled["fit", o]()
+        else:
+            apply = _apply_eagerly(self._optimizer(o), variables)
+        after = []
+        for t in range(1, steps + 1):
+            gradients = self._gradients(model, images_nchw, labels)[2]
+            # Keras adds epsilon to sqrt(v) before the bias correction (lr * sqrt(1 - beta2^t) / (1 - beta1^t)
+            # * m / (sqrt(v) + eps)), PyTorch after it (lr * m_hat / (sqrt(v_hat) + eps)): the same step with
+            # eps * sqrt(1 - beta2^t) in Keras, a new value each step.
+            apply(gradients, o.epsilon * math.sqrt(1.0 - o.beta2**t))
+            after.append(self._neutral(model, variables, [variable.value for variable in variables]))
+        return after
+
+    def _optimizer(self, o: OptimizerConfig):
+        """Keras' own. SGD keeps velocity = momentum * v - lr * g and adds it: for a constant learning rate,
+        -lr times PyTorch's buffer (both start from the first gradient)."""
+        optimizers = self.keras.optimizers
+        if o.name == "sgd":
+            return optimizers.SGD(learning_rate=o.learning_rate, momentum=o.momentum)
+        if o.name == "adamw":
+            # Decoupled weight decay p -= lr * weight_decay * p, applied before the Adam update as
+            # torch.optim.AdamW does.
+            return optimizers.AdamW(learning_rate=o.learning_rate, weight_decay=o.weight_decay, beta_1=o.beta1,
+                                    beta_2=o.beta2, epsilon=o.epsilon)
+        raise ValueError(f"unknown optimizer {o.name!r}")
+
+    def _apply_jax(self, step, variables):
+        """`step.apply` for Keras on JAX, where its first eager call compiles every small operation on its
+        own: stateless_apply compiled once, epsilon an argument of it (one compilation serves every step).
+        Returns a function that starts a new run from the optimizer's initial state, and returns its apply."""
+        import jax
+
+        step.build(variables)
+
+        def update(state, gradients, values, epsilon):
+            if not hasattr(step, "epsilon"):  # SGD
+                return step.stateless_apply(state, gradients, values)
+            given, step.epsilon = step.epsilon, epsilon  # the tracer, read by update_step while tracing
+            try:
+                return step.stateless_apply(state, gradients, values)
+            finally:
+                step.epsilon = given
+
+        update = jax.jit(update)
+        initial = [variable.value for variable in step.variables]
+
+        def start():
+            state = initial
+
+            def apply(gradients, epsilon: float):
+                nonlocal state
+                values, state = update(state, gradients, [variable.value for variable in variables], epsilon)
+                for variable, value in zip(variables, values):
+                    variable.assign(value)
+
+            return apply
+
+        return start
+
+    def train_outputs(self, model, images_nchw: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+        """Dropout masks come from each layer's seed generator, set from `seed` (Keras on PyTorch draws an
+        unseeded layer's masks from torch's global generator: seeded as well)."""
+        block, compiled = self._blocks(model)
+        index = 0
+        for layer in block.layers:
+            for generator in getattr(layer, "_seed_generators", ()):
+                generator.state.assign(np.asarray([seed, index << 20], dtype=generator.state.dtype))
+                index += 1
+        backend = self.keras.backend.backend()
+        x = np.ascontiguousarray(images_nchw.transpose(0, 2, 3, 1), np.float32)
+        if backend == "torch":
+            import torch
+
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                outputs = block([x], training=True)
+        elif backend == "jax":
+            if "train_outputs" not in compiled:
+                import jax
+
+                compiled["train_outputs"] = jax.jit(
+                    lambda trainable, non_trainable, x: block.stateless_call(trainable, non_trainable, [x],
+                                                                             training=True))
+            outputs, non_trainable = compiled["train_outputs"](
+                [v.value for v in block.trainable_variables], [v.value for v in block.non_trainable_variables], x)
+            for variable, value in zip(block.non_trainable_variables, non_trainable):
+                variable.assign(value)
+        else:
+            outputs = block([x], training=True)
+        return {name: _to_nchw(self._numpy(value)) for name, value in outputs.items()}
 
     def logits(self, model, images_nchw: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict_on_batch(images_nchw.transpose(0, 2, 3, 1)))
@@ -110,6 +298,17 @@ class Adapter:
                 heads, queries, keys = layer.heads, int(np.prod(query[1:3])), int(np.prod(key[1:3]))
                 macs += heads * queries * keys * (key[-1] + value[-1])
         return MacCount("Keras layer kernels x output positions (+ attention products from layer shapes)", macs)
+
+
+def _apply_eagerly(step, variables):
+    """`step.apply`, with the step's epsilon (Adam), read by update_step at each eager call."""
+
+    def apply(gradients, epsilon: float):
+        if hasattr(step, "epsilon"):
+            step.epsilon = epsilon
+        step.apply(gradients, variables)
+
+    return apply
 
 
 def _to_nchw(value: np.ndarray) -> np.ndarray:
