@@ -18,6 +18,7 @@ from conformance.checks import Check
 from conformance.console import console
 from conformance.report_html import html_report
 from conformance.runner import RunResult
+from conformance.training import TRAIN_STEPS, block_of, tolerance
 from spec import describe
 from spec.files import atomic_write
 
@@ -30,6 +31,7 @@ def _rows(loaded, run: RunResult, checks: list[Check]) -> list[dict]:
     by_variant: dict[str, dict[str, list[Check]]] = defaultdict(lambda: defaultdict(list))
     for c in checks:
         by_variant[c.variant][c.name].append(c)
+    training = training_summary(checks)
     rows = []
     for variant in run.variants:
         desc = describe(loaded, variant, run.flavor, run.resolution, run.num_classes)
@@ -40,8 +42,11 @@ def _rows(loaded, run: RunResult, checks: list[Check]) -> list[dict]:
         outputs = [c for c in by_variant[variant].get("outputs", []) if "logits_rel" in c.figures]
         worst = max((c.figures["logits_rel"] for c in outputs), default=float("nan"))
         seconds = sum(sum(r.timings.values()) for (v, _), r in run.results.items() if v == variant)
-        rows.append({"variant": variant, "params": desc.params, "state": desc.state, "macs": desc.macs,
-                     "cells": cells, "worst_logits_rel": worst, "worker_seconds": seconds})
+        row = {"variant": variant, "params": desc.params, "state": desc.state, "macs": desc.macs,
+               "cells": cells, "worst_logits_rel": worst, "worker_seconds": seconds}
+        if variant in training:
+            row["training"] = training[variant]
+        rows.append(row)
     return rows
 
 
@@ -144,7 +149,8 @@ def write_report_files(folder: Path, report: dict) -> None:
     atomic_write(folder / "report.html", html_report(
         "MobileNet Forge conformance", report["variants"], checks, CHECKS,
         f"{_settings(report)}; {sum(c.ok for c in checks)}/{len(checks)} checks passed in "
-        f"{report['seconds']:.0f} s." + "".join(f" {line}" for line in _provenance(report))))
+        f"{report['seconds']:.0f} s." + "".join(f" {line}" for line in _provenance(report)),
+        {variant: training_table(runs) for variant, runs in training_summary(checks).items()}))
     atomic_write(folder / "junit.xml", _junit(checks))
 
 
@@ -194,6 +200,7 @@ def _markdown(report: dict, checks: list[Check]) -> str:
     lines += ["", f"## Failures ({len(failed)})", ""]
     lines += [f"- `{c.variant}` {c.name} [{c.subject}]: {c.summary}" for c in failed] or ["None."]
     lines += _onnx_section(checks)
+    lines += _training_section(checks)
     lines += ["", "## Output errors per block (relative to max |float64 reference|)", ""]
     for c in checks:
         if c.name == "outputs" and "blocks" in c.figures:
@@ -222,6 +229,144 @@ def _onnx_section(checks: list[Check]) -> list[str]:
                      f"{'yes' if c.graph_equals_spec else 'NO'} | "
                      f"{'yes' if others and all(others) else 'NO' if others else '–'} | {ops} |")
     return lines
+
+
+TRAINING_CHECKS = ("train", "train_forward", "running_stats", "gradients", "sgd", "adamw", "dropout")
+
+
+def training_summary(checks: list[Check]) -> dict[str, dict[str, dict]]:
+    """Per variant, per run with training checks (`conform --train`): its tolerance, whether all its training
+    checks passed, and each one's headline (report.json's rows; report.md's and report.html's tables).
+    A headline's `error` is the check's worst (forward: the logits'; the others relative to the reference's
+    change, conformance/training.py), with its tensor and block, and `first_diverging`, the first block
+    past the tolerance (None while the check passes)."""
+    summary: dict[str, dict[str, dict]] = {}
+    for c in checks:
+        if c.name not in TRAINING_CHECKS:
+            continue
+        dtype = c.subject.rpartition(":")[2] if ":" in c.subject else "float32"
+        run = summary.setdefault(c.variant, {}).setdefault(c.subject, {"tolerance": tolerance(dtype), "ok": True})
+        run["ok"] = run["ok"] and c.ok
+        run[c.name] = _headline(c)
+    return summary
+
+
+def _headline(c: Check) -> dict:
+    figures = c.figures
+    if c.name == "train_forward":
+        return {"ok": c.ok, "error": figures["blocks"].get("classifier"), "top1_same": figures["top1_same"],
+                "first_diverging": figures["first_diverging"]}
+    if c.name in ("running_stats", "gradients"):
+        return {"ok": c.ok, **_worst(figures)}
+    if c.name in ("sgd", "adamw"):  # the parameters after the last step; where they first went wrong
+        steps = figures["steps"]
+        failing = next((i for i, step in enumerate(steps) if step["failing_count"]), None)
+        headline = {"ok": c.ok, "params_ok": failing is None, "step": len(steps), **_worst(steps[-1]),
+                    "first_failing_step": None if failing is None else failing + 1}
+        if failing is not None:
+            headline["first_diverging"] = steps[failing]["first_diverging"]
+        if "eval_logits_rel" in figures:  # after SGD: the fine-tuned model's eval-mode logits
+            headline.update(eval_logits_error=figures["eval_logits_rel"], eval_top1_same=figures["eval_top1_same"])
+        return headline
+    if c.name == "dropout":
+        return {"ok": c.ok, "rate": figures["rate"]}
+    return {"ok": c.ok, "summary": c.summary}  # "train": the run wrote no training results
+
+
+def _worst(section: dict) -> dict:
+    worst = section["worst"] or {"tensor": None, "error": None, "allowed": None}
+    return {"error": worst["error"], "allowed": worst["allowed"], "tensor": worst["tensor"],
+            "block": block_of(worst["tensor"]) if worst["tensor"] else None,
+            "first_diverging": section["first_diverging"]}
+
+
+def training_table(runs: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """A variant's training parity table from its training_summary: (header, a row of cells per run)."""
+    steps = {name: max((run[name]["step"] for run in runs.values() if name in run), default=TRAIN_STEPS)
+             for name in ("sgd", "adamw")}
+    header = ["run", "tolerance", "forward logits", "worst gradient (block)", "running statistics (block)",
+              f"SGD params after step {steps['sgd']}", "fine-tuned eval logits",
+              f"AdamW params after step {steps['adamw']}", "dropout"]
+    rows = []
+    for subject, run in runs.items():
+        if "train" in run:
+            rows.append([subject, f"{run['tolerance']:.0e}", f"FAIL: {run['train']['summary']}"] + ["–"] * 6)
+            continue
+        sgd, dropout = run.get("sgd"), run.get("dropout")
+        fine_tuned = None
+        if sgd and "eval_logits_error" in sgd:
+            fine_tuned = {"error": sgd["eval_logits_error"], "top1_same": sgd["eval_top1_same"],
+                          "ok": sgd["eval_logits_error"] <= run["tolerance"] and sgd["eval_top1_same"]}
+        rows.append([subject, f"{run['tolerance']:.0e}", _cell(run.get("train_forward")),
+                     *(_cell(run.get(name)) for name in ("gradients", "running_stats", "sgd")), _cell(fine_tuned),
+                     _cell(run.get("adamw")),
+                     "–" if not dropout else f"{'ok' if dropout['ok'] else 'FAIL'} (rate {dropout['rate']})"])
+    return header, rows
+
+
+def _cell(headline: dict | None) -> str:
+    """An error cell: the error, its block, and where it failed FAIL with the first diverging block (for an
+    optimizer, at which step; an optimizer failing on its eval logits only fails the eval cell)."""
+    if headline is None:
+        return "–"
+    text = "–" if headline["error"] is None else f"{headline['error']:.2e}"
+    if headline.get("block"):
+        text += f" ({headline['block']})"
+    if headline.get("top1_same") is False:
+        text += ", top-1 DIFFERS"
+    if not headline.get("params_ok", headline["ok"]):
+        text += " FAIL"
+        if headline.get("first_diverging"):
+            step = headline.get("first_failing_step")
+            text += f", first diverging: {headline['first_diverging']}" + (f" at step {step}" if step else "")
+    return text
+
+
+def gradient_table(checks: list[Check]) -> tuple[list[str], list[list[str]]] | None:
+    """A variant's gradient error per block (its worst tensor) for each float64 run: (header, rows), or None
+    without gradient checks. A failing block says FAIL; the first diverging one says so."""
+    series = {c.subject: c.figures for c in checks if c.name == "gradients" and "per_block" in c.figures}
+    if not series:
+        return None
+    blocks = list(dict.fromkeys(block for figures in series.values() for block in figures["per_block"]))
+    rows = []
+    for block in blocks:
+        cells = [block]
+        for figures in series.values():
+            entry = figures["per_block"].get(block)
+            cells.append("–" if entry is None else f"{entry['error']:.2e}" + (
+                "" if entry["ratio"] <= 1.0 else " FAIL (first diverging)" if block == figures["first_diverging"]
+                else " FAIL"))
+        rows.append(cells)
+    return ["block", *series], rows
+
+
+def _training_section(checks: list[Check]) -> list[str]:
+    summary = training_summary(checks)
+    if not summary:
+        return []
+    intro = ("Training-mode parity against the float64 PyTorch reference (`conform --train`, "
+             "conformance/training.py), from the same weights and batch. Errors are relative to what the reference "
+             "changed (a gradient, a running-statistics or parameter update), per tensor; the worst is shown with "
+             f"its block. Tolerance {tolerance('float32'):.0e} for float32 runs, {tolerance('float64'):.0e} for "
+             "float64 runs; gradients and optimizer steps are compared in float64 runs, dropout in float32 runs.")
+    lines = ["", "## Training parity", "", intro]
+    by_variant: dict[str, list[Check]] = defaultdict(list)
+    for c in checks:
+        by_variant[c.variant].append(c)
+    for variant, runs in summary.items():
+        lines += ["", f"### `{variant}`", ""]
+        lines += _markdown_table(*training_table(runs))
+        gradients = gradient_table(by_variant[variant])
+        if gradients:
+            lines += ["", "Gradient error per block (its worst tensor):", ""]
+            lines += _markdown_table(*gradients)
+    return lines
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+            + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def _junit(checks: list[Check]) -> str:

@@ -6,47 +6,68 @@ from __future__ import annotations
 import math
 from html import escape
 
-from conformance.checks import Check
+from conformance.checks import OUTPUT_TOLERANCE, Check
+from conformance.training import tolerance
 from generators.frameworks import RUNS
 
 
-def error_plot(checks: list[Check], width: int = 760, height: int = 220) -> str:
+def error_plot(checks: list[Check]) -> str:
     """Log-scale relative error per block, one line per framework (its check against the reference)."""
-    series = {c.subject: c.figures["blocks"] for c in checks
+    series = {c.subject: {block: v["rel"] for block, v in c.figures["blocks"].items()} for c in checks
               if c.name == "outputs" and "~" not in c.subject and "blocks" in c.figures}
-    if not series:
-        return "<p>No output comparison.</p>"
+    return log_plot(series, -9, -3, OUTPUT_TOLERANCE) if series else "<p>No output comparison.</p>"
+
+
+def gradient_plot(checks: list[Check]) -> str:
+    """Log-scale gradient error per block (its worst tensor, relative to the reference's gradient), one line
+    per float64 run; from rounding (1e-16) to a gradient as large as the reference's (1)."""
+    series = {c.subject: {block: v["error"] for block, v in c.figures["per_block"].items()} for c in checks
+              if c.name == "gradients" and "per_block" in c.figures}
+    return log_plot(series, -16, 0, tolerance("float64"), height=260) if series else ""
+
+
+def log_plot(series: dict[str, dict[str, float]], lo: int, hi: int, gate: float, width: int = 760,
+             height: int = 220) -> str:
+    """Values per block on a log scale from 1e`lo` to 1e`hi` (0 at the bottom, above the range or NaN at the
+    top), one line per run in its RUNS color, the x axis the first run's blocks; dashed: the `gate`."""
     blocks = list(next(iter(series.values())))
-    lo, hi = -9, -3  # 1e-9 .. 1e-3; the gate 1e-4 is drawn
     left, top, plot_w, plot_h = 50, 10, width - 60, height - 50
+    labels = 1 if hi - lo <= 8 else 2  # a label every decade, or every other one
 
     def x(i: int) -> float:
         return left + plot_w * i / max(len(blocks) - 1, 1)
 
     def y(value: float) -> float:
-        exponent = min(max(math.log10(value) if value > 0 else lo, lo), hi)
+        exponent = hi if math.isnan(value) else min(max(math.log10(value) if value > 0 else lo, lo), hi)
         return top + plot_h * (hi - exponent) / (hi - lo)
 
     parts = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="10">']
     for exponent in range(lo, hi + 1):
+        labelled = (hi - exponent) % labels == 0
+        label = f'<text x="5" y="{y(10.0 ** exponent) + 3:.1f}">1e{exponent}</text>' if labelled else ""
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(10.0 ** exponent):.1f}" '
-                     f'y2="{y(10.0 ** exponent):.1f}" stroke="#ddd"/><text x="5" y="{y(10.0 ** exponent) + 3:.1f}">'
-                     f'1e{exponent}</text>')
-    parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(1e-4):.1f}" y2="{y(1e-4):.1f}" stroke="#c00" '
+                     f'y2="{y(10.0 ** exponent):.1f}" stroke="#ddd"/>{label}')
+    parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(gate):.1f}" y2="{y(gate):.1f}" stroke="#c00" '
                  f'stroke-dasharray="4"/>')
     for i, block in enumerate(blocks):
         if i % max(1, len(blocks) // 12) == 0 or i == len(blocks) - 1:
             parts.append(f'<text x="{x(i):.1f}" y="{top + plot_h + 14}" text-anchor="middle">{escape(block)}</text>')
-    for n, (subject, per_block) in enumerate(series.items()):
-        points = " ".join(f"{x(i):.1f},{y(per_block[b]['rel']):.1f}" for i, b in enumerate(blocks) if b in per_block)
-        color = RUNS[subject].color if subject in RUNS else "#555"
+    legend = left + 10
+    for subject, per_block in series.items():
+        points = " ".join(f"{x(i):.1f},{y(per_block[b]):.1f}" for i, b in enumerate(blocks) if b in per_block)
+        run = RUNS.get(subject.split(":")[0])  # "flax:float64": flax's color
+        color = run.color if run else "#555"
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{points}"/>')
-        parts.append(f'<text x="{left + 10 + 95 * n}" y="{height - 5}" fill="{color}">{escape(subject)}</text>')
+        parts.append(f'<text x="{legend}" y="{height - 5}" fill="{color}">{escape(subject)}</text>')
+        legend += max(95, 6 * len(subject) + 15)  # 95: room for "keras-torch"; "keras-torch:float64" wants more
     parts.append("</svg>")
     return "".join(parts)
 
 
-def html_report(title: str, rows: list[dict], checks: list[Check], columns: tuple[str, ...], intro: str) -> str:
+def html_report(title: str, rows: list[dict], checks: list[Check], columns: tuple[str, ...], intro: str,
+                training: dict[str, tuple[list[str], list[list[str]]]] | None = None) -> str:
+    """`training`: per variant, the training parity table (header, rows of cells) to show with its gradient
+    plot (conformance/report.py: training_table)."""
     by_variant: dict[str, list[Check]] = {}
     for c in checks:
         by_variant.setdefault(c.variant, []).append(c)
@@ -66,9 +87,23 @@ def html_report(title: str, rows: list[dict], checks: list[Check], columns: tupl
         out.append(f"<h2 id='{variant}'>{variant}</h2>"
                    "<p>Relative error per block against the float64 reference (log scale; dashed: the 1e-4 gate).</p>")
         out.append(error_plot(by_variant.get(variant, [])))
+        if training and variant in training:
+            out += _training_html(*training[variant], gradient_plot(by_variant.get(variant, [])))
         failed = [c for c in by_variant.get(variant, []) if not c.ok]
         if failed:
             out.append("<ul>" + "".join(f"<li class='FAIL'>{escape(c.name)} [{escape(c.subject)}]: "
                                         f"{escape(c.summary)}</li>" for c in failed) + "</ul>")
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _training_html(header: list[str], table: list[list[str]], plot: str) -> list[str]:
+    out = ["<h3>Training parity</h3><table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"]
+    out += ["<tr>" + "".join(f"<td{' class=FAIL' if 'FAIL' in cell else ''}>{escape(cell)}</td>" for cell in row)
+            + "</tr>" for row in table]
+    out.append("</table>")
+    if plot:
+        out.append(f"<p>Gradient error per block against the float64 reference: its worst tensor, relative to "
+                   f"the reference's gradient (log scale; dashed: the {tolerance('float64'):.0e} tolerance).</p>")
+        out.append(plot)
+    return out
