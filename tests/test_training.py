@@ -192,3 +192,25 @@ def test_a_gradient_stopped_at_the_gate_fails_naming_the_last_gated_block(plante
 def test_zero_gradient_tensors_are_those_at_rounding_level():
     grads = {"a": np.array([1.0, -2.0]), "b.bias": np.array([3e-16]), "c": np.array([1e-4])}
     assert training.zero_gradient_tensors(grads) == ["b.bias"]
+
+
+def _one_variant_per_family(loaded) -> list[str]:
+    firsts: dict[str, str] = {}
+    for variant, (family, _) in loaded.spec.variants().items():
+        firsts.setdefault(family, variant)
+    return list(firsts.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flavor", ["keras", "torchvision"])  # biased and unbiased running variance
+def test_one_variant_per_family_trains_the_same_in_every_run(tmp_path, flavor):
+    from generators.frameworks import RUNS
+
+    loaded = load_spec()
+    result = execute(RunConfig.for_frameworks(loaded, _one_variant_per_family(loaded), tuple(RUNS), flavor,
+                                              (96, 80), Options(count_macs=False, train=True), work=tmp_path))
+    checks = evaluate(loaded, result)
+    train = [c for c in checks if c.name in ("train_forward", "running_stats", "gradients", "sgd", "adamw", "dropout")]
+    assert {c.subject for c in train if c.name == "gradients"} == {f"{run}:float64" for run in RUNS if run != "torch"}
+    failed = [f"{c.variant} {c.subject} {c.name}: {c.summary}" for c in checks if not c.ok]
+    assert not failed, "\n".join(failed)

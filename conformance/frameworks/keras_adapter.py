@@ -31,6 +31,8 @@ LINEAR_LAYERS = frozenset({"fc", "fc-linear", "classifier"})
 class Adapter:
     device = "cpu"  # on a GPU run Keras uses the GPU its backend sees
 
+    dtype = np.dtype(np.float32)
+
     def __init__(self):
         import keras
 
@@ -44,8 +46,9 @@ class Adapter:
 
     def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
               dtype: str = "float32", abstract: bool = False, dropout: float | None = None):
-        if dtype != "float32":
-            raise ValueError("the Keras adapter runs float32 only; the float64 reference is PyTorch")
+        # float64: training parity's float64 runs (conformance/training.py); one dtype per worker process
+        self.dtype = np.dtype(dtype)
+        self.keras.config.set_floatx(dtype)
         module = self._modules[variant] = family_module("keras", family)
         rate = {} if dropout is None else {"dropout": dropout}
         return module.VARIANTS[variant](num_classes=num_classes, flavor=flavor, input_shape=(*resolution, 3), **rate)
@@ -82,7 +85,7 @@ class Adapter:
 
     def load(self, model, tensors: dict[str, np.ndarray]) -> None:
         for name, layer, variable in self._variables(model):
-            value = self._from_neutral(layer, variable.name, np.asarray(tensors[name], dtype=np.float32))
+            value = self._from_neutral(layer, variable.name, np.asarray(tensors[name], dtype=self.dtype))
             if tuple(value.shape) != tuple(variable.shape):
                 raise WeightError(f"{name}: shape {value.shape} in Keras layout, the layer has {tuple(variable.shape)}")
             variable.assign(value)
@@ -95,7 +98,7 @@ class Adapter:
         return self._block_model[1], self._block_model[2]
 
     def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self._blocks(model)[0].predict_on_batch(images_nchw.transpose(0, 2, 3, 1))
+        outputs = self._blocks(model)[0].predict_on_batch(images_nchw.transpose(0, 2, 3, 1).astype(self.dtype))
         return {name: _to_nchw(np.asarray(value)) for name, value in outputs.items()}
 
     def _numpy(self, value) -> np.ndarray:
@@ -119,7 +122,7 @@ class Adapter:
         once) and the gradients of the mean cross-entropy of its logits: (outputs, loss, the gradients in the
         order of the block model's trainable_variables)."""
         block, compiled = self._blocks(model)
-        x = np.ascontiguousarray(images_nchw.transpose(0, 2, 3, 1), np.float32)
+        x = np.ascontiguousarray(images_nchw.transpose(0, 2, 3, 1), self.dtype)
         y = np.asarray(labels, np.int32)
         return getattr(self, f"_gradients_{self.keras.backend.backend()}")(block, compiled, x, y)
 
@@ -252,7 +255,7 @@ class Adapter:
                 generator.state.assign(np.asarray([seed, index << 20], dtype=generator.state.dtype))
                 index += 1
         backend = self.keras.backend.backend()
-        x = np.ascontiguousarray(images_nchw.transpose(0, 2, 3, 1), np.float32)
+        x = np.ascontiguousarray(images_nchw.transpose(0, 2, 3, 1), self.dtype)
         if backend == "torch":
             import torch
 
@@ -275,7 +278,7 @@ class Adapter:
         return {name: _to_nchw(self._numpy(value)) for name, value in outputs.items()}
 
     def logits(self, model, images_nchw: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict_on_batch(images_nchw.transpose(0, 2, 3, 1)))
+        return np.asarray(model.predict_on_batch(images_nchw.transpose(0, 2, 3, 1).astype(self.dtype)))
 
     def logits_at(self, model, desc, resolution: tuple[int, int], batch: int) -> np.ndarray:
         """A functional model has a static input shape: build one for this resolution."""

@@ -405,11 +405,16 @@ class BiasedRunningVariance:
     output is BatchNorm's own, in training (normalized with the biased batch variance) and in eval mode."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x)
-        if self.training:  # PyTorch blended in momentum * variance * n / (n - 1): take back the excess
-            with torch.no_grad():
-                variance = x.var([0, *range(2, x.dim())], correction=0)
-                self.running_var -= self.momentum * variance / (x.numel() // x.shape[1] - 1)
+        if not self.training:
+            return super().forward(x)
+        # Normalize with the batch statistics, leaving the running ones out of the autograd graph (updating
+        # them in place after BatchNorm had read them would break its backward), then blend them in here.
+        y = F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        with torch.no_grad():
+            dims = [0, *range(2, x.dim())]
+            self.running_mean.lerp_(x.mean(dims), self.momentum)
+            self.running_var.lerp_(x.var(dims, correction=0), self.momentum)
+            self.num_batches_tracked += 1
         return y
 
 
