@@ -97,7 +97,8 @@ class RunConfig:
         """The usual workers: the float64 reference (when outputs are compared), then each run named."""
         workers = ([Worker(*REFERENCE)] if options.outputs or options.train else []) + [Worker(f) for f in frameworks]
         if options.train:  # gradients and optimizer steps are compared in float64 (conformance/training.py)
-            workers += [Worker(f, "float64") for f in frameworks if Worker(f, "float64").key != Worker(*REFERENCE).key]
+            workers += [Worker(f, "float64") for f in frameworks
+                        if RUNS[f].float64 and Worker(f, "float64").key != Worker(*REFERENCE).key]
         return cls(spec, tuple(variants), tuple(workers), flavor, resolution, options=options, **settings)
 
 

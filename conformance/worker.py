@@ -186,7 +186,7 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
         figures["reference_missing"] = True
         return figures
     return {**figures, **_compare_training(reference, step, statistics, fitted, eval_logits, weights,
-                                           training.tolerance(dtype))}
+                                           training.tolerance(dtype), training.tolerance(dtype, optimizer=True))}
 
 
 def _wait_for_reference(path: Path, out: Path, variant: str, settings: dict):
@@ -209,7 +209,7 @@ def _wait_for_reference(path: Path, out: Path, variant: str, settings: dict):
 
 
 def _compare_training(reference: dict, step, statistics: dict, fitted: dict, eval_logits, weights: dict,
-                      tolerance: float) -> dict:
+                      tolerance: float, optimizer_tolerance: float) -> dict:
     import numpy as np
 
     from conformance import training
@@ -242,9 +242,10 @@ def _compare_training(reference: dict, step, statistics: dict, fitted: dict, eva
         per_step = []
         for i, params in enumerate(steps):
             ref = {n: v for n, v in group(f"{name}{i}").items() if name != "adamw" or n not in zero}
-            errors = training.change_errors(params, ref, tolerance, before={n: weights[n] for n in ref}, stores=i + 1)
+            errors = training.change_errors(params, ref, optimizer_tolerance, before={n: weights[n] for n in ref},
+                                            stores=i + 1)
             per_step.append(_section(errors, order, backward=True))
-        result[name] = {"steps": per_step, "excluded": zero if name == "adamw" else []}
+        result[name] = {"steps": per_step, "excluded": zero if name == "adamw" else [], "tolerance": optimizer_tolerance}
         if name == "sgd":
             ref_logits = reference["sgd_eval_logits"]
             result[name]["eval_logits_rel"] = training.relative(eval_logits, ref_logits, ref_logits)

@@ -22,12 +22,12 @@ from spec import load_spec
 
 SPEC = load_spec()
 VARIANTS = ["mobilenet_v1_025", "mobilenet_v3_small_035"]
-FRAMEWORKS = ["flax", "keras-jax"]
+FRAMEWORKS = ["flax", "keras"]
 ORDER = ["stem", "blocks.0", "blocks.1", "pool", "classifier"]
 LAYERS = {"stem.conv.weight": (8, 3, 3, 3), "blocks.0.expand.conv.weight": (8, 8, 1, 1),
           "blocks.1.project.conv.weight": (8, 8, 1, 1), "classifier.weight": (10, 8), "classifier.bias": (10,)}
 BN = ("stem.bn", "blocks.0.expand.bn", "blocks.1.project.bn")
-BAD = ("mobilenet_v3_small_035", "keras-jax:float64")  # its blocks.1 gradient and SGD update are 1e-3 off
+BAD = ("mobilenet_v3_small_035", "keras:float64")  # its blocks.1 gradient and SGD update are 1e-3 off
 
 
 def _reference(rng) -> tuple[dict, dict]:
@@ -69,7 +69,8 @@ def _train(variant: str, key: str, weights: dict, reference: dict, rng) -> dict:
             for params in fitted["sgd"]:
                 params["blocks.1.project.conv.weight"] += 1e-3 * 1e-3
     figures = {"loss": step.loss, **_compare_training(reference, step, near("stats"), fitted, eval_logits, weights,
-                                                      training.tolerance("float64" if float64 else "float32"))}
+                                                      training.tolerance("float64" if float64 else "float32"),
+                                                      training.tolerance("float64" if float64 else "float32", True))}
     if not float64:
         figures["dropout"] = {"rate": 0.2, "samples": training.DROPOUT_SAMPLES, "blocks_varying_before_classifier": [],
                               "max_abs_z": 2.5, "variance_ratio": 1.1}
@@ -101,7 +102,7 @@ def report(tmp_path_factory):
 
 def test_the_synthetic_runs_fail_only_where_an_error_was_planted(report):
     _, checks = report
-    assert {c.subject for c in checks} == {"flax", "keras-jax", "flax:float64", "keras-jax:float64"}
+    assert {c.subject for c in checks} == {"flax", "keras", "flax:float64", "keras:float64"}
     failed = {(c.variant, c.subject, c.name) for c in checks if not c.ok}
     assert failed == {(*BAD, "gradients"), (*BAD, "sgd")}, [c.summary for c in checks if not c.ok]
 
@@ -165,7 +166,7 @@ def test_markdown_gradient_error_per_block(report):
     section = _section((folder / "report.md").read_text(), BAD[0])
     table = section.split("Gradient error per block")[1]
     header = next(line for line in table.splitlines() if line.startswith("| block |"))
-    assert [h.strip() for h in header.strip("|").split("|")] == ["block", "flax:float64", "keras-jax:float64"]
+    assert [h.strip() for h in header.strip("|").split("|")] == ["block", "flax:float64", "keras:float64"]
     rows = _rows(table)
     assert list(rows) == ["stem", "blocks.0", "blocks.1", "classifier"]  # network order; pool has no parameters
     per_block = next(c.figures["per_block"] for c in checks if (c.variant, c.subject, c.name) == (*BAD, "gradients"))
@@ -179,7 +180,7 @@ def test_html_plots_gradient_error_per_block_one_line_per_float64_run(report):
     html = (folder / "report.html").read_text()
     for variant in VARIANTS:
         part = html.split(f"<h2 id='{variant}'>")[1].split("<h2 ")[0]
-        assert "<h3>Training parity</h3>" in part and "keras-jax:float64" in part
+        assert "<h3>Training parity</h3>" in part and "keras:float64" in part
         plot = part.split("Gradient error per block")[1]
         svg = plot[plot.index("<svg"):plot.index("</svg>")]
         assert svg.count("<polyline") == 2
@@ -197,7 +198,7 @@ def test_json_keeps_the_checks_and_summarises_each_run(report):
     gradients = next(c for c in data["checks"] if (c["variant"], c["subject"], c["name"]) == (*BAD, "gradients"))
     assert gradients["figures"]["per_block"]["blocks.1"]["ratio"] > 1
     row = next(r for r in data["variants"] if r["variant"] == BAD[0])
-    assert list(row["training"]) == ["flax", "keras-jax", "flax:float64", "keras-jax:float64"]
+    assert list(row["training"]) == ["flax", "keras", "flax:float64", "keras:float64"]
     bad = row["training"][BAD[1]]
     assert not bad["ok"] and bad["tolerance"] == training.FLOAT64_TOLERANCE
     assert bad["gradients"]["block"] == bad["gradients"]["first_diverging"] == "blocks.1"
@@ -223,11 +224,11 @@ def test_a_report_without_training_checks_has_no_training_section(report, tmp_pa
 
 def test_a_run_without_training_results_says_so_in_its_row(tmp_path):
     run, checks = _run(VARIANTS[:1])
-    run.results[(VARIANTS[0], "keras-jax")].train = None
+    run.results[(VARIANTS[0], "keras")].train = None
     checks = _train_checks(VARIANTS[0], run, [w.key for w in run.config.workers])
     write_reports(tmp_path, SPEC, run, checks)
     rows = _rows(_section((tmp_path / "report.md").read_text(), VARIANTS[0]))
-    assert rows["keras-jax"][1] == "FAIL: no training results" and rows["keras-jax"][2:] == ["–"] * 6
+    assert rows["keras"][1] == "FAIL: no training results" and rows["keras"][2:] == ["–"] * 6
 
 
 def test_report_merge_keeps_the_training_checks_and_sections(report, tmp_path, capsys):

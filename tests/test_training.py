@@ -211,6 +211,6 @@ def test_one_variant_per_family_trains_the_same_in_every_run(tmp_path, flavor):
                                               (96, 80), Options(count_macs=False, train=True), work=tmp_path))
     checks = evaluate(loaded, result)
     train = [c for c in checks if c.name in ("train_forward", "running_stats", "gradients", "sgd", "adamw", "dropout")]
-    assert {c.subject for c in train if c.name == "gradients"} == {f"{run}:float64" for run in RUNS if run != "torch"}
+    assert {c.subject for c in train if c.name == "gradients"} == {"keras:float64", "flax:float64"}
     failed = [f"{c.variant} {c.subject} {c.name}: {c.summary}" for c in checks if not c.ok]
     assert not failed, "\n".join(failed)
