@@ -1,11 +1,12 @@
 """Every variant in every framework, through the conformance workers (one process per framework).
 
-Default tier: every variant in PyTorch, Keras (TensorFlow backend) and Flax NNX: built, every tensor's
-name and shape as the spec, trainable params and BatchNorm state per layer and in total equal to the
-spec, the neutral weights round-tripped bit-exactly, and logits of shape (batch, num_classes) at every
-published resolution. Then one variant per architecture in all five runs (Keras on its three backends)
-with the spec's block shapes, each framework's own MAC counter, and outputs against a float64
-reference, in both padding conventions. The slow tier repeats the output checks for every variant.
+Default tier: every variant in PyTorch: built, every tensor's name and shape as the spec, trainable
+params and BatchNorm state per layer and in total equal to the spec, the neutral weights round-tripped
+bit-exactly, and logits of shape (batch, num_classes) at every published resolution. Then one variant per
+architecture but the four largest (COVERING: every block kind and head shape) in all five runs (Keras on
+its three backends) with the spec's block shapes, each framework's own MAC counter, and outputs against
+a float64 reference, in both padding conventions. The slow tier adds every variant in Keras and Flax,
+the four largest in symmetric padding, and the output checks for every variant in every run.
 """
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ from spec import load_spec
 SPEC = load_spec()
 ALL_VARIANTS = list(SPEC.spec.variants())
 QUICK = quick_variants(SPEC.spec)
+# The default tier checks every block kind and head shape of QUICK; these four add only width and depth
+# (their block kinds are in mobilenet_v3_small_100, mobilenet_v4_conv_small and mobilenet_v4_hybrid_medium)
+# and cost half of QUICK's time: the slow tier has them.
+LARGE = ("mobilenet_v3_large_100", "mobilenet_v4_conv_medium", "mobilenet_v4_conv_large",
+         "mobilenet_v4_hybrid_large")
+COVERING = [v for v in QUICK if v not in LARGE]
 CORE = ("torch", "keras", "flax")
 ALL_RUNS = tuple(RUNS)
+EVERY_CHECK = {"build", "structure", "params", "round_trip", "shapes", "macs", "outputs"}
 
 
 def _checks(tmp_path_factory, name, variants, frameworks, flavor, options=Options()):
@@ -35,20 +43,34 @@ def _checks(tmp_path_factory, name, variants, frameworks, flavor, options=Option
     return by_key
 
 
-@pytest.fixture(scope="session")
-def every_variant(tmp_path_factory):
-    return _checks(tmp_path_factory, "every", ALL_VARIANTS, CORE, "tf",
+def _every_variant(tmp_path_factory, frameworks):
+    return _checks(tmp_path_factory, "every", ALL_VARIANTS, frameworks, "tf",
                    Options(outputs=False, count_macs=False, published_resolutions=True))
 
 
 @pytest.fixture(scope="session")
+def every_variant_torch(tmp_path_factory):
+    return _every_variant(tmp_path_factory, ("torch",))  # a PyTorch model builds in a fraction of a second
+
+
+@pytest.fixture(scope="session")
+def every_variant_keras_flax(tmp_path_factory):
+    return _every_variant(tmp_path_factory, ("keras", "flax"))
+
+
+@pytest.fixture(scope="session")
 def quick_same_padding(tmp_path_factory):
-    return _checks(tmp_path_factory, "quick-tf", QUICK, ALL_RUNS, "tf")
+    return _checks(tmp_path_factory, "quick-tf", COVERING, ALL_RUNS, "tf")
 
 
 @pytest.fixture(scope="session")
 def quick_symmetric_padding(tmp_path_factory):
-    return _checks(tmp_path_factory, "quick-torchvision", QUICK, CORE, "torchvision")
+    return _checks(tmp_path_factory, "quick-torchvision", COVERING, CORE, "torchvision")
+
+
+@pytest.fixture(scope="session")
+def large_symmetric_padding(tmp_path_factory):
+    return _checks(tmp_path_factory, "large-torchvision", LARGE, CORE, "torchvision")
 
 
 @pytest.fixture(scope="session")
@@ -64,23 +86,31 @@ def _assert_all_ok(checks: list[Check] | None, expected_names: set[str]):
     assert not failed, "\n".join(failed)
 
 
-@pytest.mark.parametrize("framework", CORE)
-@pytest.mark.parametrize("variant", ALL_VARIANTS)
-def test_builds_counts_and_resolutions(every_variant, variant, framework):
-    checks = every_variant.get((variant, framework))
+def _assert_builds(checks):
     _assert_all_ok(checks, {"build", "structure", "params", "round_trip", "resolutions"})
     params = next(c for c in checks if c.name == "params")
     assert "(spec" in params.summary  # the summary carries both figures
 
 
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def test_builds_counts_and_resolutions(every_variant_torch, variant):
+    _assert_builds(every_variant_torch.get((variant, "torch")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", ["keras", "flax"])
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def test_builds_counts_and_resolutions_in_keras_and_flax(every_variant_keras_flax, variant, framework):
+    _assert_builds(every_variant_keras_flax.get((variant, framework)))
+
+
 @pytest.mark.parametrize("framework", ALL_RUNS)
-@pytest.mark.parametrize("variant", QUICK)
+@pytest.mark.parametrize("variant", COVERING)
 def test_same_padding_every_check(quick_same_padding, variant, framework):
-    _assert_all_ok(quick_same_padding.get((variant, framework)),
-                   {"build", "structure", "params", "round_trip", "shapes", "macs", "outputs"})
+    _assert_all_ok(quick_same_padding.get((variant, framework)), EVERY_CHECK)
 
 
-@pytest.mark.parametrize("variant", QUICK)
+@pytest.mark.parametrize("variant", COVERING)
 def test_same_padding_pairs_agree(quick_same_padding, variant):
     pairs = [c for (v, subject), checks in quick_same_padding.items() if v == variant and "~" in subject
              for c in checks]
@@ -89,15 +119,20 @@ def test_same_padding_pairs_agree(quick_same_padding, variant):
 
 
 @pytest.mark.parametrize("framework", CORE)
-@pytest.mark.parametrize("variant", QUICK)
+@pytest.mark.parametrize("variant", COVERING)
 def test_symmetric_padding_every_check(quick_symmetric_padding, variant, framework):
-    _assert_all_ok(quick_symmetric_padding.get((variant, framework)),
-                   {"build", "structure", "params", "round_trip", "shapes", "macs", "outputs"})
+    _assert_all_ok(quick_symmetric_padding.get((variant, framework)), EVERY_CHECK)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", CORE)
+@pytest.mark.parametrize("variant", LARGE)
+def test_symmetric_padding_every_check_large(large_symmetric_padding, variant, framework):
+    _assert_all_ok(large_symmetric_padding.get((variant, framework)), EVERY_CHECK)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("framework", ALL_RUNS)
 @pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_full_matrix(full_matrix, variant, framework):
-    _assert_all_ok(full_matrix.get((variant, framework)),
-                   {"build", "structure", "params", "round_trip", "shapes", "macs", "outputs"})
+    _assert_all_ok(full_matrix.get((variant, framework)), EVERY_CHECK)

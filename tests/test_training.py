@@ -174,7 +174,9 @@ def test_a_wrong_epsilon_fails_the_training_forward_naming_the_stem(planted):
     forward = _by(planted, "flax")["train_forward"]
     assert not forward.ok
     assert forward.figures["first_diverging"] == "stem" and "first diverging block: stem" in forward.summary
-    assert forward.figures["blocks"]["stem"] > 10 * training.FLOAT32_TOLERANCE
+    # 3.5e-4 at the stem, growing with every BatchNorm: 6.5e-3 at the logits (measured), float32 is 1e-6
+    assert forward.figures["blocks"]["stem"] > training.FLOAT32_TOLERANCE
+    assert forward.figures["blocks"]["classifier"] > 10 * training.FLOAT32_TOLERANCE
 
 
 def test_a_gradient_stopped_at_the_gate_fails_naming_the_last_gated_block(planted):
