@@ -47,7 +47,8 @@ def main(argv: list[str]) -> int:
         adapter.device = "cuda"  # PyTorch places models and inputs itself; the others use the GPU they see
     loaded = load_spec(request["spec"])
     out.mkdir(parents=True, exist_ok=True)
-    images = np.load(request["inputs"])["images"] if request.get("inputs") else None
+    inputs = np.load(request["inputs"]) if request.get("inputs") else None  # the eval and training batches
+    images = inputs["images"] if inputs is not None else None
     import_s = time.perf_counter() - start
     for job in request["jobs"]:
         result = WorkerResult(framework, job["variant"], job.get("dtype", "float32"), job["flavor"], import_s)
@@ -103,7 +104,7 @@ def main(argv: list[str]) -> int:
                 timings["onnx"] = time.perf_counter() - t
             if job.get("train"):
                 t = time.perf_counter()
-                result.train = run_training(adapter, loaded, desc, job, np.load(request["inputs"]), out)
+                result.train = run_training(adapter, loaded, desc, job, inputs, out)
                 timings["train"] = time.perf_counter() - t
             if job.get("logits_at"):
                 t = time.perf_counter()

@@ -81,11 +81,7 @@ class Adapter:
             yield f"{layer}.{names[leaf]}", leaf, variable
 
     def tensors(self, model) -> dict[str, np.ndarray]:
-        out = {}
-        for name, leaf, variable in self._variables(model):
-            value = np.asarray(variable.get_value())
-            out[name] = _kernel_to_neutral(value) if leaf == "kernel" else value
-        return out
+        return self._named(model)
 
     def shapes(self, model) -> dict[str, tuple[int, ...]]:
         return {name: (_kernel_to_neutral(np.broadcast_to(np.float32(0), variable.shape)).shape if leaf == "kernel"
@@ -115,8 +111,9 @@ class Adapter:
     def logits(self, model, images_nchw: np.ndarray) -> np.ndarray:
         return self.forward_blocks(model, images_nchw)["classifier"]
 
-    def _named(self, model, state) -> dict[str, np.ndarray]:
-        """A state of the model's parameters (gradients, or the parameters themselves) by canonical name."""
+    def _named(self, model, state=None) -> dict[str, np.ndarray]:
+        """A state of the model (default: its parameters and BatchNorm statistics; or gradients) by canonical
+        name, in the neutral layout."""
         out = {}
         for name, leaf, variable in self._variables(model, state):
             value = np.asarray(variable.get_value())
