@@ -73,7 +73,7 @@ def test_drawn_specs_render_for_every_framework(tmp_path):
 
 
 @cache
-def covering_batch(tier: str = "outputs", seed_: int = 2) -> Case:  # seeds 0 and 1 draw open bugs (known_bugs.py)
+def covering_batch(tier: str = "outputs", seed_: int = 2) -> Case:  # seeds 0 and 1 drew two Flax MAC bugs, now fixed
     """The first of the derandomized batches (one family of each table type and two universal ones) that
     uses every table type and every universal row kind, with one variant per architecture (the cost of a
     batch is its workers' start and one build per variant)."""

@@ -20,9 +20,6 @@ class MacCount:
 
     counter: str  # what counted, for the report
     macs: int
-    # Kernel taps that fall into a convolution's own zero padding and that the counter skips (XLA): the
-    # check compares with the spec's MACs minus these.
-    padding_taps: int = 0
     details: dict[str, Any] = field(default_factory=dict)
 
 

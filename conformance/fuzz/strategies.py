@@ -64,15 +64,9 @@ def activations(tier: str) -> st.SearchStrategy[str]:
 
 
 @cache
-def avoid_single_taps(tier: str) -> bool:
-    """The Flax MAC counter's known bugs: no product with one tap or one output (conformance/fuzz/known_bugs.py)."""
-    return excluded("flax_macs_single_tap", tier) or excluded("flax_macs_single_class", tier)
-
-
-@cache
 def depthwise_kernels(tier: str) -> st.SearchStrategy[int]:
     """The kernel of a depthwise convolution: 1 makes it one tap per output."""
-    return st.sampled_from([3, 5, 7] if avoid_single_taps(tier) else [1, 3, 5, 7])
+    return st.sampled_from([1, 3, 5, 7])
 
 
 @cache
@@ -143,7 +137,7 @@ def titles(tier: str, variants: tuple[str, ...]) -> st.SearchStrategy[str]:
 
 @cache
 def rounding(tier: str) -> st.SearchStrategy[dict]:
-    divisors = [8, 8, 8, 2, 4, 16] + ([] if avoid_single_taps(tier) else [1])  # 1: widths of 1 channel
+    divisors = [8, 8, 8, 2, 4, 16, 1]  # 1: widths of 1 channel
     return st.fixed_dictionaries({
         "divisor": st.sampled_from(divisors),
         "min_ratio": st.one_of(st.just(0.9), hundredths(0.01, 1.0)),
@@ -233,7 +227,7 @@ def variant(minimal: bool) -> st.SearchStrategy[dict]:
 @cache
 def channels(budget: int, tier: str) -> st.SearchStrategy[int]:
     """A base width from a table: scaled by any of the architecture's widths, at most MAX_CHANNELS."""
-    return st.integers(min(2 if avoid_single_taps(tier) else 1, budget), budget)
+    return st.integers(1, budget)
 
 
 @cache
@@ -342,7 +336,7 @@ def mqa_row(draw, state: dict, tier: str) -> dict:
     if state["opens"] and kv_stride == 2 and excluded("mqa_first_kv_stride2_torch_onnx", tier):
         kv_stride = 1
     keeps_width = state["opens"] is False and excluded("mqa_changes_channels", tier)
-    row = {"block": "mqa", "heads": draw(st.integers(1, 4)), "key_dim": draw(st.integers(2 if avoid_single_taps(tier) else 1, 16)),
+    row = {"block": "mqa", "heads": draw(st.integers(1, 4)), "key_dim": draw(st.integers(1, 16)),
            "kv_stride": kv_stride,
            "out": state["base_in"] if keeps_width else draw(channels(state["budget"], tier))}
     if kv_stride == 2 or draw(st.booleans()):  # k2: the kernel of the key/value downsampling
@@ -481,9 +475,7 @@ def family(draw, names: list[str], variant_names: list[str], flavors: list[str],
 def settings(flavors: list[str], tier: str) -> st.SearchStrategy[Settings]:
     size = st.integers(MIN_SIZE, MAX_SIZE)
     resolution = st.one_of(st.tuples(size, size), size.map(lambda s: (s, s)))
-    fewest = 2 if excluded("flax_macs_single_class", tier) else 1
-    classes = st.one_of(st.sampled_from([c for c in (1, 2, 10, 1000, 1001) if c >= fewest]),
-                        st.integers(fewest, MAX_CLASSES))
+    classes = st.one_of(st.sampled_from([1, 2, 10, 1000, 1001]), st.integers(1, MAX_CLASSES))
     return st.builds(Settings, st.sampled_from(flavors), resolution, classes)
 
 
