@@ -186,8 +186,7 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
     if reference is None:
         figures["reference_missing"] = True
         return figures
-    return {**figures, **_compare_training(reference, step, statistics, fitted, eval_logits, weights,
-                                           training.tolerance(dtype), training.tolerance(dtype, optimizer=True))}
+    return {**figures, **_compare_training(reference, step, statistics, fitted, eval_logits, weights, dtype)}
 
 
 def _wait_for_reference(path: Path, out: Path, variant: str, settings: dict):
@@ -210,10 +209,12 @@ def _wait_for_reference(path: Path, out: Path, variant: str, settings: dict):
 
 
 def _compare_training(reference: dict, step, statistics: dict, fitted: dict, eval_logits, weights: dict,
-                      tolerance: float, optimizer_tolerance: float) -> dict:
+                      dtype: str) -> dict:
     import numpy as np
 
     from conformance import training
+
+    tolerance = training.tolerance(dtype)
 
     def group(prefix: str) -> dict:
         return {name[len(prefix) + 1:]: value for name, value in reference.items() if name.startswith(prefix + "/")}
@@ -240,6 +241,7 @@ def _compare_training(reference: dict, step, statistics: dict, fitted: dict, eva
                                    backward=True)
     zero = training.zero_gradient_tensors(gradients_ref)
     for name, steps in fitted.items():
+        optimizer_tolerance = training.tolerance(dtype, optimizer=name)
         per_step = []
         for i, params in enumerate(steps):
             ref = {n: v for n, v in group(f"{name}{i}").items() if name != "adamw" or n not in zero}

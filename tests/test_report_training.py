@@ -69,8 +69,7 @@ def _train(variant: str, key: str, weights: dict, reference: dict, rng) -> dict:
             for params in fitted["sgd"]:
                 params["blocks.1.project.conv.weight"] += 1e-3 * 1e-3
     figures = {"loss": step.loss, **_compare_training(reference, step, near("stats"), fitted, eval_logits, weights,
-                                                      training.tolerance("float64" if float64 else "float32"),
-                                                      training.tolerance("float64" if float64 else "float32", True))}
+                                                      "float64" if float64 else "float32")}
     if not float64:
         figures["dropout"] = {"rate": 0.2, "samples": training.DROPOUT_SAMPLES, "blocks_varying_before_classifier": [],
                               "max_abs_z": 2.5, "variance_ratio": 1.1}

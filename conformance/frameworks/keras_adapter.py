@@ -204,13 +204,22 @@ class Adapter:
         -lr times PyTorch's buffer (both start from the first gradient)."""
         optimizers = self.keras.optimizers
         if o.name == "sgd":
-            return optimizers.SGD(learning_rate=o.learning_rate, momentum=o.momentum)
-        if o.name == "adamw":
+            step, constants = optimizers.SGD(learning_rate=o.learning_rate, momentum=o.momentum), ("momentum",)
+        elif o.name == "adamw":
             # Decoupled weight decay p -= lr * weight_decay * p, applied before the Adam update as
             # torch.optim.AdamW does.
-            return optimizers.AdamW(learning_rate=o.learning_rate, weight_decay=o.weight_decay, beta_1=o.beta1,
+            step = optimizers.AdamW(learning_rate=o.learning_rate, weight_decay=o.weight_decay, beta_1=o.beta1,
                                     beta_2=o.beta2, epsilon=o.epsilon)
-        raise ValueError(f"unknown optimizer {o.name!r}")
+            constants = ("beta_1", "beta_2")
+        else:
+            raise ValueError(f"unknown optimizer {o.name!r}")
+        # update_step casts these Python floats to the variable's dtype through a float32 tensor (ops.cast):
+        # 0.999 becomes 0.99900001, and a float64 run's first AdamW step is 6.7e-6 off PyTorch's, which Adam
+        # then amplifies wherever its first moment cancels (1e-3 by the third step). A tensor of the run's
+        # dtype is cast exactly.
+        for name in constants:
+            setattr(step, name, self.keras.ops.convert_to_tensor(getattr(step, name), self.dtype))
+        return step
 
     def _apply_jax(self, step, variables):
         """`step.apply` for Keras on JAX, where its first eager call compiles every small operation on its

@@ -79,7 +79,7 @@ class Adapter:
             loss.backward()
         finally:
             model.eval()
-        return TrainStep({name: value.detach().cpu().numpy() for name, value in blocks.items()}, float(loss),
+        return TrainStep({name: value.detach().cpu().numpy() for name, value in blocks.items()}, loss.detach().item(),
                          {name: p.grad.detach().cpu().numpy().copy() for name, p in model.named_parameters()})
 
     def fit(self, model, images_nchw: np.ndarray, labels: np.ndarray, optimizer: OptimizerConfig,
