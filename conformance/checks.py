@@ -45,9 +45,9 @@ class Check:
 def evaluate(loaded: LoadedSpec, run: RunResult) -> list[Check]:
     checks: list[Check] = []
     crashed = {r.worker.key: r for r in run.workers if r.returncode != 0 or r.timed_out}
-    keys = [r.worker.key for r in run.workers]
     for variant in run.variants:
         desc = describe(loaded, variant, run.flavor, run.resolution, run.num_classes)
+        keys = [r.worker.key for r in run.workers if r.worker.runs(variant, run.variants)]
         usable = []
         for key in keys:
             result = run.results.get((variant, key))

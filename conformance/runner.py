@@ -44,10 +44,14 @@ class Worker:
     flavor: str | None = None  # None: the run's flavor (tests set another to prove a wrong epsilon is caught)
     weights: str | None = None  # folder of neutral files to load instead of the run's (likewise, or a chain)
     export: str | None = None  # folder to write the weights the framework holds after loading
+    variants: tuple[str, ...] | None = None  # None: every variant of the run (tests cover a matrix with fewer)
 
     @property
     def key(self) -> str:
         return f"{self.framework}:{self.dtype}" if self.dtype != "float32" else self.framework
+
+    def runs(self, variant: str, run_variants: tuple[str, ...]) -> bool:
+        return variant in (self.variants or run_variants)
 
 
 @dataclass
@@ -240,7 +244,7 @@ def _request(config: RunConfig, worker: Worker) -> dict:
                            "reference_evaluator": v in options.onnx_reference_evaluator}
                   if options.onnx and full else None,
                   "train": _train_job(worker, timeout) if options.train else None}
-                 for v in config.variants],
+                 for v in config.variants if worker.runs(v, config.variants)],
     }
 
 

@@ -112,6 +112,7 @@ def test_no_dropout_means_identical_passes():
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANT_VARIANT = "mobilenet_v3_small_100"  # squeeze-excite in blocks 0 and 3-10
+TRAINING = Options(count_macs=False, train=True)
 # Two flavors that are timm's but for one planted mistake each.
 PLANTED_FLAVORS = """\
 extends: bundled
@@ -157,7 +158,7 @@ def planted(tmp_path_factory):
     workers = (Worker(*REFERENCE), Worker("torch", flavor="timm_momentum_inverted"),
                Worker("flax", flavor="timm_epsilon_1e3"), Worker("flax", "float64"))
     result = execute(RunConfig(loaded, (PLANT_VARIANT,), workers, "timm", (96, 80), work=work / "run",
-                               generated=generated, options=Options(count_macs=False, train=True)))
+                               generated=generated, options=TRAINING))
     return evaluate(loaded, result)
 
 
@@ -194,6 +195,48 @@ def test_a_gradient_stopped_at_the_gate_fails_naming_the_last_gated_block(plante
 def test_zero_gradient_tensors_are_those_at_rounding_level():
     grads = {"a": np.array([1.0, -2.0]), "b.bias": np.array([3e-16]), "c": np.array([1e-4])}
     assert training.zero_gradient_tensors(grads) == ["b.bias"]
+
+
+# The default tier: one variant per family, each run training at least one of them and each family
+# compared in float64 (gradients and optimizer steps) by at least one run: a covering design, since every
+# family in every run costs 10 minutes on 2 cores. The slow tier runs that full matrix, in two flavors.
+TRAIN_COVERING = {  # flavor keras: the biased running variance (PyTorch's BatchNorm needs the subclass)
+    "torch": None,  # every variant: PyTorch trains fast
+    "keras": ("mobilenet_v1_025", "mobilenet_edgetpu_075"),
+    "keras:float64": ("mobilenet_v1_025", "mobilenet_edgetpu_075"),
+    "keras-jax": ("mobilenet_v2_035",),
+    "keras-torch": ("mobilenet_v3_small_075",),
+    "flax": ("mobilenet_v4_conv_small",),
+    "flax:float64": ("mobilenet_v2_035", "mobilenet_v3_small_075", "mobilenet_v4_conv_small"),
+}
+
+
+@pytest.fixture(scope="module")
+def family_training(tmp_path_factory):
+    loaded = load_spec()
+    variants = tuple(dict.fromkeys(v for vs in TRAIN_COVERING.values() if vs for v in vs))
+    workers = [Worker(*REFERENCE)]
+    for key, only in TRAIN_COVERING.items():
+        framework, _, dtype = key.partition(":")
+        workers.append(Worker(framework, dtype or "float32", variants=only))
+    result = execute(RunConfig(loaded, variants, tuple(workers), "keras", (96, 80),
+                               work=tmp_path_factory.mktemp("family-training"),
+                               options=TRAINING))
+    return loaded, result, evaluate(loaded, result)
+
+
+def test_one_variant_per_family_trains_the_same_in_a_covering_set_of_runs(family_training):
+    loaded, result, checks = family_training
+    families = {loaded.spec.variants()[v][0] for v in result.variants}
+    assert families == set(loaded.spec.families)  # every family
+    trained = {(c.variant, c.subject) for c in checks if c.name == "train_forward"}
+    assert {subject for _, subject in trained} == set(TRAIN_COVERING)  # every run
+    gradients = {loaded.spec.variants()[c.variant][0] for c in checks if c.name == "gradients"}
+    assert gradients == families  # every family's gradients and optimizer steps, in float64
+    expected = {"train_forward", "running_stats", "gradients", "sgd", "adamw", "dropout"}
+    assert expected <= {c.name for c in checks}
+    failed = [f"{c.variant} {c.subject} {c.name}: {c.summary}" for c in checks if not c.ok]
+    assert not failed, "\n".join(failed)
 
 
 def _one_variant_per_family(loaded) -> list[str]:
