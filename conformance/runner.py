@@ -44,7 +44,7 @@ class Worker:
     flavor: str | None = None  # None: the run's flavor (tests set another to prove a wrong epsilon is caught)
     weights: str | None = None  # folder of neutral files to load instead of the run's (likewise, or a chain)
     export: str | None = None  # folder to write the weights the framework holds after loading
-    variants: tuple[str, ...] | None = None  # None: every variant of the run (tests cover a matrix with fewer)
+    variants: tuple[str, ...] | None = None  # None: every variant of the run (tests cover a matrix: fewer)
 
     @property
     def key(self) -> str:

@@ -1,8 +1,8 @@
 """Training-mode parity (conformance/training.py, `mnforge conform --train`).
 
-The comparison rules on synthetic numbers first (fast), then real runs: the matrix passes, and planted
-bugs (momentum inverted, a wrong epsilon, a gradient stopped at the squeeze-excite gate) fail, each
-naming the first block where it shows.
+The comparison rules on synthetic numbers first (fast), then real runs: one variant per family passes in a
+covering set of runs (the full matrix in the slow tier), and planted bugs (momentum inverted, a wrong
+epsilon, a gradient stopped at the squeeze-excite gate) fail, each naming the first block where it shows.
 """
 
 from __future__ import annotations
