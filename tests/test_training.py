@@ -197,18 +197,20 @@ def test_zero_gradient_tensors_are_those_at_rounding_level():
     assert training.zero_gradient_tensors(grads) == ["b.bias"]
 
 
-# The default tier: one variant per family, each run training at least one of them and each family
-# compared in float64 (gradients and optimizer steps) by at least one run: a covering design, since every
-# family in every run costs 10 minutes on 2 cores. The slow tier runs that full matrix, in two flavors.
+# The default tier: one variant per family, trained in PyTorch, and each run training at least one of them,
+# two families (V1, V4) compared in float64 as well (gradients and optimizer steps): a covering set, since
+# every family in every run costs 10 minutes on 2 cores and a float64 run in JAX or TensorFlow a minute
+# or two per variant. The slow tier runs that full matrix, in two flavors.
 TRAIN_COVERING = {  # flavor keras: the biased running variance (PyTorch's BatchNorm needs the subclass)
     "torch": None,  # every variant: PyTorch trains fast
-    "keras": ("mobilenet_v1_025", "mobilenet_edgetpu_075"),
-    "keras:float64": ("mobilenet_v1_025", "mobilenet_edgetpu_075"),
-    "keras-jax": ("mobilenet_v2_035",),
-    "keras-torch": ("mobilenet_v3_small_075",),
-    "flax": ("mobilenet_v4_conv_small",),
-    "flax:float64": ("mobilenet_v2_035", "mobilenet_v3_small_075", "mobilenet_v4_conv_small"),
+    "keras": ("mobilenet_v1_025",),
+    "keras:float64": ("mobilenet_v1_025",),
+    "keras-jax": ("mobilenet_v1_025",),
+    "keras-torch": ("mobilenet_v3_small_075", "mobilenet_edgetpu_075"),
+    "flax": ("mobilenet_v2_035",),
+    "flax:float64": ("mobilenet_v4_conv_small",),
 }
+FAMILIES_IN_FLOAT64 = {"mobilenet_v1", "mobilenet_v4"}
 
 
 @pytest.fixture(scope="module")
@@ -220,19 +222,18 @@ def family_training(tmp_path_factory):
         framework, _, dtype = key.partition(":")
         workers.append(Worker(framework, dtype or "float32", variants=only))
     result = execute(RunConfig(loaded, variants, tuple(workers), "keras", (96, 80),
-                               work=tmp_path_factory.mktemp("family-training"),
-                               options=TRAINING))
+                               work=tmp_path_factory.mktemp("family-training"), options=TRAINING))
     return loaded, result, evaluate(loaded, result)
 
 
 def test_one_variant_per_family_trains_the_same_in_a_covering_set_of_runs(family_training):
     loaded, result, checks = family_training
-    families = {loaded.spec.variants()[v][0] for v in result.variants}
-    assert families == set(loaded.spec.families)  # every family
+    family = {v: loaded.spec.variants()[v][0] for v in result.variants}
+    assert set(family.values()) == set(loaded.spec.families)  # every family
     trained = {(c.variant, c.subject) for c in checks if c.name == "train_forward"}
     assert {subject for _, subject in trained} == set(TRAIN_COVERING)  # every run
-    gradients = {loaded.spec.variants()[c.variant][0] for c in checks if c.name == "gradients"}
-    assert gradients == families  # every family's gradients and optimizer steps, in float64
+    assert {family[v] for v, subject in trained if subject == "torch"} == set(loaded.spec.families)
+    assert {family[c.variant] for c in checks if c.name == "gradients"} == FAMILIES_IN_FLOAT64
     expected = {"train_forward", "running_stats", "gradients", "sgd", "adamw", "dropout"}
     assert expected <= {c.name for c in checks}
     failed = [f"{c.variant} {c.subject} {c.name}: {c.summary}" for c in checks if not c.ok]
