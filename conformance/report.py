@@ -349,7 +349,8 @@ def _training_section(checks: list[Check]) -> list[str]:
              "conformance/training.py), from the same weights and batch. Errors are relative to what the reference "
              "changed (a gradient, a running-statistics or parameter update), per tensor; the worst is shown with "
              f"its block. Tolerance {tolerance('float32'):.0e} for float32 runs, {tolerance('float64'):.0e} for "
-             f"float64 runs ({tolerance('float64', 'sgd'):.0e} for optimizer steps); gradients and optimizer steps are compared in float64 runs, dropout in float32 runs.")
+             f"float64 runs ({tolerance('float64', optimizer=True):.0e} for optimizer steps); gradients and "
+             "optimizer steps are compared in float64 runs, dropout in float32 runs.")
     lines = ["", "## Training parity", "", intro]
     by_variant: dict[str, list[Check]] = defaultdict(list)
     for c in checks:

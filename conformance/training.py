@@ -84,8 +84,8 @@ ZERO_GRADIENT = 1e-10
 Z_LIMIT = 7.0  # dropout's mean test, |z| of every logit: P(|z| > 7) = 3e-12 per logit when all is right
 
 
-def tolerance(dtype: str, optimizer: str | None = None) -> float:
-    """The tolerance of a run's comparisons; `optimizer` names the optimizer whose steps are compared."""
+def tolerance(dtype: str, optimizer: bool = False) -> float:
+    """The tolerance of a run's comparisons; `optimizer`: of its optimizer steps."""
     if dtype != "float64":
         return FLOAT32_TOLERANCE
     return OPTIMIZER_FLOAT64_TOLERANCE if optimizer else FLOAT64_TOLERANCE

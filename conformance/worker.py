@@ -240,8 +240,8 @@ def _compare_training(reference: dict, step, statistics: dict, fitted: dict, eva
     result["gradients"] = _section(training.change_errors(step.gradients, gradients_ref, tolerance), order,
                                    backward=True)
     zero = training.zero_gradient_tensors(gradients_ref)
+    optimizer_tolerance = training.tolerance(dtype, optimizer=True)
     for name, steps in fitted.items():
-        optimizer_tolerance = training.tolerance(dtype, optimizer=name)
         per_step = []
         for i, params in enumerate(steps):
             ref = {n: v for n, v in group(f"{name}{i}").items() if name != "adamw" or n not in zero}

@@ -72,8 +72,8 @@ def test_drawn_specs_render_for_every_framework(tmp_path):
             [f"{name}.py" for name in case.families] + ["__init__.py"])
 
 
-@cache
-def covering_batch(tier: str = "outputs", seed_: int = 2) -> Case:  # seeds 0 and 1 drew two Flax MAC bugs, now fixed
+@cache  # seeds 0 and 1 drew two Flax MAC bugs, now fixed
+def covering_batch(tier: str = "outputs", seed_: int = 2) -> Case:
     """The first of the derandomized batches (one family of each table type and two universal ones) that
     uses every table type and every universal row kind, with one variant per architecture (the cost of a
     batch is its workers' start and one build per variant)."""
