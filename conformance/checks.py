@@ -236,12 +236,14 @@ def _train_checks(variant: str, run: RunResult, keys: list[str]) -> list[Check]:
         forward = train["forward"]
         logits = forward["blocks"]["classifier"]
         ok = forward["first_diverging"] is None and forward["top1_same"]
-        summary = (f"training-mode logits rel. error {logits:.2e} (tolerance {tolerance:.0e}), top-1 "
+        allowed = forward.get("allowed", {}).get("classifier", tolerance)
+        summary = (f"training-mode logits rel. error {logits:.2e} (tolerance {allowed:.0e}), top-1 "
                    f"{'same' if forward['top1_same'] else 'DIFFERS'}; loss {train['loss']:.6f} "
                    f"(reference {train['loss_reference']:.6f})")
         if forward["first_diverging"]:
             block = forward["first_diverging"]
-            summary += f"; first diverging block: {block} (rel. error {forward['blocks'][block]:.2e})"
+            summary += (f"; first diverging block: {block} (rel. error {forward['blocks'][block]:.2e}, allowed "
+                        f"{forward.get('allowed', {}).get(block, tolerance):.0e})")
         checks.append(Check(variant, "train_forward", key, ok, summary, forward))
         checks.append(Check(variant, "running_stats", key, train["statistics"]["failing_count"] == 0,
                             _section_summary("running statistics after one step", train["statistics"]),

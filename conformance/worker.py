@@ -165,7 +165,8 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
                      "timings": timings}
     reference_file = training.reference_path(out, desc.variant)
     if role == "reference":
-        arrays = {f"blocks/{n}": v for n, v in step.blocks.items()}
+        arrays = _float32_errors(adapter, at, weights, images, labels, step, statistics)
+        arrays |= {f"blocks/{n}": v for n, v in step.blocks.items()}
         arrays |= {f"grad/{n}": v for n, v in step.gradients.items()}
         arrays |= {f"stats/{n}": v for n, v in statistics.items()}
         arrays |= {f"{name}{i}/{n}": v for name, steps in fitted.items()
@@ -187,6 +188,25 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
         figures["reference_missing"] = True
         return figures
     return {**figures, **_compare_training(reference, step, statistics, fitted, eval_logits, weights, dtype)}
+
+
+def _float32_errors(adapter, at, weights: dict, images, labels, step, statistics: dict) -> dict:
+    """The reference framework's own float32 error, per block of the training-mode forward and per running
+    statistic: what float32 arithmetic costs where a block is ill-conditioned (training.float32_bounds)."""
+    import numpy as np
+
+    from conformance import training
+    from conformance import weights as neutral
+
+    model = adapter.build(at.family, at.variant, at.flavor, at.num_classes, at.resolution, "float32", abstract=True,
+                          dropout=0.0)
+    adapter.load(model, weights)
+    step32 = adapter.train_step(model, images, labels)
+    statistics32 = {name: value for name, value in adapter.tensors(model).items() if neutral.is_state(name)}
+    arrays = {f"float32/blocks/{n}": np.float64(training.relative(step32.blocks[n], ref, ref))
+              for n, ref in step.blocks.items()}
+    stats = training.change_errors(statistics32, statistics, 0.0, before={n: weights[n] for n in statistics}, stores=1)
+    return arrays | {f"float32/stats/{n}": np.float64(e) for n, e in stats.errors.items()}
 
 
 def _wait_for_reference(path: Path, out: Path, variant: str, settings: dict):
@@ -223,15 +243,21 @@ def _compare_training(reference: dict, step, statistics: dict, fitted: dict, eva
     order = list(blocks_ref)
     blocks = {name: training.relative(step.blocks[name], ref, ref) if name in step.blocks
               and step.blocks[name].shape == ref.shape else float("inf") for name, ref in blocks_ref.items()}
-    first_block = next((name for name in order if not blocks[name] <= tolerance), None)
-    top1 = bool(np.array_equal(step.blocks["classifier"].argmax(-1), blocks_ref["classifier"].argmax(-1)))
     stats_ref = group("stats")
-    statistics_errors = training.change_errors(statistics, stats_ref, tolerance,
+    # float32: each block and statistic as conditioned as the reference's own float32 arithmetic allows
+    blocks_allowed = {name: tolerance for name in blocks_ref}
+    stats_allowed = {name: tolerance for name in stats_ref}
+    if dtype != "float64":
+        blocks_allowed |= training.float32_bounds(group("float32/blocks"))
+        stats_allowed |= training.float32_bounds(group("float32/stats"))
+    first_block = next((name for name in order if not blocks[name] <= blocks_allowed[name]), None)
+    top1 = bool(np.array_equal(step.blocks["classifier"].argmax(-1), blocks_ref["classifier"].argmax(-1)))
+    statistics_errors = training.change_errors(statistics, stats_ref, stats_allowed,
                                                before={n: weights[n] for n in stats_ref}, stores=1)
     result = {
         "tolerance": tolerance,
         "loss_reference": float(reference["loss"]),
-        "forward": {"blocks": blocks, "first_diverging": first_block, "top1_same": top1},
+        "forward": {"blocks": blocks, "allowed": blocks_allowed, "first_diverging": first_block, "top1_same": top1},
         "statistics": _section(statistics_errors, order),
     }
     if not fitted:

@@ -51,6 +51,26 @@ def test_a_missing_or_misshapen_tensor_fails():
     assert errors.failing == ["w", "v"]
 
 
+def test_a_float32_bound_follows_the_reference_float32_conditioning_within_a_ceiling():
+    # well-conditioned blocks keep FLOAT32_TOLERANCE; an ill-conditioned one (the reference's own float32
+    # off by 3e-5 / 6e-5) is allowed CONDITIONING times that; none more than the ceiling
+    bounds = training.float32_bounds({"stem": 2e-7, "pool": 3e-5, "fc": 6e-5, "broken": 0.5})
+    assert bounds["stem"] == training.FLOAT32_TOLERANCE
+    assert bounds["pool"] == pytest.approx(training.CONDITIONING * 3e-5)
+    assert bounds["fc"] == pytest.approx(6e-4)
+    assert bounds["broken"] == training.FLOAT32_CEILING
+    # a wrong variance convention at the last BatchNorm (1 / (n - 1), n = 24) still fails by far
+    assert 1 / 23 > 40 * training.FLOAT32_CEILING
+
+
+def test_per_tensor_tolerances():
+    reference = {"a": np.ones(3), "b": np.ones(3)}
+    values = {"a": np.full(3, 1 + 5e-4), "b": np.full(3, 1 + 5e-4)}
+    errors = training.change_errors(values, reference, {"a": 1e-4, "b": 1e-3})
+    assert errors.failing == ["a"]
+    assert errors.allowed == {"a": 1e-4, "b": 1e-3}
+
+
 def test_the_first_diverging_block_is_named_in_network_order():
     order = ["stem", "blocks.0", "blocks.1", "pool", "classifier"]
     errors = training.TensorErrors(

@@ -561,9 +561,9 @@ class MobileMQA(nnx.Module):
         self.layer_scale = nnx.data(LayerScale(block.out, block.layer_scale) if block.layer_scale else None)
 
     def _positions(self, x: jax.Array, down: nnx.Module | None, projection: nnx.Module) -> jax.Array:
-        """(batch, positions, 1, dim): one head shared by every query head."""
+        """(batch, positions, dim): the one head every query head shares."""
         x = projection(down(x) if down is not None else x)
-        return x.reshape(x.shape[0], -1, 1, x.shape[-1])
+        return x.reshape(x.shape[0], -1, x.shape[-1])
 
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, height, width, _ = x.shape
@@ -571,8 +571,10 @@ class MobileMQA(nnx.Module):
         q = self.query(y).reshape(batch, height * width, self.heads, self.key_dim)
         k = self._positions(y, self.key_down, self.key)
         v = self._positions(y, self.value_down, self.value)
-        # softmax(q k^T / sqrt(key_dim)) v; the single key / value head serves every query head.
-        y = jax.nn.dot_product_attention(q, k, v)  # (batch, positions, heads, value_dim)
+        # softmax(q k^T / sqrt(key_dim)) v, written out: jax.nn.dot_product_attention takes its softmax in
+        # float32 whatever the input's dtype.
+        scores = jnp.einsum("bqhd,bkd->bhqk", q, k) * self.key_dim**-0.5
+        y = jnp.einsum("bhqk,bkd->bqhd", jax.nn.softmax(scores, axis=-1), v)
         y = self.output(y.reshape(batch, height, width, self.heads * self.value_dim))
         if self.layer_scale is not None:
             y = self.layer_scale(y)
