@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conformance import training
 from conformance import weights as neutral
 from conformance.results import WorkerResult, outputs_path, result_path
 from conformance.training import TRAIN_BATCH, TRAIN_RESOLUTION
@@ -243,8 +244,8 @@ def _request(config: RunConfig, worker: Worker) -> dict:
                   "onnx": {"dir": options.onnx_dir or str(work / "onnx"),
                            "reference_evaluator": v in options.onnx_reference_evaluator}
                   if options.onnx and full else None,
-                  "train": _train_job(worker, timeout) if options.train else None}
-                 for v in config.variants if worker.runs(v, config.variants)],
+                  "train": _train_job(worker, timeout, first=i == 0) if options.train else None}
+                 for i, v in enumerate(v for v in config.variants if worker.runs(v, config.variants))],
     }
 
 
@@ -255,9 +256,11 @@ def worker_timeout(config: RunConfig) -> float:
     return TIMEOUT_BASE + per_variant * len(config.variants)
 
 
-def _train_job(worker: Worker, wait_s: float) -> dict:
+def _train_job(worker: Worker, wait_s: float, first: bool) -> dict:
+    """`first`: the worker's first variant, where a float64 run also takes AdamW steps (training.optimizers)."""
     role = "reference" if (worker.framework, worker.dtype) == REFERENCE else worker.dtype
-    return {"role": role, "reference_run": REFERENCE[0], "reference_dtype": REFERENCE[1], "wait_s": wait_s}
+    return {"role": role, "reference_run": REFERENCE[0], "reference_dtype": REFERENCE[1], "wait_s": wait_s,
+            "optimizers": [o.name for o in training.optimizers(role, first)]}
 
 
 def _logits_at(loaded: LoadedSpec, variant: str, options: Options) -> list[list[int]]:

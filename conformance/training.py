@@ -93,6 +93,20 @@ ZERO_GRADIENT = 1e-10
 Z_LIMIT = 7.0  # dropout's mean test, |z| of every logit: P(|z| > 7) = 3e-12 per logit when all is right
 
 
+def optimizers(role: str, first: bool) -> tuple[OptimizerConfig, ...]:
+    """The optimizers a run steps with on a variant. The reference: all of them, on every variant. A float64
+    run: SGD on every variant (the fine-tuning promise is per architecture), AdamW on its first variant
+    only: what AdamW adds to SGD (epsilon after the bias correction, decoupled weight decay) is the
+    framework's convention, not the architecture's, and every step costs a float64 gradient, which XLA and
+    TensorFlow compute on the CPU without vectorised grouped convolutions (README: Training parity).
+    A float32 run: none (its gradients are not compared, see above)."""
+    if role == "reference":
+        return OPTIMIZERS
+    if role == "float64":
+        return tuple(o for o in OPTIMIZERS if o.name == "sgd" or first)
+    return ()
+
+
 def tolerance(dtype: str, optimizer: bool = False) -> float:
     """The tolerance of a run's comparisons; `optimizer`: of its optimizer steps."""
     if dtype != "float64":

@@ -71,6 +71,22 @@ def test_per_tensor_tolerances():
     assert errors.allowed == {"a": 1e-4, "b": 1e-3}
 
 
+def test_sgd_trains_every_variant_and_adamw_the_first_of_each_float64_worker(tmp_path):
+    from conformance.runner import _request
+
+    loaded = load_spec()
+    variants = ("mobilenet_v1_025", "mobilenet_v2_035", "mobilenet_v3_small_075")
+    config = RunConfig(loaded, variants, (Worker("torch", "float64"), Worker("flax"), Worker("flax", "float64"),
+                                          Worker("keras", "float64", variants=variants[1:])),
+                       "keras", training.TRAIN_RESOLUTION, options=TRAINING, work=tmp_path)
+    asked = {w.key: [(job["variant"], job["train"]["optimizers"]) for job in _request(config, w)["jobs"]]
+             for w in config.workers}
+    assert asked["torch:float64"] == [(v, ["sgd", "adamw"]) for v in variants]  # the reference: everything
+    assert asked["flax"] == [(v, []) for v in variants]  # float32: no gradients compared, no steps
+    assert asked["flax:float64"] == [(variants[0], ["sgd", "adamw"]), (variants[1], ["sgd"]), (variants[2], ["sgd"])]
+    assert asked["keras:float64"] == [(variants[1], ["sgd", "adamw"]), (variants[2], ["sgd"])]
+
+
 def test_the_first_diverging_block_is_named_in_network_order():
     order = ["stem", "blocks.0", "blocks.1", "pool", "classifier"]
     errors = training.TensorErrors(
