@@ -395,3 +395,40 @@ def test_a_restored_flax_state_trains():
     assert np.isfinite(report.pop("loss"))
     assert report == {"same_values": True, "bn_updated": True, "weights_updated": True, "same_bytes": True,
                       "port_reads_it": True}
+
+
+GELU_SCRIPT = """
+import json, math
+import numpy as np
+import keras
+keras.config.set_floatx("float64")
+from conformance.frameworks.keras_adapter import Adapter
+from spec import describe, load_spec
+
+at = describe(load_spec(), "mobilenet_v4_hybrid_large", "tf", (64, 64), 10)
+adapter = Adapter()
+x = np.linspace(-6.0, 6.0, 4097)
+exact = np.array([0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x])
+report = {}
+for dtype in ("float32", "float64"):
+    model = adapter.build(at.family, at.variant, at.flavor, at.num_classes, at.resolution, dtype)
+    gelus = [layer.activation for layer in model._flatten_layers(include_self=False)
+             if isinstance(layer, keras.layers.Activation)]  # V4 Hybrid-Large: GELU (ReLU is layers.ReLU)
+    keras.config.set_floatx("float64")
+    values = [np.asarray(gelu(keras.ops.convert_to_tensor(x, "float64")), np.float64) for gelu in gelus]
+    report[dtype] = {"count": len(gelus), "keras_own": sum(g is keras.activations.gelu for g in gelus),
+                     "error": max(float(np.max(np.abs(v - exact))) for v in values)}
+own = np.asarray(keras.activations.gelu(keras.ops.convert_to_tensor(x, "float64"), approximate=False))
+report["tensorflow"] = float(np.max(np.abs(own - exact)))
+print(json.dumps(report))
+"""
+
+
+def test_a_keras_float64_run_computes_gelu_in_float64():
+    """TensorFlow's exact GELU rounds its 1/sqrt(2) through float32 (2e-7 relative in float64): the Keras float64
+    run swaps in the same formula with a float64 constant; float32 models keep Keras' own layer."""
+    report = _run("keras", GELU_SCRIPT, {}, setup=True)
+    assert report["tensorflow"] > 1e-9  # TensorFlow's own: the reason for the swap (drop it once TF is exact)
+    assert report["float32"]["count"] > 0 and report["float32"]["keras_own"] == report["float32"]["count"]
+    assert report["float64"]["count"] == report["float32"]["count"] and report["float64"]["keras_own"] == 0
+    assert report["float64"]["error"] < 1e-14  # float64 rounding of erf and three products

@@ -51,7 +51,10 @@ class Adapter:
         self.keras.config.set_floatx(dtype)
         module = self._modules[variant] = family_module("keras", family)
         rate = {} if dropout is None else {"dropout": dropout}
-        return module.VARIANTS[variant](num_classes=num_classes, flavor=flavor, input_shape=(*resolution, 3), **rate)
+        model = module.VARIANTS[variant](num_classes=num_classes, flavor=flavor, input_shape=(*resolution, 3), **rate)
+        if dtype == "float64" and self.keras.backend.backend() == "tensorflow":
+            _exact_gelu(model)
+        return model
 
     def _to_neutral(self, layer, variable_name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
         try:
@@ -329,3 +332,18 @@ def _apply_eagerly(step, variables):
 
 def _to_nchw(value: np.ndarray) -> np.ndarray:
     return value.transpose(0, 3, 1, 2) if value.ndim == 4 else value
+
+
+def _exact_gelu(model) -> None:
+    """TensorFlow's exact GELU casts its constant 1/sqrt(2) to the input's dtype from a float32 tensor
+    (`math_ops.cast(0.7071067811865476, dtype)` in tf.nn.gelu, TF 2.21): in float64 every GELU is 2e-7
+    (relative) off, and V4 Hybrid-Large's logits 3e-7. A float64 run computes the same function with the
+    constant in float64; the float32 runs use Keras' own layer."""
+    import keras
+
+    def gelu(x):
+        return 0.5 * x * (1.0 + keras.ops.erf(x * math.sqrt(0.5)))
+
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.gelu:
+            layer.activation = gelu
