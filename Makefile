@@ -32,7 +32,7 @@ test-all: check-generated
 	$(PY) -m pytest -m "slow or not slow"
 
 conformance: $(STAMP)
-	$(VENV)/bin/mnforge conform --all --onnx --report reports/
+	$(VENV)/bin/mnforge conform --all --onnx --train --report reports/
 
 conformance-quick: $(STAMP)
 	$(VENV)/bin/mnforge conform --quick
