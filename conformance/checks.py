@@ -234,16 +234,15 @@ def _train_checks(variant: str, run: RunResult, keys: list[str]) -> list[Check]:
             continue
         tolerance = train["tolerance"]
         forward = train["forward"]
-        logits = forward["blocks"]["classifier"]
+        logits, allowed = forward["blocks"]["classifier"], forward["allowed"]["classifier"]
         ok = forward["first_diverging"] is None and forward["top1_same"]
-        allowed = forward.get("allowed", {}).get("classifier", tolerance)
         summary = (f"training-mode logits rel. error {logits:.2e} (tolerance {allowed:.0e}), top-1 "
                    f"{'same' if forward['top1_same'] else 'DIFFERS'}; loss {train['loss']:.6f} "
                    f"(reference {train['loss_reference']:.6f})")
         if forward["first_diverging"]:
             block = forward["first_diverging"]
             summary += (f"; first diverging block: {block} (rel. error {forward['blocks'][block]:.2e}, allowed "
-                        f"{forward.get('allowed', {}).get(block, tolerance):.0e})")
+                        f"{forward['allowed'][block]:.0e})")
         checks.append(Check(variant, "train_forward", key, ok, summary, forward))
         checks.append(Check(variant, "running_stats", key, train["statistics"]["failing_count"] == 0,
                             _section_summary("running statistics after one step", train["statistics"]),

@@ -255,7 +255,7 @@ def _headline(c: Check) -> dict:
     figures = c.figures
     if c.name == "train_forward":
         return {"ok": c.ok, "error": figures["blocks"].get("classifier"),
-                "allowed": figures.get("allowed", {}).get("classifier"), "top1_same": figures["top1_same"],
+                "allowed": figures["allowed"]["classifier"], "top1_same": figures["top1_same"],
                 "first_diverging": figures["first_diverging"]}
     if c.name in ("running_stats", "gradients"):
         return {"ok": c.ok, **_worst(figures)}

@@ -141,16 +141,19 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
     dtype = job.get("dtype", "float32")
     timings: dict[str, float] = {}
 
-    def fresh(dropout: float | None = 0.0):
+    def fresh(dropout: float | None = 0.0, dtype: str = dtype):
         model = adapter.build(at.family, at.variant, at.flavor, at.num_classes, at.resolution, dtype, abstract=True,
                               dropout=dropout)
         adapter.load(model, weights)
         return model
 
+    def train_step(model):
+        """One training step: its TrainStep, and the running statistics after it."""
+        step = adapter.train_step(model, images, labels)
+        return step, {name: value for name, value in adapter.tensors(model).items() if neutral.is_state(name)}
+
     t = time.perf_counter()
-    model = fresh()
-    step = adapter.train_step(model, images, labels)
-    statistics = {name: value for name, value in adapter.tensors(model).items() if neutral.is_state(name)}
+    step, statistics = train_step(fresh())
     timings["step"] = time.perf_counter() - t
     fitted, eval_logits = {}, None
     # SGD and AdamW as the run was asked (training.optimizers); none in float32, whose gradients jump at
@@ -166,7 +169,8 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
                      "timings": timings}
     reference_file = training.reference_path(out, desc.variant)
     if role == "reference":
-        arrays = _float32_errors(adapter, at, weights, images, labels, step, statistics)
+        # the reference framework's own float32 error: where a block is ill-conditioned (training.float32_bounds)
+        arrays = _float32_errors(step, statistics, *train_step(fresh(dtype="float32")), weights)
         arrays |= {f"blocks/{n}": v for n, v in step.blocks.items()}
         arrays |= {f"grad/{n}": v for n, v in step.gradients.items()}
         arrays |= {f"stats/{n}": v for n, v in statistics.items()}
@@ -191,19 +195,13 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
     return {**figures, **_compare_training(reference, step, statistics, fitted, eval_logits, weights, dtype)}
 
 
-def _float32_errors(adapter, at, weights: dict, images, labels, step, statistics: dict) -> dict:
-    """The reference framework's own float32 error, per block of the training-mode forward and per running
-    statistic: what float32 arithmetic costs where a block is ill-conditioned (training.float32_bounds)."""
+def _float32_errors(step, statistics: dict, step32, statistics32: dict, weights: dict) -> dict:
+    """Per block of the training-mode forward and per running statistic, the float32 step's error against
+    the float64 one (`step`, `statistics`), as the reference file stores them."""
     import numpy as np
 
     from conformance import training
-    from conformance import weights as neutral
 
-    model = adapter.build(at.family, at.variant, at.flavor, at.num_classes, at.resolution, "float32", abstract=True,
-                          dropout=0.0)
-    adapter.load(model, weights)
-    step32 = adapter.train_step(model, images, labels)
-    statistics32 = {name: value for name, value in adapter.tensors(model).items() if neutral.is_state(name)}
     arrays = {f"float32/blocks/{n}": np.float64(training.relative(step32.blocks[n], ref, ref))
               for n, ref in step.blocks.items()}
     stats = training.change_errors(statistics32, statistics, 0.0, before={n: weights[n] for n in statistics}, stores=1)
