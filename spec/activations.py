@@ -38,6 +38,14 @@ ACTIVATIONS: dict[str, Activation] = {
     "gelu": Activation("x * (1 + erf(x / sqrt(2))) / 2", lambda x: 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0))),
                        "nn.GELU()", 'functools.partial(layers.Activation, "gelu")',
                        "functools.partial(jax.nn.gelu, approximate=False)"),
+    # the tanh approximation (MobileNetV5, timm's `nn.GELU(approximate="tanh")`): up to 5e-4 from the exact
+    # one, so a network trained with one is a different function under the other
+    "gelu_tanh": Activation("x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3))) / 2",
+                            lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3))),
+                            'nn.GELU(approximate="tanh")',
+                            "functools.partial(layers.Activation, functools.partial(keras.activations.gelu, "
+                            "approximate=True))",
+                            "functools.partial(jax.nn.gelu, approximate=True)"),
     "identity": Activation("x", lambda x: x, "nn.Identity()", "", "lambda x: x"),
     # The squeeze-excite gate. Not the old Keras 2 / ONNX default 0.2 * x + 0.5: flavors pin this formula.
     "hard_sigmoid": Activation("relu6(x+3)/6", lambda x: np.clip(x + 3.0, 0.0, 6.0) / 6.0, "nn.Hardsigmoid()",

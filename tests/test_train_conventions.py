@@ -398,7 +398,7 @@ def test_a_restored_flax_state_trains():
 
 
 GELU_SCRIPT = """
-import json, math
+import functools, json, math
 import numpy as np
 import keras
 keras.config.set_floatx("float64")
@@ -420,15 +420,32 @@ for dtype in ("float32", "float64"):
                      "error": max(float(np.max(np.abs(v - exact))) for v in values)}
 own = np.asarray(keras.activations.gelu(keras.ops.convert_to_tensor(x, "float64"), approximate=False))
 report["tensorflow"] = float(np.max(np.abs(own - exact)))
+# The tanh approximation (MobileNetV5's), as the generated code writes it (spec/activations.py).
+from spec.activations import ACTIVATIONS
+from conformance.frameworks.keras_adapter import _float64_gelu
+tanh = ACTIVATIONS["gelu_tanh"].reference(x)
+# Absolute: TensorFlow's float64 tanh saturates to -1 below -9 or so, so in the far negative tail both
+# forms are 0 where the formula is 1e-11 (relative error 1 on values that no sum notices).
+error = lambda v: float(np.max(np.abs(v[0] - tanh)))
+layers = keras.layers
+model = keras.Sequential([keras.Input((x.size,), dtype="float64"),
+                          eval(ACTIVATIONS["gelu_tanh"].keras)(name="gelu_tanh", dtype="float64")])
+own = np.asarray(model(x[None]))
+_float64_gelu(model)
+report["tanh"] = {"tensorflow": error(own), "float64": error(np.asarray(model(x[None])))}
 print(json.dumps(report))
 """
 
 
 def test_a_keras_float64_run_computes_gelu_in_float64():
-    """TensorFlow's exact GELU rounds its 1/sqrt(2) through float32 (2e-7 relative in float64): the Keras float64
-    run swaps in the same formula with a float64 constant; float32 models keep Keras' own layer."""
+    """TensorFlow's exact GELU rounds its 1/sqrt(2) through float32 (2e-7 relative in float64), its tanh GELU
+    its 0.044715: the Keras float64 run swaps in the same formulas with float64 constants; float32 models keep
+    Keras' own layers."""
     report = _run("keras", GELU_SCRIPT, {}, setup=True)
     assert report["tensorflow"] > 1e-9  # TensorFlow's own: the reason for the swap (drop it once TF is exact)
     assert report["float32"]["count"] > 0 and report["float32"]["keras_own"] == report["float32"]["count"]
     assert report["float64"]["count"] == report["float32"]["count"] and report["float64"]["keras_own"] == 0
     assert report["float64"]["error"] < 1e-14  # float64 rounding of erf and three products
+    # The tanh GELU rounds its 0.044715 through float32 the same way: 9e-10 (absolute) near x = 1.8.
+    assert report["tanh"]["tensorflow"] > 1e-10
+    assert report["tanh"]["float64"] < 1e-14  # float64 rounding of tanh and five products, values up to 6

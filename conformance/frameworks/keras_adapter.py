@@ -53,7 +53,7 @@ class Adapter:
         rate = {} if dropout is None else {"dropout": dropout}
         model = module.VARIANTS[variant](num_classes=num_classes, flavor=flavor, input_shape=(*resolution, 3), **rate)
         if dtype == "float64" and self.keras.backend.backend() == "tensorflow":
-            _exact_gelu(model)
+            _float64_gelu(model)
         return model
 
     def _to_neutral(self, layer, variable_name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
@@ -334,16 +334,27 @@ def _to_nchw(value: np.ndarray) -> np.ndarray:
     return value.transpose(0, 3, 1, 2) if value.ndim == 4 else value
 
 
-def _exact_gelu(model) -> None:
-    """TensorFlow's exact GELU casts its constant 1/sqrt(2) to the input's dtype from a float32 tensor
-    (`math_ops.cast(0.7071067811865476, dtype)` in tf.nn.gelu, TF 2.21): in float64 every GELU is 2e-7
-    (relative) off, and V4 Hybrid-Large's logits 3e-7. A float64 run computes the same function with the
-    constant in float64; the float32 runs use Keras' own layer."""
+def _float64_gelu(model) -> None:
+    """TensorFlow's GELUs round a constant through float32 (TF 2.21's tf.nn.gelu): the exact one casts
+    1/sqrt(2) to the input's dtype from a float32 tensor (`math_ops.cast(0.7071067811865476, dtype)`), the
+    tanh one its 0.044715 the same way. In float64 every exact GELU is 2e-7 (relative) off, and V4
+    Hybrid-Large's logits 3e-7. A float64 run computes the same functions with float64 constants; the
+    float32 runs use Keras' own layers."""
+    import functools
+
     import keras
 
     def gelu(x):
         return 0.5 * x * (1.0 + keras.ops.erf(x * math.sqrt(0.5)))
 
+    def gelu_tanh(x):
+        return 0.5 * x * (1.0 + keras.ops.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
     for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.gelu:
+        if not isinstance(layer, keras.layers.Activation):
+            continue
+        f = layer.activation
+        if f is keras.activations.gelu:
             layer.activation = gelu
+        elif isinstance(f, functools.partial) and f.func is keras.activations.gelu and f.keywords.get("approximate"):
+            layer.activation = gelu_tanh

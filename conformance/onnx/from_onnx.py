@@ -21,7 +21,7 @@ Canonicalisation, in order:
      into GELU's erfc factor), and anything else emits it after the activation;
   4. compose the remaining elementwise ops with scalar constants into one function of one tensor and
      name it by its values on a probe grid: relu, relu6, hard_sigmoid, hard_swish, gelu (exact, erf),
-     or `unknown` (HardSigmoid with ONNX's default alpha 0.2 is not relu6(x + 3) / 6 and stays apart).
+     gelu_tanh, or `unknown` (HardSigmoid with ONNX's default alpha 0.2 is not relu6(x + 3) / 6 and stays apart).
      On a conv or linear layer with one output channel (a classifier for one class) a per-channel
      constant is a scalar one: the scale and shift right after the layer are its affine (its bias);
   5. attention: a MatMul (or two-operand Einsum) of two computed tensors is a canonical `matmul`; scalar
@@ -48,7 +48,7 @@ from spec.resolve import padding_amounts
 TRANSPARENT = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast", "Expand",
                "Tile"}  # Expand and Tile: a key / value head repeated for every query head (a broadcast)
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Clip", "Relu", "HardSigmoid", "HardSwish", "Sigmoid",
-               "BatchNormalization", "Neg", "Erf", "Gelu"}
+               "BatchNormalization", "Neg", "Erf", "Gelu", "Tanh", "Pow"}
 SHAPE_OPS = {"Shape", "Gather", "Concat", "Slice", "ConstantOfShape", "Range"}
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 PROBE = np.concatenate([np.linspace(-12.0, 12.0, 2401), [-3.0, 0.0, 3.0, 6.0]])
@@ -323,12 +323,14 @@ def _scalar_step(op, attrs, ins, live, constants):
         return lambda x: -x
     if op == "Erf":
         return _erf
+    if op == "Tanh":
+        return np.tanh
     if op == "Gelu":
         if attrs.get("approximate", "none") in ("tanh", b"tanh"):
-            return lambda x: 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+            return ACTIVATIONS["gelu_tanh"].reference
         return ACTIVATIONS["gelu"].reference  # ONNX's exact Gelu
     table = {"Add": lambda x: x + other, "Mul": lambda x: x * other, "Max": lambda x: np.maximum(x, other),
-             "Min": lambda x: np.minimum(x, other),
+             "Min": lambda x: np.minimum(x, other), "Pow": (lambda x: x ** other) if left else (lambda x: other ** x),
              "Sub": (lambda x: x - other) if left else (lambda x: other - x),
              "Div": (lambda x: x / other) if left else (lambda x: other / x)}
     return table[op]
