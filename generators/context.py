@@ -174,6 +174,10 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
             "fc": _agreement([bool(a.fc) for a in archs]),
             "fc_batch_norm": _agreement([a.fc_batch_norm for a in archs if a.fc]),
         },
+        # whether the family's stems have a conv bias, and the argument that gives it to the stem's conv
+        "stem_bias": _agreement([a.stem.bias for a in archs]),
+        "stem_bias_argument": {"all": ", bias=True", "some": ", bias=a.stem_bias", "none": ""}[
+            _agreement([a.stem.bias for a in archs])],
         "activations": activations,
         # name -> this framework's op (spec/activations.py), for every activation the family uses
         "activation_ops": ops,

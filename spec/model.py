@@ -214,6 +214,7 @@ class Stem(Strict):
     kernel: Kernel
     stride: Stride
     activation: Activation
+    bias: bool = False  # a learned bias on the stem conv, before its norm (MobileNetV5)
 
 
 class ConvHead(Strict):

@@ -40,6 +40,7 @@ class ConvSpec:
     kernel: int
     stride: int
     activation: str
+    bias: bool = False  # the conv's own bias, before its norm (MobileNetV5's stem)
 
 
 # Resolved blocks carry every decision (stride placement, residual, whether an expansion conv exists):
@@ -271,7 +272,7 @@ def resolve_architecture(spec: Spec, variant: str, flavor: str | None = None) ->
 
     stem = ConvSpec(
         apply_width_rule(arch.stem.out, width, rules.stem, rounding),
-        arch.stem.kernel, arch.stem.stride, activation(arch.stem.activation),
+        arch.stem.kernel, arch.stem.stride, activation(arch.stem.activation), arch.stem.bias,
     )
     table = arch.blocks
     blocks: list[Block] = []
@@ -516,7 +517,8 @@ def describe(loaded: LoadedSpec | Spec, variant: str, flavor: str | None = None,
         raise ValueError(f"resolution must be at least 32 and num_classes at least 1, got {resolution}, {num_classes}")
     walk = _Walker(values.padding, 3, height, width, arch.squeeze_excite_activation, arch.squeeze_excite_gate)
     shapes: dict[str, tuple[int, int, int]] = {}
-    walk.conv("stem", "stem", arch.stem.out, arch.stem.kernel, arch.stem.stride, arch.stem.activation)
+    walk.conv("stem", "stem", arch.stem.out, arch.stem.kernel, arch.stem.stride, arch.stem.activation,
+              bias=arch.stem.bias)
     shapes["stem"] = walk.shape
     for i, block in enumerate(arch.blocks):
         name = f"blocks.{i}"

@@ -1,5 +1,6 @@
 """Families whose architectures differ (issue 12): in head shape (tests/data/mixed_heads.yaml: last_conv in
-one architecture only, fc in two, with BatchNorm in one of them, no head in the third) and in table type
+one architecture only, fc in two, with BatchNorm in one of them, no head in the third; a stem conv bias in
+the first only) and in table type
 (tests/data/mixed_tables.yaml: depthwise separable, inverted residual with squeeze-excite, and a universal
 table with every universal kind). Each spec is rendered to a temporary folder; each framework's models are
 built in a process of their own (TensorFlow and torchvision never share one), each generated file loaded
@@ -144,6 +145,7 @@ def test_the_mixes_mix_what_they_say():
     shapes = {(bool(a.head.last_conv), bool(a.head.fc), bool(a.head.fc and a.head.fc.batch_norm))
               for a in heads.architectures.values()}
     assert shapes == {(True, True, False), (False, False, False), (False, True, True)}
+    assert [a.stem.bias for a in heads.architectures.values()] == [True, False, False]
     tables = load_spec(DATA / "mixed_tables.yaml").spec.families["tiny_tables"]
     assert {a.blocks.type for a in tables.architectures.values()} == {
         "depthwise_separable", "inverted_residual", "universal"}
@@ -161,7 +163,8 @@ def test_families_whose_architectures_agree_test_nothing_at_run_time():
     head and, with one block kind, no dispatcher: the generated code reads as before issue 12."""
     rendered = render_all(load_spec())
     for path, text in rendered.items():
-        for test in ("if a.last_conv", "if a.fc", "a.fc_batch_norm", "is not None:\n            stages"):
+        for test in ("if a.last_conv", "if a.fc", "a.fc_batch_norm", "is not None:\n            stages", "stem_bias",
+                     " bias: bool"):
             assert test not in text, (path, test)
     assert "def block_module" not in rendered["pytorch/mobilenet_v1.py"]
     assert "DepthwiseSeparable(block, flavor) for block in a.blocks" in rendered["pytorch/mobilenet_v1.py"]

@@ -233,7 +233,7 @@ def channels(budget: int, tier: str) -> st.SearchStrategy[int]:
 @cache
 def stem(budget: int, tier: str) -> st.SearchStrategy[dict]:
     return st.fixed_dictionaries({"out": channels(budget, tier), "kernel": KERNELS, "stride": STRIDES,
-                                  "activation": activations(tier)})
+                                  "activation": activations(tier)}, optional={"bias": st.booleans()})
 
 
 @cache
