@@ -276,6 +276,8 @@ def _train_checks(variant: str, run: RunResult, keys: list[str]) -> list[Check]:
 
 def _section_summary(what: str, section: dict) -> str:
     worst = section["worst"]
+    if worst is None:  # nothing to compare: no running statistics (an RMSNorm model)
+        return f"{what}: none on either side"
     text = (f"{what}: {section['tensors']} tensors, worst {worst['tensor']} {worst['error']:.2e} "
             f"(allowed {worst['allowed']:.1e}, relative to the reference's change)")
     if section["first_diverging"]:

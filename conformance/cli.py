@@ -220,7 +220,7 @@ def _describe(loaded, args) -> int:
         table.add_column(column, justify="right" if column in ("params", "state", "MACs") else "left")
     for l in desc.layers:
         table.add_row(l.name, l.kind, f"{l.in_channels} → {l.out_channels}",
-                      f"{l.kernel}/{l.stride}/{l.groups}" if l.kind not in ("batch_norm", "pool", "linear") else "",
+                      f"{l.kernel}/{l.stride}/{l.groups}" if l.kind not in ("batch_norm", "rms_norm", "pool", "linear") else "",
                       "×".join(map(str, l.out_shape)), f"{l.params:,}" if l.params else "",
                       f"{l.state:,}" if l.state else "", f"{l.macs:,}" if l.macs else "")
     table.add_section()

@@ -220,6 +220,10 @@ def _onnx_section(checks: list[Check]) -> list[str]:
              "graph = other frameworks | canonical ops |", "|---|---|---:|---|---:|---:|---|---|---|"]
     for c in rows:
         info = c.figures
+        if "canonical" not in info:  # the export (or reading it) failed: the check's summary says why
+            detail = c.summary.replace("|", "/").replace("\n", " ")
+            lines.append(f"| {c.variant} | {c.subject} | FAILED: {detail} | – | – | – | – | – | – |")
+            continue
         others = [ok for (variant, pair), ok in pairs.items() if variant == c.variant and c.subject in pair.split("~")]
         export = "cached" if info["cached"] else f"{info['export_s']:.1f} s"
         reference = info.get("reference_evaluator_rel_error")

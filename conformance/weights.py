@@ -6,6 +6,7 @@ Layouts (PyTorch's, so a generated PyTorch state dict *is* the neutral form):
   layer scale (hybrid MobileNetV4)           `<layer>.gamma` (channels,)
   batch norm                                 `<layer>.weight` (scale), `<layer>.bias` (shift),
                                              `<layer>.running_mean`, `<layer>.running_var`
+  RMSNorm (MobileNetV5)                      `<layer>.weight` (scale)
 Every file carries metadata: variant, flavor, num_classes, format version. The expected tensors of a
 variant come from the spec's analytic description, so a file is checked against the spec, not against
 whatever a framework happens to build.
@@ -46,6 +47,8 @@ def expected_tensors(desc: Description) -> dict[str, tuple[int, ...]]:
                 tensors[f"{layer.name}.{tensor}"] = (layer.out_channels,)
         elif layer.kind == "layer_scale":
             tensors[f"{layer.name}.gamma"] = (layer.out_channels,)
+        elif layer.kind == "rms_norm":
+            tensors[f"{layer.name}.weight"] = (layer.out_channels,)
     return tensors
 
 
@@ -109,11 +112,11 @@ def random_weights(desc: Description, seed: int = 0) -> dict[str, np.ndarray]:
     the arithmetic and not an exploding or vanishing signal.
     """
     rng = np.random.default_rng(seed)
-    batch_norms = {layer.name for layer in desc.layers if layer.kind == "batch_norm"}
+    norms = {layer.name for layer in desc.layers if layer.kind in ("batch_norm", "rms_norm")}
     weights: dict[str, np.ndarray] = {}
     for name, shape in expected_tensors(desc).items():
         layer, tensor = name.rsplit(".", 1)
-        if layer in batch_norms:
+        if layer in norms:  # an RMSNorm's scale as a BatchNorm's: around one
             value = random_batch_norm(rng, tensor, shape)
         elif len(shape) > 1:
             fan_in = int(np.prod(shape[1:]))

@@ -174,6 +174,12 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
             "fc": _agreement([bool(a.fc) for a in archs]),
             "fc_batch_norm": _agreement([a.fc_batch_norm for a in archs if a.fc]),
         },
+        # The norm of every conv and attention block (spec: the family's `normalization`): the generated
+        # conv unit is named for it, ConvBNAct or ConvNormAct (conv_bn_act, conv_norm_act in Keras).
+        "norm": family.normalization.kind,
+        "norm_epsilon": family.normalization.epsilon,
+        "unit": "ConvBNAct" if family.normalization.kind == "batch_norm" else "ConvNormAct",
+        "unit_fn": "conv_bn_act" if family.normalization.kind == "batch_norm" else "conv_norm_act",
         # whether the family's stems have a conv bias, and the argument that gives it to the stem's conv
         "stem_bias": _agreement([a.stem.bias for a in archs]),
         "stem_bias_argument": {"all": ", bias=True", "some": ", bias=a.stem_bias", "none": ""}[

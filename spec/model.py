@@ -42,9 +42,9 @@ TITLE_LENGTH = 80
 # against the rendered files.
 GENERATED_NAMES = frozenset({
     "ACTIVATIONS", "ARCHITECTURES", "Architecture", "BiasedBatchNorm1d", "BiasedBatchNorm2d", "BiasedRunningVariance",
-    "Block", "Callable", "Conv", "ConvBNAct", "ConvBlock", "DS", "DepthwiseSeparable", "F", "FAMILIES", "FLAVORS",
+    "Block", "Callable", "Conv", "ConvBNAct", "ConvBlock", "ConvNormAct", "DS", "DepthwiseSeparable", "F", "FAMILIES", "FLAVORS",
     "Flavor", "FusedIB", "FusedInvertedBottleneck", "IR", "InvertedResidual", "LayerScale", "LinearBN", "MQA",
-    "MobileMQA", "MultiQueryAttention", "NamedTuple", "SqueezeExcite", "UIB", "UnbiasedBatchNorm",
+    "MobileMQA", "MultiQueryAttention", "NamedTuple", "RMSNorm2d", "SqueezeExcite", "UIB", "UnbiasedBatchNorm",
     "UnbiasedBatchNormalization", "UniversalInvertedBottleneck", "VARIANTS",
 })
 
@@ -61,9 +61,11 @@ def class_name(title: str) -> str:
 # list against the rendered files.
 GENERATED_FUNCTION_NAMES = frozenset({
     "activation", "annotations", "architecture", "batch_norm", "block_layers", "block_module", "conv_bn_act",
+    "conv_norm_act",
     "conv_init", "depthwise_separable", "fixed_padding", "forward_intermediates", "fully_connected", "functools",
     "fused_inverted_bottleneck", "inverted_residual", "jax", "jnp", "keras", "layers", "linear_init", "load_state",
-    "math", "mobile_mqa", "nn", "nnx", "np", "ops", "padding_amounts", "residual", "save_state", "serialization",
+    "math", "mobile_mqa", "nn", "nnx", "np", "ops", "padding_amounts", "residual", "rms_norm", "save_state",
+    "serialization",
     "squeeze_excite", "torch", "universal_inverted_bottleneck",
 })
 
@@ -364,6 +366,30 @@ class Variant(Strict):
     minimalistic: bool = False
 
 
+class Normalization(Strict):
+    """The norm after every convolution and before every attention block. `batch_norm` takes its epsilon and
+    momentum from the flavor; `rms_norm` (MobileNetV5) is x / sqrt(mean over channels of x^2 + epsilon) times
+    a learned per-channel scale, with no statistics to track and the same in every reference."""
+
+    kind: Literal["batch_norm", "rms_norm"]
+    epsilon: Annotated[float, Field(gt=0, lt=1)] | None = None
+
+    @model_validator(mode="after")
+    def _epsilon_fits_kind(self) -> Normalization:
+        if self.kind == "rms_norm" and self.epsilon is None:
+            raise ValueError("an rms_norm normalization needs `epsilon`")
+        if self.kind == "batch_norm" and self.epsilon is not None:
+            raise ValueError("batch_norm takes its epsilon from the flavor (`batch_norm.epsilon`); give no `epsilon` here")
+        return self
+
+
+# A normalization, or its kind alone as shorthand for batch_norm ("batch_norm" means {kind: batch_norm}).
+NormalizationField = Annotated[
+    Union[Normalization, Literal["batch_norm"]],
+    AfterValidator(lambda v: Normalization(kind=v) if isinstance(v, str) else v),
+]
+
+
 class Architecture(Strict):
     title: Title | None = None  # for people: "MobileNetV3-Large"; default: the family's title
     resolution: Annotated[int, Field(ge=32, le=1024, strict=True)] | None = None  # published default
@@ -395,6 +421,8 @@ class Family(Strict):
     references: list[Identifier] | None = None
     squeeze_excite: SqueezeExcite | None = None
     minimalistic: Minimalistic | None = None
+    # Of every architecture: the generated model class names its norm layers by kind (`bn`, `norm`).
+    normalization: NormalizationField = Normalization(kind="batch_norm")
     architectures: dict[Identifier, Architecture] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -410,6 +438,9 @@ class Family(Strict):
                 raise ValueError(f"{arch_name} has head.last_conv but width_rules has no `last_conv`")
             if arch.head.fc and self.width_rules.fc is None:
                 raise ValueError(f"{arch_name} has head.fc but width_rules has no `fc`")
+            if arch.head.fc and arch.head.fc.batch_norm and self.normalization.kind != "batch_norm":
+                raise ValueError(f"{arch_name}: the family normalizes with {self.normalization.kind}, so its "
+                                 "head.fc can have no `batch_norm: true`")
             if arch.resolution is not None and arch.resolution not in self.resolutions:
                 raise ValueError(f"{arch_name} resolution {arch.resolution} is not one of the family's {self.resolutions}")
             if arch.blocks.type in ("inverted_residual", "universal") and self.width_rules.expansion is None:

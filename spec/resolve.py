@@ -6,11 +6,11 @@ resolution and number of classes and lists every layer with its canonical name, 
 trainable parameters, BatchNorm state and MACs.
 
 Counting conventions (also in the README):
-  * params: trainable parameters only (conv/linear weights and biases, BatchNorm scale and shift).
-    BatchNorm running mean and variance are "state", counted apart.
+  * params: trainable parameters only (conv/linear weights and biases, BatchNorm scale and shift, RMSNorm
+    scale). BatchNorm running mean and variance are "state", counted apart.
   * MACs: multiply-accumulates of convolutions and fully connected layers, for one image:
     conv = Hout * Wout * Cout * (Cin / groups) * kh * kw; linear = in * out; squeeze-excite's two
-    1x1 convolutions act on the pooled 1x1 map and count as Cin * Cout each. Biases, BatchNorm,
+    1x1 convolutions act on the pooled 1x1 map and count as Cin * Cout each. Biases, BatchNorm, RMSNorm,
     activations, pooling, residual additions and the squeeze-excite multiplication count zero.
 """
 
@@ -189,8 +189,8 @@ class MobileMQA:
 
     def describe(self, walk: _Walker, name: str) -> None:
         """The layers in the order the references run them: norm, query, key, value, output."""
-        walk.batch_norm(f"{name}.bn", name)
-        normed = f"{name}.bn"
+        walk.norm(name, name)
+        normed = walk.layers[-1].name
         walk.conv(f"{name}.query", name, self.heads * self.key_dim, batch_norm=False)
         branches = []
         for branch, width in (("key", self.key_dim), ("value", self.value_dim)):
@@ -224,6 +224,10 @@ class Architecture:
     squeeze_excite_activation: str | None = None
     squeeze_excite_gate: str | None = None
     fc_batch_norm: bool = False  # MobileNetV4: the fc has no bias and a BatchNorm before its activation
+    # The norm of every conv and attention block: "batch_norm" (the flavor's epsilon and momentum) or
+    # "rms_norm" (MobileNetV5) with its own epsilon. Its layers are named `<layer>.bn` and `<layer>.norm`.
+    norm: str = "batch_norm"
+    norm_epsilon: float | None = None  # rms_norm's
 
 
 @dataclass(frozen=True)
@@ -297,8 +301,9 @@ def resolve_architecture(spec: Spec, variant: str, flavor: str | None = None) ->
     if head.fc:
         fc = ConvSpec(apply_width_rule(head.fc.out, width, rules.fc, rounding), 1, 1, activation(head.fc.activation))
     se = family.squeeze_excite
+    norm = family.normalization
     return Architecture(table.type, stem, tuple(blocks), last_conv, fc, se.activation if se else None,
-                        se.gate if se else None, bool(head.fc and head.fc.batch_norm))
+                        se.gate if se else None, bool(head.fc and head.fc.batch_norm), norm.kind, norm.epsilon)
 
 
 def _residual(in_channels: int, out: int, stride: int) -> bool:
@@ -352,7 +357,7 @@ class Layer:
     canonical ONNX graph is built from (conformance/onnx/from_spec.py)."""
 
     name: str
-    kind: str  # conv, depthwise_conv, batch_norm, linear, pool, layer_scale, attention
+    kind: str  # conv, depthwise_conv, batch_norm, rms_norm, linear, pool, layer_scale, attention
     in_channels: int
     out_channels: int
     kernel: int
@@ -433,9 +438,10 @@ class _Walker:
     """Appends the layers of a network in order, following each layer's output shape."""
 
     def __init__(self, padding: Padding, channels: int, height: int, width: int, se_activation: str | None,
-                 se_gate: str | None):
+                 se_gate: str | None, norm: str = "batch_norm"):
         self.padding, self.shape, self.layers = padding, (channels, height, width), []
         self.se_activation, self.se_gate = se_activation, se_gate
+        self.norm_kind = norm  # of every norm layer but the V4 head's fc BatchNorm
         self.shapes: dict[str, tuple[int, int, int]] = {}  # output shape of each layer
 
     def _add(self, layer: Layer) -> None:
@@ -445,8 +451,9 @@ class _Walker:
     def conv(self, name: str, block: str, out: int, kernel: int = 1, stride: int = 1, activation: str = "identity",
              depthwise: bool = False, bias: bool = False, batch_norm: bool = True, pooled: bool = False,
              gates: str = "", source: str = "") -> None:
-        """A convolution (`name`.conv, then `name`.bn, with a BatchNorm); `source`: the layer it reads, if
-        not the one before; `pooled`: it acts on the global average pool of its input (1x1)."""
+        """A convolution (`name`.conv, then the architecture's norm `name`.bn or `name`.norm, with
+        `batch_norm`); `source`: the layer it reads, if not the one before; `pooled`: it acts on the global
+        average pool of its input (1x1)."""
         c, h, w = self.shapes[source] if source else self.shape
         pads = (0, 0, 0, 0)
         if pooled:
@@ -463,8 +470,7 @@ class _Walker:
             stride, groups, bias, (out, h, w), weights + (out if bias else 0), 0, weights * h * w, block,
             "identity" if batch_norm else activation, pads, (source,) if source else (), pooled, gates))
         if batch_norm:
-            self._add(Layer(f"{name}.bn", "batch_norm", out, out, 1, 1, 1, True, (out, h, w), 2 * out, 2 * out, 0,
-                            block, activation))
+            self.norm(name, block, activation)
         if gates:  # the product has the gated layer's shape
             self.shape = self.shapes[gates]
 
@@ -477,6 +483,16 @@ class _Walker:
     def batch_norm(self, name: str, block: str, activation: str = "identity") -> None:
         c = self.shape[0]
         self._add(Layer(name, "batch_norm", c, c, 1, 1, 1, True, self.shape, 2 * c, 2 * c, 0, block, activation))
+
+    def norm(self, owner: str, block: str, activation: str = "identity") -> None:
+        """The architecture's norm of `owner`'s output: `owner`.bn, a BatchNorm (scale, shift and two running
+        statistics), or `owner`.norm, an RMSNorm over channels (a scale; no bias, no statistics)."""
+        if self.norm_kind == "batch_norm":
+            self.batch_norm(f"{owner}.bn", block, activation)
+        else:
+            c = self.shape[0]
+            self._add(Layer(f"{owner}.norm", "rms_norm", c, c, 1, 1, 1, False, self.shape, c, 0, 0, block,
+                            activation))
 
     def layer_scale(self, name: str, block: str) -> None:
         c = self.shape[0]
@@ -515,7 +531,8 @@ def describe(loaded: LoadedSpec | Spec, variant: str, flavor: str | None = None,
     height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
     if min(height, width) < 32 or num_classes < 1:
         raise ValueError(f"resolution must be at least 32 and num_classes at least 1, got {resolution}, {num_classes}")
-    walk = _Walker(values.padding, 3, height, width, arch.squeeze_excite_activation, arch.squeeze_excite_gate)
+    walk = _Walker(values.padding, 3, height, width, arch.squeeze_excite_activation, arch.squeeze_excite_gate,
+                   arch.norm)
     shapes: dict[str, tuple[int, int, int]] = {}
     walk.conv("stem", "stem", arch.stem.out, arch.stem.kernel, arch.stem.stride, arch.stem.activation,
               bias=arch.stem.bias)

@@ -6,7 +6,9 @@ each other) in PyTorch, Keras and Flax, from tests/data/onnx_user_specs.yaml:
     of its own (with one, the BatchNorm's input has two readers and stays an affine op);
   * a GELU stem read by a one-head mqa block (TensorFlow moves the BatchNorm's scale into GELU's erfc
     factor; the canonical form takes a per-channel scale out of a product);
-  * a table that opens with mqa rows of one head (torch.export asked whether the batch was 1).
+  * a table that opens with mqa rows of one head (torch.export asked whether the batch was 1);
+  * an RMSNorm family (issue 14): each exporter writes x / sqrt(mean over channels of x^2 + eps) times a
+    scale its own way, all read as one `rms_norm` op and an `affine`.
 And each fix leaves the comparison as strict: a BatchNorm deleted, a GELU that is not GELU, a per-channel
 scale moved inside the activation, a nonlinearity on a one-class classifier are still caught and named.
 """
@@ -32,7 +34,7 @@ from spec import describe, load_spec
 
 SPEC_FILE = Path(__file__).parent / "data" / "onnx_user_specs.yaml"
 LOADED = load_spec(SPEC_FILE)
-VARIANTS = ["onnx_mqa_grow", "onnx_mqa_residual", "onnx_gelu_stem", "onnx_mqa_first"]
+VARIANTS = ["onnx_mqa_grow", "onnx_mqa_residual", "onnx_gelu_stem", "onnx_mqa_first", "onnx_rms_norm"]
 FRAMEWORKS = list(FRAMEWORK_REGISTRY)
 RESOLUTION = (64, 48)
 NUM_CLASSES = 10
@@ -247,3 +249,49 @@ def test_contiguous_conv_inputs_leaves_no_hook_behind():
     with _contiguous_conv_inputs(model):
         assert all(len(m._forward_pre_hooks) == 1 for m in (model[0], model[2]))
     assert not any(m._forward_pre_hooks for m in model)
+
+
+# ---- 4. RMSNorm: one canonical op whichever way the exporter writes it ---------------------------------
+
+def test_each_exporter_writes_rmsnorm_its_own_way(onnx_checks):
+    """PyTorch: x * (1 / sqrt(mean(x^2) + eps)), then the scale; Keras (tf2onnx): the scale multiplies the
+    statistic's factor before the product; Flax (jax2onnx): x / sqrt(mean(x^2) + eps), then the scale. All
+    three read as the spec's conv, rms_norm, affine, activation."""
+    forms = {}
+    for framework in FRAMEWORKS:
+        model = _export(onnx_checks, "onnx_rms_norm", framework)
+        ops = [n.op_type for n in model.graph.node]
+        forms[framework] = ("Reciprocal" in ops, "Div" in ops)
+        sequence = canonicalize(model, FRAMEWORK_REGISTRY[framework].layout).sequence()
+        assert sequence[:4] == ["conv(group=1, in=3, k=3, out=24, pads=(0, 0, 1, 1), s=2)",
+                                "rms_norm(channels=24, epsilon=1e-06)", "affine(channels=24)",
+                                "act(fn=gelu_tanh)"], (framework, sequence[:4])
+    assert forms == {"torch": (True, False), "keras": (True, False), "flax": (False, True)}, forms
+
+
+def _rms_statistic(model: onnx.ModelProto):
+    """The stem RMSNorm's ReduceMean and the Add of its epsilon."""
+    mean = next(n for n in model.graph.node if n.op_type == "ReduceMean")
+    add = next(n for n in model.graph.node if n.op_type == "Add" and mean.output[0] in n.input)
+    return mean, add
+
+
+def test_a_wrong_rmsnorm_epsilon_is_named(onnx_checks):
+    model = _edited(onnx_checks, "onnx_rms_norm", "torch")
+    _, add = _rms_statistic(model)
+    (epsilon,) = [i for i in model.graph.initializer if i.name in add.input]
+    epsilon.CopyFrom(numpy_helper.from_array(np.full_like(numpy_helper.to_array(epsilon), 1e-3), epsilon.name))
+    difference = compare(from_spec(_desc("onnx_rms_norm")), canonicalize(model, "NCHW"), ("spec", "torch"))
+    assert difference is not None and ("spec rms_norm(channels=24, epsilon=1e-06) vs torch rms_norm(channels=24, "
+                                       "epsilon=0.001)") in difference, difference
+
+
+def test_a_norm_over_the_wrong_axes_is_not_an_rmsnorm(onnx_checks):
+    # The mean over H and W instead of the channels: a different function (a pool and a gate), not an RMSNorm.
+    model = _edited(onnx_checks, "onnx_rms_norm", "torch")
+    mean, _ = _rms_statistic(model)
+    (axes,) = [i for i in model.graph.initializer if i.name in mean.input[1:]]
+    axes.CopyFrom(numpy_helper.from_array(np.array([2, 3], np.int64), axes.name))
+    del model.graph.value_info[:]  # the shapes the export inferred: stale now
+    difference = compare(from_spec(_desc("onnx_rms_norm")), canonicalize(model, "NCHW"), ("spec", "torch"))
+    assert difference is not None and "spec rms_norm(channels=24, epsilon=1e-06) vs torch " in difference, difference

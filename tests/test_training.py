@@ -228,6 +228,50 @@ def test_a_gradient_stopped_at_the_gate_fails_naming_the_last_gated_block(plante
     assert not checks["sgd"].ok and not checks["adamw"].ok
 
 
+# An RMSNorm family (issue 14; tests/data/onnx_user_specs.yaml): no running statistics, the same function in
+# training and eval mode. Keras in float64 against the float64 reference; Flax in float32 with the epsilon
+# planted wrong in its generated file (1e-3 for the spec's 1e-6).
+RMS_SPEC = ROOT / "tests" / "data" / "onnx_user_specs.yaml"
+RMS_EPSILON = "RMS_NORM_EPSILON = 1e-06"
+
+
+@pytest.fixture(scope="module")
+def rms_training(tmp_path_factory):
+    work = tmp_path_factory.mktemp("rms")
+    loaded = load_spec(RMS_SPEC)
+    generated = work / "generated"
+    location.generated_dir(loaded, override=generated)
+    flax_file = generated / "flax_nnx" / "rms_repro.py"
+    text = flax_file.read_text()
+    assert text.count(RMS_EPSILON) == 1
+    flax_file.write_text(text.replace(RMS_EPSILON, "RMS_NORM_EPSILON = 1e-03"))
+    workers = (Worker(*REFERENCE), Worker("torch"), Worker("keras", "float64"), Worker("flax"))
+    result = execute(RunConfig(loaded, ("onnx_rms_norm",), workers, "tf", (64, 48), work=work / "run",
+                               generated=generated, options=TRAINING))
+    return evaluate(loaded, result)
+
+
+def test_an_rmsnorm_family_trains_the_same(rms_training):
+    for subject in ("torch", "keras:float64"):
+        checks = _by(rms_training, subject)
+        failed = [f"{c.name}: {c.summary}" for c in checks.values() if not c.ok]
+        assert not failed, (subject, failed)
+        assert checks["running_stats"].summary.endswith("none on either side")  # RMSNorm keeps none
+    float64 = _by(rms_training, "keras:float64")
+    assert {"gradients", "sgd", "adamw"} <= set(float64)
+    assert float64["gradients"].figures["worst"]["error"] < training.FLOAT64_TOLERANCE
+
+
+def test_a_wrong_rmsnorm_epsilon_fails_the_training_forward_naming_the_stem(rms_training):
+    forward = _by(rms_training, "flax")["train_forward"]
+    assert not forward.ok
+    assert forward.figures["first_diverging"] == "stem", forward.summary
+    # An epsilon enters as eps / (2 mean(x^2)): 1e-3 against a mean square near 0.7 is 7e-4 at the stem
+    # (measured), over the float32 bound; it compounds through the 14 norms: 8.8e-3 at the logits.
+    assert forward.figures["blocks"]["stem"] > forward.figures["allowed"]["stem"]
+    assert forward.figures["blocks"]["classifier"] > 10 * forward.figures["allowed"]["classifier"]
+
+
 def test_zero_gradient_tensors_are_those_at_rounding_level():
     grads = {"a": np.array([1.0, -2.0]), "b.bias": np.array([3e-16]), "c": np.array([1e-4])}
     assert training.zero_gradient_tensors(grads) == ["b.bias"]

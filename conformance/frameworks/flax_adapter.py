@@ -15,7 +15,7 @@ from conformance.weights import WeightError
 from generators.location import family_module
 
 BN_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
-NAMES = {"kernel": "weight", "bias": "bias", "gamma": "gamma"}  # conv / linear, and LayerScale
+NAMES = {"kernel": "weight", "bias": "bias", "gamma": "gamma", "scale": "weight"}  # conv / linear, LayerScale, RMSNorm
 
 
 class Adapter:

@@ -3,7 +3,8 @@
 
 Conv2D kernel (kh, kw, in, out) (a linear layer of the spec stored as a 1x1 Conv2D: (1, 1, in, out) from
 neutral (out, in)), DepthwiseConv2D kernel (kh, kw, C, 1), Dense kernel (in, out),
-BatchNormalization gamma / beta / moving_mean / moving_variance; biases and a LayerScale's gamma as they are.
+BatchNormalization gamma / beta / moving_mean / moving_variance; RMSNormalization scale; biases and a
+LayerScale's gamma as they are.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def to_neutral(layer, variable_name: str, value: np.ndarray) -> tuple[str, np.nd
 
     if isinstance(layer, layers.BatchNormalization):
         return BN_NAMES[variable_name], value
+    if isinstance(layer, layers.RMSNormalization):
+        return "weight", value  # its scale
     if variable_name in ("bias", "gamma"):  # gamma: the per-channel LayerScale
         return variable_name, value
     return "weight", kernel_to_neutral(layer, value)
@@ -59,6 +62,6 @@ def to_neutral(layer, variable_name: str, value: np.ndarray) -> tuple[str, np.nd
 def from_neutral(layer, variable_name: str, value: np.ndarray) -> np.ndarray:
     from keras import layers
 
-    if isinstance(layer, layers.BatchNormalization) or variable_name in ("bias", "gamma"):
+    if isinstance(layer, (layers.BatchNormalization, layers.RMSNormalization)) or variable_name in ("bias", "gamma"):
         return value
     return kernel_from_neutral(layer, value)

@@ -10,6 +10,7 @@
     families.<f>                         family(...)               title(), resolutions(), references()
     families.<f>.squeeze_excite          squeeze_excite()
     families.<f>.minimalistic            minimalistic()
+    families.<f>.normalization           normalization(batch_norm_only)
     architectures.<a>                    architecture(...)
     architectures.<a>.stem               stem()
     architectures.<a>.blocks             table(...)                one row strategy per table type:
@@ -234,6 +235,16 @@ def channels(budget: int, tier: str) -> st.SearchStrategy[int]:
 def stem(budget: int, tier: str) -> st.SearchStrategy[dict]:
     return st.fixed_dictionaries({"out": channels(budget, tier), "kernel": KERNELS, "stride": STRIDES,
                                   "activation": activations(tier)}, optional={"bias": st.booleans()})
+
+
+@cache
+def normalization(batch_norm_only: bool) -> st.SearchStrategy:
+    batch_norm = st.sampled_from(["batch_norm", {"kind": "batch_norm"}])
+    if batch_norm_only:
+        return batch_norm
+    rms_norm = st.builds(lambda epsilon: {"kind": "rms_norm", "epsilon": epsilon},
+                         st.sampled_from([1e-6, 1e-5, 1e-3, 0.1]))
+    return st.one_of(rms_norm, batch_norm)
 
 
 @cache
@@ -465,6 +476,9 @@ def family(draw, names: list[str], variant_names: list[str], flavors: list[str],
     uses_minimal = any(v.get("minimalistic") for a in archs for v in a["variants"].values())
     if uses_minimal or (features["minimalistic"] and draw(st.booleans())):
         data["minimalistic"] = draw(minimalistic(tier))
+    fc_batch_norm = any(a["head"].get("fc", {}).get("batch_norm") for a in archs)
+    if draw(st.integers(0, 3)) == 0:  # RMSNorm, where no fc asks for a BatchNorm; else batch_norm, at times written
+        data["normalization"] = draw(normalization(fc_batch_norm))
     data["architectures"] = architectures
     return name, data
 

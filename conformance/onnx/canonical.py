@@ -3,7 +3,7 @@
 Two builders produce it: conformance/onnx/from_onnx.py canonicalises an exported graph (the three
 exporters write the same network differently), conformance/onnx/from_spec.py builds it from the spec's
 layer list (spec/resolve.py `describe`). The canonical ops: conv, linear, global average pool,
-activation, add, scale, affine, matmul, softmax, listed in depth order. The comparison reports the first
+activation, add, scale, affine, rms_norm, matmul, softmax, listed in depth order. The comparison reports the first
 canonical op where two graphs differ, with both sides.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Op:
-    kind: str  # conv, linear, pool, act, add, scale, pool_sum, affine, matmul, softmax
+    kind: str  # conv, linear, pool, act, add, scale, pool_sum, affine, rms_norm, matmul, softmax
     attrs: dict = field(default_factory=dict)
     inputs: list[int] = field(default_factory=list)
     depth: int = 0

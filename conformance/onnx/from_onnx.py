@@ -24,12 +24,16 @@ Canonicalisation, in order:
      gelu_tanh, or `unknown` (HardSigmoid with ONNX's default alpha 0.2 is not relu6(x + 3) / 6 and stays apart).
      On a conv or linear layer with one output channel (a classifier for one class) a per-channel
      constant is a scalar one: the scale and shift right after the layer are its affine (its bias);
+  4b. RMSNorm: a ReduceMean over the channel axis of a tensor's square is a statistic of that tensor; a
+     product of the tensor with 1 / sqrt(statistic + eps) (or a division by sqrt(statistic + eps)) is an
+     `rms_norm` op with that epsilon, and its per-channel scale an `affine` after it, wherever the
+     exporter applied it;
   5. attention: a MatMul (or two-operand Einsum) of two computed tensors is a canonical `matmul`; scalar
      scale steps on its operands, and on the input of the Softmax that reads it, fold into its `scale`
      attribute, so softmax(q k^T / sqrt(d)) v reads matmul(scale=1/sqrt(d)), softmax, matmul(scale=1)
      wherever the exporter put the factor; its MACs are the product's (batch excluded), from ONNX
      shape inference;
-  6. list the canonical ops (conv, linear, global average pool, activation, add, scale, affine, matmul,
+  6. list the canonical ops (conv, linear, global average pool, activation, add, scale, affine, rms_norm, matmul,
      softmax) in depth order.
 The comparison reports the first canonical op where two graphs differ, with both sides.
 """
@@ -48,7 +52,7 @@ from spec.resolve import padding_amounts
 TRANSPARENT = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast", "Expand",
                "Tile"}  # Expand and Tile: a key / value head repeated for every query head (a broadcast)
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Clip", "Relu", "HardSigmoid", "HardSwish", "Sigmoid",
-               "BatchNormalization", "Neg", "Erf", "Gelu", "Tanh", "Pow"}
+               "BatchNormalization", "Neg", "Erf", "Gelu", "Tanh", "Pow", "Sqrt", "Reciprocal"}
 SHAPE_OPS = {"Shape", "Gather", "Concat", "Slice", "ConstantOfShape", "Range"}
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 PROBE = np.concatenate([np.linspace(-12.0, 12.0, 2401), [-3.0, 0.0, 3.0, 6.0]])
@@ -66,6 +70,9 @@ class _Value:
     layout: tuple[str, ...] | None = ("N", "C", "H", "W")
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right, from Pad nodes
     scale: tuple[str, int] | None = None  # a pending per-channel scale after `fn`: (its node's output, channels)
+    # A per-position statistic of `source`'s output: the mean over its `statistic` channels of its square, then
+    # `fn` (an RMSNorm's 1 / sqrt(. + eps), until the product with that output makes it an `rms_norm`).
+    statistic: int | None = None
 
 
 def canonicalize(model, input_layout: str) -> Canonical:
@@ -134,6 +141,15 @@ class _Reader:
             source = self.act_cache[key]
         return source
 
+    def settled(self, value: _Value, other_source: int | None) -> _Value:
+        """`value` as the output of the affine its pending scale became, when that affine exists and is
+        `other_source`; else `value` as it is."""
+        if value.scale is None or value.fn or value.statistic or value.source == other_source:
+            return value
+        if self.act_cache.get((value.source, value.scale)) != other_source:
+            return value
+        return _Value(other_source, (), value.layout, value.pads)
+
     def _function_ops(self, source: int | None, steps) -> list[tuple[str, dict]]:
         """The canonical ops of an elementwise function of the output of op `source`: an activation.
         On the one channel of a conv or linear layer with one output (a classifier for one class), a
@@ -175,6 +191,8 @@ class _Reader:
             self.values[outs[0]] = self._softmax(node, self.values[live[0]])
         elif op in ("Gemm", "MatMul"):
             self.values[outs[0]] = self._linear(op, attrs, ins, live[0])
+        elif op == "ReduceMean" and self._over_channels(attrs, ins, live[0]):
+            self.values[outs[0]] = self._mean_square(node, live[0])
         elif op in ("GlobalAveragePool", "ReduceMean", "ReduceSum"):
             self.values[outs[0]] = self._pool(op, attrs, live[0])
         elif op in ELEMENTWISE:
@@ -188,6 +206,9 @@ class _Reader:
 
         if op == "Constant":
             self.constants[outs[0]] = numpy_helper.to_array(attrs["value"])
+            return True
+        if op == "CastLike" and ins[0] in self.constants:  # a constant in a computed tensor's dtype (jax2onnx)
+            self.constants[outs[0]] = self.constants[ins[0]]
             return True
         if ins and all((i in self.constants) or i == "" for i in ins):
             self.constants[outs[0]] = _evaluate(node, [self.constants.get(i) for i in ins])
@@ -256,6 +277,27 @@ class _Reader:
         in_f, out_f = (weight.shape[1], weight.shape[0]) if transposed else weight.shape
         return _Value(self.emit("linear", {"in": int(in_f), "out": int(out_f)}, [self.materialise(live)]), (), None)
 
+    def _over_channels(self, attrs, ins, live: str) -> bool:
+        """Whether a ReduceMean averages over the channel axis only (an RMSNorm's statistic), not a pool."""
+        axes = attrs.get("axes") if "axes" in attrs else self.constants.get(ins[1]) if len(ins) > 1 else None
+        layout, shape = self.values[live].layout, self.shapes.get(live)
+        if axes is None or layout is None or "C" not in layout:
+            return False
+        rank = len(shape) if shape else len(layout)
+        return sorted(int(a) % rank for a in np.reshape(axes, -1)) == [layout.index("C")]
+
+    def _mean_square(self, node, live: str) -> _Value:
+        """Step 4b: the mean over channels of a tensor's square: an RMSNorm's statistic, kept apart until the
+        product with the tensor it normalizes."""
+        value = self.values[live]
+        square = _compose(value.fn)(PROBE.copy()) if value.fn else PROBE
+        if value.scale is not None or value.statistic or not np.allclose(square, PROBE ** 2, rtol=1e-6, atol=1e-9):
+            raise ValueError(f"ReduceMean {node.name!r} averages over channels something other than a square "
+                             f"({_steps(value) or 'x'}): no canonical form")
+        shape = self.shapes.get(live)
+        channels = shape[value.layout.index("C")] if shape else None
+        return _Value(value.source, (), value.layout, value.pads, statistic=channels)
+
     def _pool(self, op, attrs, live: str) -> _Value:
         value = self.values[live]
         source = self.emit("pool_sum" if op == "ReduceSum" else "pool", {}, [self.materialise(live)])
@@ -265,8 +307,13 @@ class _Reader:
 def _elementwise(node, op, attrs, ins, live, reader: _Reader) -> _Value:
     """Steps 3 and 4: a per-channel affine, or a scalar step added to the value's function."""
     values, constants, emit, materialise = reader.values, reader.constants, reader.emit, reader.materialise
-    if len(live) == 2:  # two tensors: a residual add, a gate, or x * f(x) (hard-swish)
+    if len(live) == 2:  # two tensors: a residual add, a gate, x * f(x) (hard-swish), or an RMSNorm
         a, b = values[live[0]], values[live[1]]
+        # A tensor whose pending scale another reader already emitted (an activation's x * f(x) where f's
+        # steps began after the scale) is that affine's output, as the other factor's source is.
+        a, b = reader.settled(a, b.source), reader.settled(b, a.source)
+        if a.source == b.source and op in ("Mul", "Div") and bool(a.statistic) != bool(b.statistic):
+            return _rms_norm(node, op, a, b, live, reader)
         if a.source == b.source and (op == "Mul" or op == "Add" and a.scale is None and b.scale is None):
             fa, fb = _compose(a.fn), _compose(b.fn)
             combine = (lambda x: fa(x) * fb(x)) if op == "Mul" else (lambda x: fa(x) + fb(x))
@@ -291,15 +338,44 @@ def _elementwise(node, op, attrs, ins, live, reader: _Reader) -> _Value:
         if op == "Mul" or op == "Div" and ins[0] == live[0]:
             if value.scale is not None:
                 value = _Value(materialise(live[0]), (), value.layout, value.pads)
-            return _Value(value.source, value.fn, value.layout, value.pads, (node.output[0], channels))
+            return _Value(value.source, value.fn, value.layout, value.pads, (node.output[0], channels),
+                          value.statistic)
         if op not in ("BatchNormalization", "Add", "Sub"):
             raise ValueError(f"per-channel {op} {node.name!r} is not a scale and shift")
         return _Value(emit("affine", {"channels": channels}, [materialise(live[0])]), (), value.layout, value.pads)
     if value.scale is not None:  # a scalar step after a per-channel scale: on the scaled tensor
+        if value.statistic:
+            raise ValueError(f"{op} {node.name!r} reads an RMSNorm statistic after its scale: no canonical form")
         value = _Value(materialise(live[0]), (), value.layout, value.pads)
     step = _scalar_step(op, attrs, ins, live[0], constants)
     return _Value(value.source, (*value.fn, (f"{op}{_describe_constants(others, attrs)}", step)), value.layout,
-                  value.pads)
+                  value.pads, statistic=value.statistic)
+
+
+def _rms_norm(node, op, a: _Value, b: _Value, live, reader: _Reader) -> _Value:
+    """Step 4b: x * f(m) or x / g(m), m the mean over channels of x^2 (a statistic of the same source), is
+    x / sqrt(m + eps) when f(m) = 1 / sqrt(m + eps) (g(m) = sqrt(m + eps)) for an eps > 0: an `rms_norm`
+    op with that epsilon (three significant digits, as the spec states it; the exporters store it in
+    float32). A per-channel scale pending on either factor (Keras scales the statistic's factor before
+    the product) scales the result, which is where the spec has it."""
+    x, statistic = (a, b) if b.statistic else (b, a)
+    if op == "Div" and x is not a:
+        raise ValueError(f"Div {node.name!r} divides an RMSNorm statistic by its tensor: no canonical form")
+    if x.fn:
+        raise ValueError(f"{op} {node.name!r} normalizes {_steps(x)} of a tensor by the mean square of the tensor")
+    m = np.geomspace(1e-4, 1e4, 161)
+    factor = _compose(statistic.fn)(m.copy())
+    factor = 1.0 / factor if op == "Div" else factor
+    epsilon = 1.0 / factor[0] ** 2 - m[0]
+    if not (epsilon > 0 and np.allclose(factor, 1.0 / np.sqrt(m + epsilon), rtol=1e-5)):
+        raise ValueError(f"{op} {node.name!r} scales a tensor by {_steps(statistic)} of its mean square, which "
+                         "is not 1 / sqrt(mean square + eps): no canonical form")
+    scales = [v.scale for v in (x, statistic) if v.scale is not None]
+    if len(scales) > 1:
+        raise ValueError(f"{op} {node.name!r}: per-channel scales on both factors of an RMSNorm")
+    source = reader.emit("rms_norm", {"channels": statistic.statistic, "epsilon": float(f"{epsilon:.3g}")},
+                         [x.source])
+    return _Value(source, (), x.layout, x.pads, scales[0] if scales else None)
 
 
 def _scalar_step(op, attrs, ins, live, constants):
@@ -325,6 +401,10 @@ def _scalar_step(op, attrs, ins, live, constants):
         return _erf
     if op == "Tanh":
         return np.tanh
+    if op == "Sqrt":  # of an RMSNorm's mean square (activations never take one)
+        return lambda x: np.sqrt(np.maximum(x, 0.0))
+    if op == "Reciprocal":
+        return lambda x: np.divide(1.0, x, out=np.full_like(x, np.inf), where=x != 0)
     if op == "Gelu":
         if attrs.get("approximate", "none") in ("tanh", b"tanh"):
             return ACTIVATIONS["gelu_tanh"].reference

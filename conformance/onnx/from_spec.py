@@ -2,6 +2,7 @@
 list: every decision (activations, padding amounts, which layer reads which, squeeze-excite gates,
 residual adds) is the resolver's, read from the layers, not decided again here.
 
+An RMSNorm is an `rms_norm` op (x / sqrt(mean over channels of x^2 + eps)), then its scale, an `affine`.
 A BatchNorm or a layer scale is a per-channel `affine`, folded by the canonical rule
 (canonical.fold_affines, the export's rule too): into the conv, linear or affine op it reads when
 nothing else reads that op (as an exporter's optimiser may fold it). So a block's BatchNorm folds into its
@@ -44,6 +45,10 @@ def from_spec(desc) -> Canonical:
             y = emit("linear", {"in": layer.in_channels, "out": layer.out_channels}, [x])
         elif layer.kind in ("batch_norm", "layer_scale"):  # per-channel: fold_affines folds it, or keeps it
             y = emit("affine", {"channels": layer.out_channels}, [x])
+        elif layer.kind == "rms_norm":  # x / sqrt(mean over channels of x^2 + eps), then its scale
+            epsilon = float(f"{desc.architecture.norm_epsilon:.3g}")
+            y = emit("rms_norm", {"channels": layer.out_channels, "epsilon": epsilon}, [x])
+            y = emit("affine", {"channels": layer.out_channels}, [y])
         elif layer.kind == "attention":
             y = _attention(emit, ops, layer, layers, [produced[name] for name in layer.inputs])
         elif layer.kind == "pool":
