@@ -139,8 +139,9 @@ class FusedInvertedBottleneck:
 
 @dataclass(frozen=True)
 class UniversalInvertedBottleneck:
-    """[k1 depthwise + BN] -> [1x1 expand + BN + act] -> [k2 depthwise + BN + act] -> 1x1 project + BN
-    -> [layer scale]. A kernel of 0 means that depthwise conv is absent."""
+    """[k1 depthwise + BN] -> 1x1 expand + BN + act -> [k2 depthwise + BN + act] -> 1x1 project + BN
+    -> [layer scale]. A kernel of 0 means that depthwise conv is absent. The expand conv is there at any
+    ratio, 1 included (TF's and timm's UIB; MobileNetV5's FFN rows of t = 1)."""
 
     row_name: ClassVar[str] = "UIB"  # its NamedTuple in the generated tables
 
@@ -152,7 +153,6 @@ class UniversalInvertedBottleneck:
     out: int
     stride: int  # of the k2 depthwise
     activation: str
-    has_expand: bool
     residual: bool
     layer_scale: float  # initial value of the learned per-channel output scale; 0.0: none
 
@@ -160,8 +160,7 @@ class UniversalInvertedBottleneck:
         if self.start_kernel:
             walk.conv(f"{name}.start_depthwise", name, self.in_channels, self.start_kernel, self.start_stride,
                       depthwise=True)
-        if self.has_expand:
-            walk.conv(f"{name}.expand", name, self.expanded, activation=self.activation)
+        walk.conv(f"{name}.expand", name, self.expanded, activation=self.activation)
         if self.kernel:
             walk.conv(f"{name}.depthwise", name, self.expanded, self.kernel, self.stride, self.activation,
                       depthwise=True)
@@ -213,6 +212,37 @@ Block = (DepthwiseSeparable | InvertedResidual | ConvBlock | FusedInvertedBottle
 
 
 @dataclass(frozen=True)
+class FusionNeck:
+    """MobileNetV5's multi-scale fusion adapter: the outputs of blocks `inputs` (finest first), each coarser
+    one upsampled (nearest) to the first one's size, concatenated; 1x1 expand + norm + act, 1x1 project +
+    norm (no residual); resized to `resolution` a side (average pool when it divides, else bilinear); norm."""
+
+    inputs: tuple[int, ...]  # block indices, finest map first
+    in_channels: int  # the inputs' channels, concatenated
+    expanded: int
+    out: int
+    resolution: int
+    activation: str
+
+    def describe(self, walk: _Walker, outputs: dict[int, str]) -> None:
+        """`outputs`: block index -> the name of its last layer (the block's output)."""
+        finest = walk.shapes[outputs[self.inputs[0]]]
+        parts = [outputs[self.inputs[0]]]
+        for i in self.inputs[1:]:
+            walk.resample(f"neck.upsample.{i}", "neck", "upsample_nearest", finest[1:], outputs[i])
+            parts.append(walk.layers[-1].name)
+        walk.concat("neck.concat", "neck", tuple(parts))
+        walk.conv("neck.expand", "neck", self.expanded, activation=self.activation)
+        walk.conv("neck.project", "neck", self.out)
+        height, width = walk.shape[1:]
+        size = (self.resolution, self.resolution)
+        if (height, width) != size:
+            divides = height % self.resolution == 0 and width % self.resolution == 0
+            walk.resample("neck.resize", "neck", "avg_pool" if divides else "resize_bilinear", size)
+        walk.norm("neck", "neck")
+
+
+@dataclass(frozen=True)
 class Architecture:
     """Every width resolved: identical for all flavors that share the family's width rules."""
 
@@ -228,6 +258,8 @@ class Architecture:
     # "rms_norm" (MobileNetV5) with its own epsilon. Its layers are named `<layer>.bn` and `<layer>.norm`.
     norm: str = "batch_norm"
     norm_epsilon: float | None = None  # rms_norm's
+    neck: FusionNeck | None = None  # after the blocks, before last_conv
+    classifier: bool = True  # False: an encoder, whose output is the feature map (no pooling)
 
 
 @dataclass(frozen=True)
@@ -303,7 +335,30 @@ def resolve_architecture(spec: Spec, variant: str, flavor: str | None = None) ->
     se = family.squeeze_excite
     norm = family.normalization
     return Architecture(table.type, stem, tuple(blocks), last_conv, fc, se.activation if se else None,
-                        se.gate if se else None, bool(head.fc and head.fc.batch_norm), norm.kind, norm.epsilon)
+                        se.gate if se else None, bool(head.fc and head.fc.batch_norm), norm.kind, norm.epsilon,
+                        _neck(arch, blocks, rounding), head.classifier)
+
+
+def output_strides(stem_stride: int, blocks) -> list[int]:
+    """Each block's output stride: the product of the stem's and the blocks' strides up to it."""
+    strides, stride = [], stem_stride
+    for block in blocks:
+        stride *= getattr(block, "stride", 1)  # an mqa block keeps its input size
+        strides.append(stride)
+    return strides
+
+
+def _neck(arch, blocks: list, rounding) -> FusionNeck | None:
+    """The fusion neck's inputs: the last block at each of its output strides (the loader checked that the
+    blocks reach every one)."""
+    neck = arch.neck
+    if neck is None:
+        return None
+    strides = output_strides(arch.stem.stride, blocks)
+    inputs = tuple(max(i for i, s in enumerate(strides) if s == wanted) for wanted in neck.strides)
+    in_channels = sum(blocks[i].out for i in inputs)
+    return FusionNeck(inputs, in_channels, make_divisible(in_channels * neck.expansion, rounding), neck.out,
+                      neck.resolution, neck.activation)
 
 
 def _residual(in_channels: int, out: int, stride: int) -> bool:
@@ -328,7 +383,7 @@ def _universal(row, table, in_channels: int, out: int, stride: int, stage: int, 
         return FusedInvertedBottleneck(in_channels, expanded, out, row.k2, stride, act, has_expand, residual)
     k1, k2 = row.k1 or 0, row.k2 or 0
     return UniversalInvertedBottleneck(in_channels, k1, 1 if k2 else stride, expanded, k2, out, stride, act,
-                                       has_expand, residual, table.layer_scale or 0.0)
+                                       residual, table.layer_scale or 0.0)
 
 
 def _inverted_residual(row: InvertedResidualRow, table, family: Family, rules: WidthRules, in_channels: int,
@@ -357,7 +412,9 @@ class Layer:
     canonical ONNX graph is built from (conformance/onnx/from_spec.py)."""
 
     name: str
-    kind: str  # conv, depthwise_conv, batch_norm, rms_norm, linear, pool, layer_scale, attention
+    # conv, depthwise_conv, batch_norm, rms_norm, linear, pool, layer_scale, attention, and the neck's
+    # upsample_nearest, concat, avg_pool, resize_bilinear
+    kind: str
     in_channels: int
     out_channels: int
     kernel: int
@@ -375,6 +432,7 @@ class Layer:
     pooled: bool = False  # reads the global average pool of its input (squeeze-excite)
     gates: str = ""  # its output multiplies that layer's output; the next layer reads the product
     residual: bool = False  # the block's last layer: the block's input is added to its output
+    window: tuple[int, int] = (1, 1)  # an avg_pool's window (H, W), its stride too
 
 
 @dataclass(frozen=True)
@@ -509,6 +567,20 @@ class _Walker:
         self._add(Layer(name, "attention", query_shape[0], out, 0, 1, heads, False, (out, *query_shape[1:]), 0, 0,
                         heads * queries * keys * (key_dim + value_dim), block, inputs=inputs))
 
+    def resample(self, name: str, block: str, kind: str, size: tuple[int, int], source: str = "") -> None:
+        """A weightless resampling to `size` (H, W): "upsample_nearest", "avg_pool" (a window of the input
+        size over `size`, stride the same) or "resize_bilinear" (align_corners false). No MACs."""
+        c, h, w = self.shapes[source] if source else self.shape
+        window = (h // size[0], w // size[1]) if kind == "avg_pool" else (1, 1)
+        self._add(Layer(name, kind, c, c, window[0], window[0], 1, False, (c, *size), 0, 0, 0, block,
+                        inputs=(source,) if source else (), window=window))
+
+    def concat(self, name: str, block: str, inputs: tuple[str, ...]) -> None:
+        """The layers `inputs`, concatenated over channels in that order (their H and W agree)."""
+        shapes = [self.shapes[i] for i in inputs]
+        c = sum(shape[0] for shape in shapes)
+        self._add(Layer(name, "concat", c, c, 1, 1, 1, False, (c, *shapes[0][1:]), 0, 0, 0, block, inputs=inputs))
+
     def pool(self) -> None:
         c = self.shape[0]
         self._add(Layer("pool", "pool", c, c, 0, 1, 1, False, (c, 1, 1), 0, 0, 0, "pool"))
@@ -537,14 +609,22 @@ def describe(loaded: LoadedSpec | Spec, variant: str, flavor: str | None = None,
     walk.conv("stem", "stem", arch.stem.out, arch.stem.kernel, arch.stem.stride, arch.stem.activation,
               bias=arch.stem.bias)
     shapes["stem"] = walk.shape
+    outputs: dict[int, str] = {}  # block index -> its last layer
     for i, block in enumerate(arch.blocks):
         name = f"blocks.{i}"
         block.describe(walk, name)
         walk.close_block(block.residual)
         shapes[name] = walk.shape
+        outputs[i] = walk.layers[-1].name
+    if arch.neck:
+        arch.neck.describe(walk, outputs)
+        shapes["neck"] = walk.shape
     if arch.last_conv:
         walk.conv("last_conv", "last_conv", arch.last_conv.out, activation=arch.last_conv.activation)
         shapes["last_conv"] = walk.shape
+    if not arch.classifier:  # an encoder: its output is the feature map
+        return Description(variant, info.family, flavor, info.width, (height, width), num_classes, values, arch,
+                           tuple(walk.layers), shapes)
     walk.pool()
     shapes["pool"] = walk.shape
     if arch.fc and arch.fc_batch_norm:

@@ -68,8 +68,9 @@ class FusedIB(NamedTuple):
 
 
 class UIB(NamedTuple):
-    """[k1 depthwise + BN] -> [1x1 expand + BN + act] -> [k2 depthwise + BN + act] -> 1x1 project + BN
-    -> [layer scale]. A kernel of 0 means that depthwise conv is absent."""
+    """[k1 depthwise + BN] -> 1x1 expand + BN + act -> [k2 depthwise + BN + act] -> 1x1 project + BN
+    -> [layer scale]. A kernel of 0 means that depthwise conv is absent. The expand conv is there at any
+    ratio, 1 included (TF's and timm's UIB; MobileNetV5's FFN rows of t = 1)."""
 
     in_channels: int
     start_kernel: int
@@ -79,7 +80,6 @@ class UIB(NamedTuple):
     out: int
     stride: int  # of the k2 depthwise
     activation: str
-    has_expand: bool
     residual: bool
     layer_scale: float  # initial value of the learned per-channel output scale; 0.0: none
 
@@ -131,21 +131,21 @@ MOBILENET_EDGETPU_100 = Architecture(
         FusedIB(  48,  192,   48, 3, 1, "relu", True, True),
         FusedIB(  48,  192,   48, 3, 1, "relu", True, True),
         FusedIB(  48,  192,   48, 3, 1, "relu", True, True),
-        UIB(  48, 0, 1,  384, 3,   96, 2, "relu", True, False, 0.0),
+        UIB(  48, 0, 1,  384, 3,   96, 2, "relu", False, 0.0),
         # 14x14 in (224x224 image)
-        UIB(  96, 0, 1,  384, 3,   96, 1, "relu", True, True, 0.0),
-        UIB(  96, 0, 1,  384, 3,   96, 1, "relu", True, True, 0.0),
-        UIB(  96, 0, 1,  384, 3,   96, 1, "relu", True, True, 0.0),
-        UIB(  96, 0, 1,  768, 3,   96, 1, "relu", True, False, 0.0),
-        UIB(  96, 0, 1,  384, 3,   96, 1, "relu", True, True, 0.0),
-        UIB(  96, 0, 1,  384, 3,   96, 1, "relu", True, True, 0.0),
-        UIB(  96, 0, 1,  384, 3,   96, 1, "relu", True, True, 0.0),
-        UIB(  96, 0, 1,  768, 5,  160, 2, "relu", True, False, 0.0),
+        UIB(  96, 0, 1,  384, 3,   96, 1, "relu", True, 0.0),
+        UIB(  96, 0, 1,  384, 3,   96, 1, "relu", True, 0.0),
+        UIB(  96, 0, 1,  384, 3,   96, 1, "relu", True, 0.0),
+        UIB(  96, 0, 1,  768, 3,   96, 1, "relu", False, 0.0),
+        UIB(  96, 0, 1,  384, 3,   96, 1, "relu", True, 0.0),
+        UIB(  96, 0, 1,  384, 3,   96, 1, "relu", True, 0.0),
+        UIB(  96, 0, 1,  384, 3,   96, 1, "relu", True, 0.0),
+        UIB(  96, 0, 1,  768, 5,  160, 2, "relu", False, 0.0),
         # 7x7 in (224x224 image)
-        UIB( 160, 0, 1,  640, 5,  160, 1, "relu", True, True, 0.0),
-        UIB( 160, 0, 1,  640, 5,  160, 1, "relu", True, True, 0.0),
-        UIB( 160, 0, 1,  640, 5,  160, 1, "relu", True, True, 0.0),
-        UIB( 160, 0, 1, 1280, 3,  192, 1, "relu", True, False, 0.0),
+        UIB( 160, 0, 1,  640, 5,  160, 1, "relu", True, 0.0),
+        UIB( 160, 0, 1,  640, 5,  160, 1, "relu", True, 0.0),
+        UIB( 160, 0, 1,  640, 5,  160, 1, "relu", True, 0.0),
+        UIB( 160, 0, 1, 1280, 3,  192, 1, "relu", False, 0.0),
     ),
     last_conv=Conv(1280, 1, 1, "relu"),
     fc=None,
@@ -165,21 +165,21 @@ MOBILENET_EDGETPU_075 = Architecture(
         FusedIB(  40,  160,   40, 3, 1, "relu", True, True),
         FusedIB(  40,  160,   40, 3, 1, "relu", True, True),
         FusedIB(  40,  160,   40, 3, 1, "relu", True, True),
-        UIB(  40, 0, 1,  320, 3,   72, 2, "relu", True, False, 0.0),
+        UIB(  40, 0, 1,  320, 3,   72, 2, "relu", False, 0.0),
         # 14x14 in (224x224 image)
-        UIB(  72, 0, 1,  288, 3,   72, 1, "relu", True, True, 0.0),
-        UIB(  72, 0, 1,  288, 3,   72, 1, "relu", True, True, 0.0),
-        UIB(  72, 0, 1,  288, 3,   72, 1, "relu", True, True, 0.0),
-        UIB(  72, 0, 1,  576, 3,   72, 1, "relu", True, False, 0.0),
-        UIB(  72, 0, 1,  288, 3,   72, 1, "relu", True, True, 0.0),
-        UIB(  72, 0, 1,  288, 3,   72, 1, "relu", True, True, 0.0),
-        UIB(  72, 0, 1,  288, 3,   72, 1, "relu", True, True, 0.0),
-        UIB(  72, 0, 1,  576, 5,  120, 2, "relu", True, False, 0.0),
+        UIB(  72, 0, 1,  288, 3,   72, 1, "relu", True, 0.0),
+        UIB(  72, 0, 1,  288, 3,   72, 1, "relu", True, 0.0),
+        UIB(  72, 0, 1,  288, 3,   72, 1, "relu", True, 0.0),
+        UIB(  72, 0, 1,  576, 3,   72, 1, "relu", False, 0.0),
+        UIB(  72, 0, 1,  288, 3,   72, 1, "relu", True, 0.0),
+        UIB(  72, 0, 1,  288, 3,   72, 1, "relu", True, 0.0),
+        UIB(  72, 0, 1,  288, 3,   72, 1, "relu", True, 0.0),
+        UIB(  72, 0, 1,  576, 5,  120, 2, "relu", False, 0.0),
         # 7x7 in (224x224 image)
-        UIB( 120, 0, 1,  480, 5,  120, 1, "relu", True, True, 0.0),
-        UIB( 120, 0, 1,  480, 5,  120, 1, "relu", True, True, 0.0),
-        UIB( 120, 0, 1,  480, 5,  120, 1, "relu", True, True, 0.0),
-        UIB( 120, 0, 1,  960, 3,  144, 1, "relu", True, False, 0.0),
+        UIB( 120, 0, 1,  480, 5,  120, 1, "relu", True, 0.0),
+        UIB( 120, 0, 1,  480, 5,  120, 1, "relu", True, 0.0),
+        UIB( 120, 0, 1,  480, 5,  120, 1, "relu", True, 0.0),
+        UIB( 120, 0, 1,  960, 3,  144, 1, "relu", False, 0.0),
     ),
     last_conv=Conv(1280, 1, 1, "relu"),
     fc=None,
@@ -323,9 +323,7 @@ class UniversalInvertedBottleneck(nnx.Module):
         self.start_depthwise = nnx.data(
             ConvBNAct(c, c, k1, block.start_stride, "identity", flavor, groups=c, rngs=rngs) if k1 else None
         )
-        self.expand = nnx.data(
-            ConvBNAct(c, e, 1, 1, block.activation, flavor, rngs=rngs) if block.has_expand else None
-        )
+        self.expand = ConvBNAct(c, e, 1, 1, block.activation, flavor, rngs=rngs)
         self.depthwise = nnx.data(
             ConvBNAct(e, e, k2, block.stride, block.activation, flavor, groups=e, rngs=rngs) if k2 else None
         )
