@@ -226,10 +226,43 @@ class ConvHead(Strict):
 
 
 class Head(Strict):
-    """After the blocks: [1x1 conv + BN + act] -> global average pool -> [fc (+ BN) + act] -> classifier."""
+    """After the blocks (and the neck): [1x1 conv + BN + act] -> global average pool -> [fc (+ BN) + act] ->
+    classifier. `classifier: false`: an encoder, whose output is the feature map before pooling."""
 
     last_conv: ConvHead | None = None
     fc: ConvHead | None = None
+    classifier: bool = True
+
+    @model_validator(mode="after")
+    def _encoder_has_no_fc(self) -> Head:
+        if not self.classifier and self.fc is not None:
+            raise ValueError("an encoder (`classifier: false`) ends before pooling: it can have no `fc`")
+        return self
+
+
+OutputStride = Literal[2, 4, 8, 16, 32, 64]
+
+
+class Neck(Strict):
+    """MobileNetV5's multi-scale fusion adapter (MSFA), after the blocks: the last block output at each of
+    `strides` (output strides, increasing), each smaller map upsampled (nearest) to the first one's size,
+    concatenated over channels; an FFN (1x1 expand to round(in * t) + norm + act, 1x1 project to `out` +
+    norm); resized to `resolution` a side (an average pool when that divides the fused map's size, else
+    bilinear); then a norm."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    strides: list[OutputStride] = Field(min_length=1)
+    out: PositiveInt
+    expansion: Annotated[float, Field(ge=1, le=16)] = Field(alias="t")
+    resolution: Annotated[int, Field(ge=1, le=1024, strict=True)]
+    activation: Activation
+
+    @model_validator(mode="after")
+    def _increasing(self) -> Neck:
+        if any(a >= b for a, b in zip(self.strides, self.strides[1:])):
+            raise ValueError(f"neck strides must increase (the first is the finest map), got {self.strides}")
+        return self
 
 
 # ---- block rows ------------------------------------------------------------------------------------
@@ -395,6 +428,7 @@ class Architecture(Strict):
     resolution: Annotated[int, Field(ge=32, le=1024, strict=True)] | None = None  # published default
     stem: Stem
     blocks: StageTable
+    neck: Neck | None = None
     head: Head
     variants: dict[VariantName, Variant] = Field(min_length=1)
 
@@ -438,6 +472,15 @@ class Family(Strict):
                 raise ValueError(f"{arch_name} has head.last_conv but width_rules has no `last_conv`")
             if arch.head.fc and self.width_rules.fc is None:
                 raise ValueError(f"{arch_name} has head.fc but width_rules has no `fc`")
+            if arch.neck:
+                reached, stride = set(), arch.stem.stride
+                for row in rows:  # a row's stride is its first repeat's
+                    stride *= getattr(row, "stride", 1)
+                    reached.add(stride)
+                missing = [s for s in arch.neck.strides if s not in reached]
+                if missing:
+                    raise ValueError(f"{arch_name}: neck.strides {missing} not reached; the blocks' output strides "
+                                     f"are {sorted(reached)}")
             if arch.head.fc and arch.head.fc.batch_norm and self.normalization.kind != "batch_norm":
                 raise ValueError(f"{arch_name}: the family normalizes with {self.normalization.kind}, so its "
                                  "head.fc can have no `batch_norm: true`")
