@@ -59,7 +59,7 @@ def evaluate(loaded: LoadedSpec, run: RunResult) -> list[Check]:
             usable.append(key)
             checks += _structure_checks(variant, key, result, desc)
         checks += _mac_checks(variant, run, usable, desc)
-        checks += _logits_shape_checks(variant, run, usable)
+        checks += _logits_shape_checks(variant, run, usable, loaded)
         checks += _onnx_checks(variant, run, usable, desc)
         if any(key == REFERENCE_KEY for key in keys):
             checks += _output_checks(variant, run, usable, desc)
@@ -123,15 +123,22 @@ def _mac_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[Che
     return checks
 
 
-def _logits_shape_checks(variant: str, run: RunResult, keys: list[str]) -> list[Check]:
+def _logits_shape_checks(variant: str, run: RunResult, keys: list[str], loaded: LoadedSpec) -> list[Check]:
+    """The output's shape at other resolutions, as the spec gives it: (2, classes), or an encoder's map."""
     checks = []
     for key in keys:
         shapes = run.results[(variant, key)].logits_shapes
         if shapes:
-            wrong = {size: shape for size, shape in shapes.items() if shape != [2, run.num_classes]}
+            expected = {}
+            for size in shapes:
+                at = describe(loaded, variant, run.flavor, tuple(int(n) for n in size.split("x")), run.num_classes)
+                expected[size] = [2, *at.block_shapes[at.output][:1 if at.output == "classifier" else 3]]
+            wrong = {size: f"{shape} (spec {expected[size]})" for size, shape in shapes.items()
+                     if shape != expected[size]}
+            what = "logits" if all(len(shape) == 2 for shape in expected.values()) else "outputs"
             checks.append(Check(variant, "resolutions", key, not wrong,
-                                f"logits (2, {run.num_classes}) at {', '.join(shapes)}" if not wrong
-                                else f"wrong logits shapes: {wrong}"))
+                                f"{what} {', '.join(f'{tuple(expected[s])} at {s}' for s in shapes)}" if not wrong
+                                else f"wrong {what} shapes: {wrong}"))
     return checks
 
 
@@ -182,15 +189,16 @@ def _output_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[
         return [Check(variant, "outputs", "spec", False, "no float64 reference output")]
     checks = []
     floats = [key for key in outputs if key != REFERENCE_KEY]
-    reference_top1 = np.argmax(reference["classifier"], axis=-1)
+    # top-1: of logits; an encoder's feature map is compared by its error alone
+    reference_top1 = None if desc.encoder else np.argmax(reference["classifier"], axis=-1)
     for key in floats:
-        checks.append(_compare(variant, key, outputs[key], reference, reference, reference_top1))
+        checks.append(_compare(variant, key, outputs[key], reference, reference, reference_top1, desc.output))
     for a, b in combinations(floats, 2):
-        checks.append(_compare(variant, f"{a}~{b}", outputs[a], outputs[b], reference, reference_top1))
+        checks.append(_compare(variant, f"{a}~{b}", outputs[a], outputs[b], reference, reference_top1, desc.output))
     return checks
 
 
-def _compare(variant, subject, a, b, reference, reference_top1) -> Check:
+def _compare(variant, subject, a, b, reference, reference_top1, output: str) -> Check:
     per_block = {}
     first_bad = None
     for block, ref in reference.items():
@@ -201,16 +209,21 @@ def _compare(variant, subject, a, b, reference, reference_top1) -> Check:
             per_block[block] = {"abs": diff, "rel": diff / (float(np.max(np.abs(ref))) or 1.0)}
         if first_bad is None and per_block[block]["rel"] > OUTPUT_TOLERANCE:
             first_bad = block
-    logits = per_block["classifier"]["rel"]
-    same_top1 = (np.array_equal(np.argmax(a["classifier"], -1), reference_top1)
-                 and np.array_equal(np.argmax(b["classifier"], -1), reference_top1))
+    logits = per_block[output]["rel"]
+    if reference_top1 is None:  # an encoder
+        same_top1 = True
+        summary = f"{output} output rel. error {logits:.2e} (tolerance {OUTPUT_TOLERANCE:.0e})"
+    else:
+        same_top1 = (np.array_equal(np.argmax(a[output], -1), reference_top1)
+                     and np.array_equal(np.argmax(b[output], -1), reference_top1))
+        summary = (f"logits rel. error {logits:.2e} (tolerance {OUTPUT_TOLERANCE:.0e}), "
+                   f"top-1 {'same' if same_top1 else 'DIFFERS'}")
     ok = logits <= OUTPUT_TOLERANCE and same_top1
-    summary = f"logits rel. error {logits:.2e} (tolerance {OUTPUT_TOLERANCE:.0e}), top-1 {'same' if same_top1 else 'DIFFERS'}"
     if first_bad is not None:
         summary += f"; first diverging block: {first_bad} (rel. error {per_block[first_bad]['rel']:.2e})"
     max_block = max(v["rel"] for v in per_block.values())
     return Check(variant, "outputs", subject, ok, summary,
-                 {"logits_rel": logits, "logits_abs": per_block["classifier"]["abs"], "max_block_rel": max_block,
+                 {"logits_rel": logits, "logits_abs": per_block[output]["abs"], "max_block_rel": max_block,
                   "first_diverging": first_bad, "blocks": per_block})
 
 

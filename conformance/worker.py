@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
                 if RUNS[framework].native and framework in EXPORTERS:
                     try:
                         result.onnx = _onnx(RUNS[framework].framework, adapter, model, desc, job, images,
-                                            blocks["classifier"])
+                                            blocks[desc.output])
                     except Exception as exc:  # the model built and ran: a failed export fails the onnx check
                         result.onnx_error = f"{type(exc).__name__}: {exc}"
                         result.traceback = traceback.format_exc(limit=6)

@@ -19,10 +19,14 @@ from spec.loader import LoadedSpec
 from spec.model import GENERATED_NAMES, class_name
 from spec.resolve import (
     Architecture,
+    FusionNeck,
+    bilinear_taps,
     default_resolution,
     describe,
     fixed_padding,
     flavor_values,
+    nearest_sources,
+    neck_resize,
     padding_amounts,
     resolve_architecture,
 )
@@ -76,6 +80,7 @@ class Factory:
     tables: dict[str, str]  # flavor -> table const
     figures: tuple[tuple[str, int, int], ...]  # (flavors, params, MACs) per distinct table, reference flavors
     resolution: int  # the published default
+    encoder: bool  # no classifier: the output is the feature map
 
 
 def _title(architecture_title: str, width: float, minimalistic: bool) -> str:
@@ -129,7 +134,7 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
             factories.append(Factory(
                 variant_name, _title(arch.title or family.title, variant.width, variant.minimalistic),
                 variant.width, variant.minimalistic, {flavor: chosen[flavor] for flavor in spec.flavors},
-                tuple(figures), resolution,
+                tuple(figures), resolution, not arch.head.classifier,
             ))
     archs = [t.architecture for t in tables]
     blocks = [b for a in archs for b in a.blocks]
@@ -138,7 +143,7 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
     has_squeeze_excite = any(getattr(b, "squeeze", 0) for b in blocks)
     activations = sorted({b.activation for b in blocks if hasattr(b, "activation")}
                          | {a.stem.activation for a in archs}
-                         | {x.activation for a in archs for x in (a.last_conv, a.fc) if x}
+                         | {x.activation for a in archs for x in (a.last_conv, a.fc, a.neck) if x}
                          | ({se_activation, se_gate} - {None} if has_squeeze_excite else set()))
     block_classes = list(dict.fromkeys(type(b) for b in blocks))
     ops = {name: getattr(ACTIVATIONS[name], framework) for name in dict.fromkeys([*activations, "identity"])}
@@ -184,6 +189,14 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
         "stem_bias": _agreement([a.stem.bias for a in archs]),
         "stem_bias_argument": {"all": ", bias=True", "some": ", bias=a.stem_bias", "none": ""}[
             _agreement([a.stem.bias for a in archs])],
+        # MobileNetV5's fusion neck ("all", "some" or "none" of the architectures), its generated NamedTuple,
+        # and the resampling rules it follows, copied from spec/resolve.py
+        "neck": _agreement([bool(a.neck) for a in archs]),
+        "neck_tuple": block_tuple_source(FusionNeck),
+        "resampling_source": "\n\n\n".join(inspect.getsource(f).strip() for f in (
+            (neck_resize,) if framework == "torch" else (neck_resize, nearest_sources, bilinear_taps))),
+        # encoders (`head.classifier: false`) end at their feature map: "all", "some" or "none"
+        "encoder": _agreement([not a.classifier for a in archs]),
         "activations": activations,
         # name -> this framework's op (spec/activations.py), for every activation the family uses
         "activation_ops": ops,

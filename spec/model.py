@@ -43,8 +43,8 @@ TITLE_LENGTH = 80
 GENERATED_NAMES = frozenset({
     "ACTIVATIONS", "ARCHITECTURES", "Architecture", "BiasedBatchNorm1d", "BiasedBatchNorm2d", "BiasedRunningVariance",
     "Block", "Callable", "Conv", "ConvBNAct", "ConvBlock", "ConvNormAct", "DS", "DepthwiseSeparable", "F", "FAMILIES", "FLAVORS",
-    "Flavor", "FusedIB", "FusedInvertedBottleneck", "IR", "InvertedResidual", "LayerScale", "LinearBN", "MQA",
-    "MobileMQA", "MultiQueryAttention", "NamedTuple", "RMSNorm2d", "SqueezeExcite", "UIB", "UnbiasedBatchNorm",
+    "Flavor", "FusedIB", "FusedInvertedBottleneck", "FusionNeck", "IR", "InvertedResidual", "LayerScale", "LinearBN", "MQA",
+    "MobileMQA", "MultiQueryAttention", "NamedTuple", "Neck", "RMSNorm2d", "Resample", "SqueezeExcite", "UIB", "UnbiasedBatchNorm",
     "UnbiasedBatchNormalization", "UniversalInvertedBottleneck", "VARIANTS",
 })
 
@@ -60,11 +60,13 @@ def class_name(title: str) -> str:
 # (a variant named `architecture` or `torch` would replace them). tests/test_hostile_specs.py checks the
 # list against the rendered files.
 GENERATED_FUNCTION_NAMES = frozenset({
-    "activation", "annotations", "architecture", "batch_norm", "block_layers", "block_module", "conv_bn_act",
+    "activation", "annotations", "architecture", "array", "batch_norm", "bilinear_taps", "block_layers",
+    "block_module", "conv_bn_act",
     "conv_norm_act",
     "conv_init", "depthwise_separable", "fixed_padding", "forward_intermediates", "fully_connected", "functools",
-    "fused_inverted_bottleneck", "inverted_residual", "jax", "jnp", "keras", "layers", "linear_init", "load_state",
-    "math", "mobile_mqa", "nn", "nnx", "np", "ops", "padding_amounts", "residual", "rms_norm", "save_state",
+    "fused_inverted_bottleneck", "fusion_neck", "inverted_residual", "jax", "jnp", "keras", "layers", "linear_init", "load_state",
+    "math", "mobile_mqa", "nearest_sources", "neck_resize", "nn", "nnx", "np", "ops", "padding_amounts",
+    "resample", "residual", "rms_norm", "save_state",
     "serialization",
     "squeeze_excite", "torch", "universal_inverted_bottleneck",
 })

@@ -16,6 +16,7 @@ Counting conventions (also in the README):
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal
 
@@ -215,7 +216,9 @@ Block = (DepthwiseSeparable | InvertedResidual | ConvBlock | FusedInvertedBottle
 class FusionNeck:
     """MobileNetV5's multi-scale fusion adapter: the outputs of blocks `inputs` (finest first), each coarser
     one upsampled (nearest) to the first one's size, concatenated; 1x1 expand + norm + act, 1x1 project +
-    norm (no residual); resized to `resolution` a side (average pool when it divides, else bilinear); norm."""
+    norm (no residual); resized to `resolution` a side (see neck_resize); norm."""
+
+    row_name: ClassVar[str] = "Neck"  # its NamedTuple in the generated tables
 
     inputs: tuple[int, ...]  # block indices, finest map first
     in_channels: int  # the inputs' channels, concatenated
@@ -234,11 +237,10 @@ class FusionNeck:
         walk.concat("neck.concat", "neck", tuple(parts))
         walk.conv("neck.expand", "neck", self.expanded, activation=self.activation)
         walk.conv("neck.project", "neck", self.out)
-        height, width = walk.shape[1:]
-        size = (self.resolution, self.resolution)
-        if (height, width) != size:
-            divides = height % self.resolution == 0 and width % self.resolution == 0
-            walk.resample("neck.resize", "neck", "avg_pool" if divides else "resize_bilinear", size)
+        resize = neck_resize(*walk.shape[1:], self.resolution)
+        if resize != "none":
+            size = (self.resolution, self.resolution)
+            walk.resample("neck.resize", "neck", "avg_pool" if resize == "avg_pool" else "resize_bilinear", size)
         walk.norm("neck", "neck")
 
 
@@ -442,11 +444,21 @@ class Description:
     flavor: str
     width: float
     resolution: tuple[int, int]
-    num_classes: int
+    num_classes: int | None  # None: an encoder
     flavor_values: FlavorValues
     architecture: Architecture
     layers: tuple[Layer, ...]
     block_shapes: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # output (C, H, W) per block
+
+    @property
+    def encoder(self) -> bool:
+        """No classifier: the network's output is its last feature map."""
+        return not self.architecture.classifier
+
+    @property
+    def output(self) -> str:
+        """The stage whose output is the network's: "classifier" (the logits), or an encoder's last stage."""
+        return next(reversed(self.block_shapes))
 
     @property
     def params(self) -> int:
@@ -485,6 +497,38 @@ def padding_amounts(size: int, kernel: int, stride: int, padding: str) -> tuple[
         return fixed, fixed
     total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
+
+
+# The fusion neck's resampling rules: PyTorch's, which timm's MSFA calls (F.interpolate, F.avg_pool2d). The
+# generated files carry these functions too (generators/context.py, `resampling_source`): Keras and JAX
+# resize with other corner conventions, so their generated code gathers and blends by these indices.
+def neck_resize(height: int, width: int, resolution: int) -> str:
+    """How the fusion neck brings its fused map to `resolution` a side, as timm's MSFA: "none" at that size,
+    "avg_pool" (windows of height // resolution by width // resolution, as strides too) where both sides
+    divide, else "bilinear"."""
+    if height == width == resolution:
+        return "none"
+    return "avg_pool" if height % resolution == 0 and width % resolution == 0 else "bilinear"
+
+
+def nearest_sources(in_size: int, out_size: int) -> list[int]:
+    """The input index each output index reads in PyTorch's `nearest` resize to a given size, along one axis:
+    floor(i * scale), scale = in_size / out_size, with the scale and the product rounded to float32 as
+    PyTorch computes them, capped at in_size - 1."""
+    scale = array("f", [in_size / out_size])[0]
+    return [min(int(array("f", [i * scale])[0]), in_size - 1) for i in range(out_size)]
+
+
+def bilinear_taps(in_size: int, out_size: int) -> list[tuple[int, int, float]]:
+    """PyTorch's `bilinear` resize (align_corners=False) along one axis: per output index i, (i0, i1, w), the
+    output being (1 - w) * x[i0] + w * x[i1] at the source coordinate (i + 0.5) * in_size / out_size - 0.5,
+    clamped at 0. Exact here; PyTorch rounds the coordinate to float32 (w within 2^-24 * in_size)."""
+    taps = []
+    for i in range(out_size):
+        source = max((i + 0.5) * in_size / out_size - 0.5, 0.0)
+        i0 = min(int(source), in_size - 1)
+        taps.append((i0, min(i0 + 1, in_size - 1), source - i0))
+    return taps
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: Padding) -> int:
@@ -622,8 +666,8 @@ def describe(loaded: LoadedSpec | Spec, variant: str, flavor: str | None = None,
     if arch.last_conv:
         walk.conv("last_conv", "last_conv", arch.last_conv.out, activation=arch.last_conv.activation)
         shapes["last_conv"] = walk.shape
-    if not arch.classifier:  # an encoder: its output is the feature map
-        return Description(variant, info.family, flavor, info.width, (height, width), num_classes, values, arch,
+    if not arch.classifier:  # an encoder: its output is the feature map, it has no classes
+        return Description(variant, info.family, flavor, info.width, (height, width), None, values, arch,
                            tuple(walk.layers), shapes)
     walk.pool()
     shapes["pool"] = walk.shape

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.frameworks.protocol import MacCount, OptimizerConfig, TrainStep
+from conformance.frameworks.protocol import MacCount, OptimizerConfig, TrainStep, classifier_options, to_nchw
 from conformance.weights import WeightError
 from generators.location import family_module
 
@@ -38,7 +38,7 @@ class Adapter:
         self._value_and_grad = nnx.jit(nnx.value_and_grad(_loss, has_aux=True))
         self._optimizer_update = nnx.jit(lambda optimizer, model, grads: optimizer.update(model, grads))
 
-    def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
+    def build(self, family: str, variant: str, flavor: str, num_classes: int | None, resolution: tuple[int, int],
               dtype: str = "float32", abstract: bool = False, dropout: float | None = None):
         """abstract: shapes only (nnx.eval_shape), for a model whose every weight is loaded next;
         an eager NNX init costs seconds per variant on this machine."""
@@ -47,13 +47,12 @@ class Adapter:
         self.dtype = np.dtype(dtype)  # the weights' and inputs' (one dtype per worker process)
         module = family_module("flax", family)
         factory = module.VARIANTS[variant]
-        rate = {} if dropout is None else {"dropout": dropout}
+        options = classifier_options(num_classes, dropout)
         if abstract:
-            model = self.nnx.eval_shape(lambda: factory(num_classes=num_classes, flavor=flavor, rngs=self.nnx.Rngs(0),
-                                                        **rate))
+            model = self.nnx.eval_shape(lambda: factory(flavor=flavor, rngs=self.nnx.Rngs(0), **options))
             self._concrete_rng_state(model)
         else:
-            model = factory(num_classes=num_classes, flavor=flavor, rngs=self.nnx.Rngs(0), **rate)
+            model = factory(flavor=flavor, rngs=self.nnx.Rngs(0), **options)
         model.eval()
         return model
 
@@ -106,10 +105,11 @@ class Adapter:
 
     def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self._forward_intermediates(model, images_nchw.transpose(0, 2, 3, 1).astype(self.dtype))
-        return {name: _to_nchw(np.asarray(value)) for name, value in outputs.items()}
+        return {name: to_nchw(np.asarray(value)) for name, value in outputs.items()}
 
     def logits(self, model, images_nchw: np.ndarray) -> np.ndarray:
-        return self.forward_blocks(model, images_nchw)["classifier"]
+        """The network's output (an encoder's: its feature map, NCHW)."""
+        return self.forward_blocks(model, images_nchw)[model.stages()[-1][0]]
 
     def _named(self, model, state=None) -> dict[str, np.ndarray]:
         """A state of the model (default: its parameters and BatchNorm statistics; or gradients) by canonical
@@ -127,7 +127,7 @@ class Adapter:
                                                          np.asarray(labels, np.int32))
         finally:
             model.eval()
-        return TrainStep({name: _to_nchw(np.asarray(value)) for name, value in blocks.items()}, float(loss),
+        return TrainStep({name: to_nchw(np.asarray(value)) for name, value in blocks.items()}, float(loss),
                          self._named(model, grads))
 
     def fit(self, model, images_nchw: np.ndarray, labels: np.ndarray, optimizer: OptimizerConfig,
@@ -219,7 +219,3 @@ def _kernel_to_neutral(value: np.ndarray) -> np.ndarray:
 
 def _kernel_from_neutral(value: np.ndarray) -> np.ndarray:
     return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
-
-
-def _to_nchw(value: np.ndarray) -> np.ndarray:
-    return value.transpose(0, 3, 1, 2) if value.ndim == 4 else value

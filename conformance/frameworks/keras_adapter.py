@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from conformance.frameworks import keras_layout
-from conformance.frameworks.protocol import MacCount, OptimizerConfig, TrainStep
+from conformance.frameworks.protocol import MacCount, OptimizerConfig, TrainStep, classifier_options, to_nchw
 from conformance.weights import WeightError
 from generators.location import family_module
 
@@ -44,14 +44,14 @@ class Adapter:
         self._block_model: tuple[object, object, dict] | None = None
         self._modules: dict[str, object] = {}  # variant (the name of its model) -> its generated module
 
-    def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
+    def build(self, family: str, variant: str, flavor: str, num_classes: int | None, resolution: tuple[int, int],
               dtype: str = "float32", abstract: bool = False, dropout: float | None = None):
         # float64: training parity's float64 runs (conformance/training.py); one dtype per worker process
         self.dtype = np.dtype(dtype)
         self.keras.config.set_floatx(dtype)
         module = self._modules[variant] = family_module("keras", family)
-        rate = {} if dropout is None else {"dropout": dropout}
-        model = module.VARIANTS[variant](num_classes=num_classes, flavor=flavor, input_shape=(*resolution, 3), **rate)
+        options = classifier_options(num_classes, dropout)
+        model = module.VARIANTS[variant](flavor=flavor, input_shape=(*resolution, 3), **options)
         if dtype == "float64" and self.keras.backend.backend() == "tensorflow":
             _float64_gelu(model)
         return model
@@ -102,7 +102,7 @@ class Adapter:
 
     def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self._blocks(model)[0].predict_on_batch(images_nchw.transpose(0, 2, 3, 1).astype(self.dtype))
-        return {name: _to_nchw(np.asarray(value)) for name, value in outputs.items()}
+        return {name: to_nchw(np.asarray(value)) for name, value in outputs.items()}
 
     def _numpy(self, value) -> np.ndarray:
         if self.keras.backend.backend() == "torch":
@@ -177,7 +177,7 @@ class Adapter:
 
     def train_step(self, model, images_nchw: np.ndarray, labels: np.ndarray) -> TrainStep:
         outputs, loss, gradients = self._gradients(model, images_nchw, labels)
-        return TrainStep({name: _to_nchw(self._numpy(value)) for name, value in outputs.items()},
+        return TrainStep({name: to_nchw(self._numpy(value)) for name, value in outputs.items()},
                          float(self._numpy(loss)), self._neutral(model, self._blocks(model)[0].trainable_variables,
                                                                 gradients))
 
@@ -291,10 +291,10 @@ class Adapter:
 
                 compiled["train_outputs"] = tf.function(lambda x: block([x], training=True))
             outputs = compiled["train_outputs"](x)
-        return {name: _to_nchw(self._numpy(value)) for name, value in outputs.items()}
+        return {name: to_nchw(self._numpy(value)) for name, value in outputs.items()}
 
     def logits(self, model, images_nchw: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict_on_batch(images_nchw.transpose(0, 2, 3, 1).astype(self.dtype)))
+        return to_nchw(np.asarray(model.predict_on_batch(images_nchw.transpose(0, 2, 3, 1).astype(self.dtype))))
 
     def logits_at(self, model, desc, resolution: tuple[int, int], batch: int) -> np.ndarray:
         """A functional model has a static input shape: build one for this resolution."""
@@ -328,10 +328,6 @@ def _apply_eagerly(step, variables):
         step.apply(gradients, variables)
 
     return apply
-
-
-def _to_nchw(value: np.ndarray) -> np.ndarray:
-    return value.transpose(0, 3, 1, 2) if value.ndim == 4 else value
 
 
 def _float64_gelu(model) -> None:

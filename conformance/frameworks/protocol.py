@@ -49,15 +49,28 @@ class TrainStep:
     gradients: dict[str, np.ndarray]  # of every trainable tensor, by canonical name, in the neutral layout
 
 
+def classifier_options(num_classes: int | None, dropout: float | None) -> dict:
+    """A generated factory's classifier arguments: none for an encoder (num_classes None), which has no
+    classifier and no dropout; `dropout` only when given (None: the flavor's rate)."""
+    if num_classes is None:
+        return {}
+    return {"num_classes": num_classes, **({} if dropout is None else {"dropout": dropout})}
+
+
+def to_nchw(value: np.ndarray) -> np.ndarray:
+    """A channels-last (NHWC) feature map in the neutral layout, NCHW; (batch, features) as it is."""
+    return value.transpose(0, 3, 1, 2) if value.ndim == 4 else value
+
+
 @runtime_checkable
 class FrameworkAdapter(Protocol):
     run_key: str  # the run it serves: generators.frameworks.RUNS
     device: str  # "cpu", or "cuda" / "gpu" where the worker places models itself
 
-    def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
+    def build(self, family: str, variant: str, flavor: str, num_classes: int | None, resolution: tuple[int, int],
               dtype: str = "float32", abstract: bool = False, dropout: float | None = None) -> Any:
         """A generated model in eval mode; `abstract`: weights will be loaded, skip a costly random init;
-        `dropout`: the rate before the classifier (None: the flavor's)."""
+        `dropout`: the rate before the classifier (None: the flavor's). num_classes None: an encoder."""
 
     def shapes(self, model: Any) -> dict[str, tuple[int, ...]]:
         """Every tensor (parameters and BatchNorm state) by canonical name, in the neutral layout."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.frameworks.protocol import MacCount, OptimizerConfig, TrainStep
+from conformance.frameworks.protocol import MacCount, OptimizerConfig, TrainStep, classifier_options
 from conformance.weights import WeightError
 from generators.location import family_module
 
@@ -19,11 +19,11 @@ class Adapter:
         torch.set_num_threads(1)
         self.torch = torch
 
-    def build(self, family: str, variant: str, flavor: str, num_classes: int, resolution: tuple[int, int],
+    def build(self, family: str, variant: str, flavor: str, num_classes: int | None, resolution: tuple[int, int],
               dtype: str = "float32", abstract: bool = False, dropout: float | None = None):
         module = family_module("torch", family)
-        rate = {} if dropout is None else {"dropout": dropout}
-        model = module.VARIANTS[variant](num_classes=num_classes, flavor=flavor, **rate).eval().to(self.device)
+        options = classifier_options(num_classes, dropout)
+        model = module.VARIANTS[variant](flavor=flavor, **options).eval().to(self.device)
         if dtype == "float64":
             _exact_hard_sigmoid(model)
             return model.double()
