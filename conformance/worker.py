@@ -332,6 +332,7 @@ def _onnx(base, adapter, model, desc, job: dict, images, own_logits):
     import numpy as np
     import onnx
 
+    from conformance.frameworks.protocol import to_nchw
     from conformance.onnx import export as onnx_export
     from conformance.onnx.from_onnx import canonicalize
     from conformance.results import OnnxResult
@@ -350,10 +351,11 @@ def _onnx(base, adapter, model, desc, job: dict, images, own_logits):
     validated = onnx_export.validate(path)
     native = images.transpose(0, 2, 3, 1) if base.channels_last else images
     scale = float(np.max(np.abs(own_logits))) or 1.0
-    ort_logits = onnx_export.run_onnxruntime(path, native)
+    neutral = to_nchw if base.channels_last else np.asarray  # an encoder's output is a feature map
+    ort_logits = neutral(onnx_export.run_onnxruntime(path, native))
     reference_error = None
     if job["onnx"].get("reference_evaluator"):
-        reference = onnx_export.run_reference_evaluator(path, native)
+        reference = neutral(onnx_export.run_reference_evaluator(path, native))
         reference_error = float(np.max(np.abs(reference - own_logits))) / scale
     return OnnxResult(
         path=str(path), layout=base.layout, opset=validated["opset"], cached=cached, export_s=export_s,

@@ -3,7 +3,8 @@
 Two builders produce it: conformance/onnx/from_onnx.py canonicalises an exported graph (the three
 exporters write the same network differently), conformance/onnx/from_spec.py builds it from the spec's
 layer list (spec/resolve.py `describe`). The canonical ops: conv, linear, global average pool,
-activation, add, scale, affine, rms_norm, matmul, softmax, listed in depth order. The comparison reports the first
+activation, add, scale, affine, rms_norm, matmul, softmax, and the fusion neck's resize, avg_pool and
+concat, listed in depth order. The comparison reports the first
 canonical op where two graphs differ, with both sides.
 """
 
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Op:
-    kind: str  # conv, linear, pool, act, add, scale, pool_sum, affine, rms_norm, matmul, softmax
+    kind: str  # conv, linear, pool, act, add, scale, pool_sum, affine, rms_norm, matmul, softmax, resize, avg_pool,
+    # concat
     attrs: dict = field(default_factory=dict)
     inputs: list[int] = field(default_factory=list)
     depth: int = 0

@@ -47,7 +47,7 @@ import numpy as np
 
 from conformance.onnx.canonical import Canonical, Op, finalize, fold_affines, total_macs, total_params
 from spec.activations import ACTIVATIONS
-from spec.resolve import padding_amounts
+from spec.resolve import bilinear_taps, nearest_sources, padding_amounts
 
 TRANSPARENT = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast", "Expand",
                "Tile"}  # Expand and Tile: a key / value head repeated for every query head (a broadcast)
@@ -73,6 +73,9 @@ class _Value:
     # A per-position statistic of `source`'s output: the mean over its `statistic` channels of its square, then
     # `fn` (an RMSNorm's 1 / sqrt(. + eps), until the product with that output makes it an `rms_norm`).
     statistic: int | None = None
+    # A pending resampling of `source`'s output (Keras' and Flax's resize: gathers of rows and columns by
+    # constant indices, blended by constant weights): per spatial axis ("H", "W"), the (out, in) matrix.
+    spatial: dict | None = None
 
 
 def canonicalize(model, input_layout: str) -> Canonical:
@@ -126,6 +129,12 @@ class _Reader:
 
     def _materialise(self, value: _Value) -> int | None:
         source = value.source
+        if value.spatial:  # gathered from a materialised tensor (Reader._gather): fn and scale come after
+            attrs = _resize_attrs(value.spatial)
+            key = (source, "resize", tuple(sorted((axis, m.tobytes()) for axis, m in value.spatial.items())))
+            if key not in self.act_cache:
+                self.act_cache[key] = self.emit("resize", attrs, [source])
+            source = self.act_cache[key]
         if value.fn:
             key = (source, tuple(step[0] for step in value.fn))
             if key not in self.act_cache:
@@ -181,6 +190,16 @@ class _Reader:
             return
         if op in TRANSPARENT:
             self.values[outs[0]] = self._transparent(op, attrs, self.values[live[0]])
+        elif op == "Gather" and live == ins[:1] and ins[1] in self.constants:
+            self.values[outs[0]] = self._gather(node, attrs, ins, live[0])
+        elif op in ("Mul", "Add") and any(self.values[i].spatial for i in live):
+            self.values[outs[0]] = self._blend(node, op, ins, live)
+        elif op == "Resize":
+            self.values[outs[0]] = self._resize(node, attrs, live[0], outs[0])
+        elif op == "AveragePool":
+            self.values[outs[0]] = self._average_pool(node, attrs, live[0])
+        elif op == "Concat" and live:
+            self.values[outs[0]] = self._concat(node, attrs, live, outs[0])
         elif op == "Pad":
             self.values[outs[0]] = self._pad(self.values[live[0]], self.constants[ins[1]].astype(int).tolist())
         elif op == "Conv":
@@ -223,7 +242,7 @@ class _Reader:
             layout = tuple(layout[p] for p in attrs["perm"])
         elif op != "Transpose":
             layout = layout if op in ("Identity", "Dropout", "Cast", "Expand", "Tile") else None
-        return _Value(value.source, value.fn, layout, value.pads, value.scale)
+        return _Value(value.source, value.fn, layout, value.pads, value.scale, value.statistic, value.spatial)
 
     @staticmethod
     def _pad(value: _Value, amounts: list[int]) -> _Value:
@@ -277,6 +296,87 @@ class _Reader:
         in_f, out_f = (weight.shape[1], weight.shape[0]) if transposed else weight.shape
         return _Value(self.emit("linear", {"in": int(in_f), "out": int(out_f)}, [self.materialise(live)]), (), None)
 
+    def _gather(self, node, attrs, ins, live: str) -> _Value:
+        """Step 2b: rows or columns of a feature map gathered by constant indices (Keras' and Flax's nearest and
+        bilinear resizing, PyTorch's rules): a pending map of that axis, composed with the value's own."""
+        value = self.values[live]
+        axis = int(attrs.get("axis", 0))
+        shape = self.shapes.get(live)
+        if value.layout is None or not shape or value.layout[axis % len(shape)] not in ("H", "W"):
+            raise ValueError(f"Gather {node.name!r} picks from a computed tensor along no spatial axis: "
+                             "no canonical form")
+        name = value.layout[axis % len(shape)]
+        indices = np.reshape(self.constants[ins[1]], -1).astype(int)
+        select = np.eye(shape[axis % len(shape)])[indices]
+        if value.spatial and not value.fn and value.scale is None:
+            maps = dict(value.spatial)
+            maps[name] = select @ maps[name] if name in maps else select
+            return _Value(value.source, (), value.layout, value.pads, spatial=maps)
+        return _Value(self.materialise(live), (), value.layout, value.pads, spatial={name: select})
+
+    def _blend(self, node, op, ins, live: list[str]) -> _Value:
+        """Step 2b: a pending resampling weighted per row (or column) by a constant, or the sum of two
+        such of one tensor whose maps differ on one axis: a bilinear blend."""
+        if op == "Mul" and len(live) == 1:
+            value = self.values[live[0]]
+            (weight,) = [self.constants[i] for i in ins if i in self.constants]
+            rank = len(value.layout or ())
+            dims = [i for i, n in enumerate((1,) * (rank - weight.ndim) + weight.shape) if n > 1]
+            if len(dims) == 1 and value.layout[dims[0]] in value.spatial:
+                name = value.layout[dims[0]]
+                maps = {**value.spatial, name: np.reshape(weight, -1)[:, None] * value.spatial[name]}
+                return _Value(value.source, (), value.layout, value.pads, spatial=maps)
+        a, b = (self.values[i] for i in live) if len(live) == 2 else (None, None)
+        if op == "Add" and a is not None and a.spatial and b.spatial and a.source == b.source:
+            differing = [n for n in {*a.spatial, *b.spatial}
+                         if n not in a.spatial or n not in b.spatial or not np.array_equal(a.spatial[n], b.spatial[n])]
+            if len(differing) == 1 and differing[0] in a.spatial and differing[0] in b.spatial:
+                name = differing[0]
+                maps = {**a.spatial, name: a.spatial[name] + b.spatial[name]}
+                return _Value(a.source, (), a.layout, a.pads, spatial=maps)
+        # anything else reads the resampled tensor itself
+        for name in live:
+            value = self.values[name]
+            if value.spatial:
+                self.values[name] = _Value(self.materialise(name), (), value.layout, value.pads)
+        return _elementwise(node, op, {}, ins, live, self)
+
+    def _resize(self, node, attrs, live: str, out: str) -> _Value:
+        """PyTorch's export of F.interpolate: a Resize node. Its modes as PyTorch's: nearest picks floor(i *
+        in / out) (asymmetric coordinates, floor), bilinear blends at (i + 0.5) * in / out - 0.5."""
+        value = self.values[live]
+        mode = _text(attrs.get("mode", "nearest"))
+        transform = _text(attrs.get("coordinate_transformation_mode", "half_pixel"))
+        pytorch = {"nearest": mode == "nearest" and transform == "asymmetric"
+                   and _text(attrs.get("nearest_mode", "round_prefer_floor")) == "floor",
+                   "bilinear": mode == "linear" and transform in ("pytorch_half_pixel", "half_pixel")}
+        kind = next((k for k, same in pytorch.items() if same), f"unknown({mode}, {transform})")
+        shape = self.shapes.get(out)
+        size = (shape[value.layout.index("H")], shape[value.layout.index("W")]) if value.layout and shape else (None,)
+        if None in size:
+            raise ValueError(f"Resize {node.name!r}: its output's spatial size is not known")
+        return _Value(self.emit("resize", {"mode": kind, "size": size}, [self.materialise(live)]), (), value.layout)
+
+    def _average_pool(self, node, attrs, live: str) -> _Value:
+        """A window average whose stride is its window, no padding: the fusion neck's downsizing."""
+        value = self.values[live]
+        window, strides = tuple(attrs["kernel_shape"]), tuple(attrs.get("strides", attrs["kernel_shape"]))
+        if strides != window or any(attrs.get("pads", [0])):
+            raise ValueError(f"AveragePool {node.name!r}: window {window}, strides {strides}, pads "
+                             f"{attrs.get('pads')}: only windows that tile the input have a canonical form")
+        return _Value(self.emit("avg_pool", {"window": window}, [self.materialise(live)]), (), value.layout)
+
+    def _concat(self, node, attrs, live: list[str], out: str) -> _Value:
+        """Feature maps concatenated over channels, in order."""
+        layouts = {self.values[name].layout for name in live}
+        shape = self.shapes.get(out)
+        layout = layouts.pop() if len(layouts) == 1 else None
+        if layout is None or not shape or layout[int(attrs["axis"]) % len(shape)] != "C":
+            raise ValueError(f"Concat {node.name!r} joins computed tensors along no channel axis: no canonical form")
+        channels = int(shape[layout.index("C")])
+        return _Value(self.emit("concat", {"channels": channels}, [self.materialise(name) for name in live]), (),
+                      layout)
+
     def _over_channels(self, attrs, ins, live: str) -> bool:
         """Whether a ReduceMean averages over the channel axis only (an RMSNorm's statistic), not a pool."""
         axes = attrs.get("axes") if "axes" in attrs else self.constants.get(ins[1]) if len(ins) > 1 else None
@@ -314,6 +414,10 @@ def _elementwise(node, op, attrs, ins, live, reader: _Reader) -> _Value:
         a, b = reader.settled(a, b.source), reader.settled(b, a.source)
         if a.source == b.source and op in ("Mul", "Div") and bool(a.statistic) != bool(b.statistic):
             return _rms_norm(node, op, a, b, live, reader)
+        if op == "Mul" and a == b and a.scale is not None and not a.fn and not a.statistic:
+            # x * x of a tensor with a per-channel scale (an RMSNorm's square after a layer scale): the scale
+            # is inside the square, so it is an affine of its own, which x's other readers share.
+            return _Value(materialise(live[0]), (("Mul(|)", lambda x: x * x),), a.layout)
         if a.source == b.source and (op == "Mul" or op == "Add" and a.scale is None and b.scale is None):
             fa, fb = _compose(a.fn), _compose(b.fn)
             combine = (lambda x: fa(x) * fb(x)) if op == "Mul" else (lambda x: fa(x) + fb(x))
@@ -540,3 +644,26 @@ def _evaluate(node, inputs):
     return ReferenceEvaluator(folded).run(None, feeds)[0]
 
 
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _resize_attrs(spatial: dict) -> dict:
+    """A pending resampling's canonical attributes: per axis, PyTorch's nearest picks (spec/resolve.py
+    nearest_sources) or bilinear blend (bilinear_taps, the weights within float32 rounding), else
+    `unknown`; an axis kept at its size (an identity map) is either mode's."""
+    modes, size = set(), {}
+    for axis, matrix in spatial.items():
+        out, n = matrix.shape
+        size[axis] = out
+        if out == n and np.array_equal(matrix, np.eye(n)):
+            continue  # an axis kept at its size: either mode's
+        nearest = np.eye(n)[nearest_sources(n, out)]
+        bilinear = np.zeros((out, n))
+        for i, (lower, upper, weight) in enumerate(bilinear_taps(n, out)):
+            bilinear[i, lower] += 1.0 - weight
+            bilinear[i, upper] += weight
+        modes.add("nearest" if np.array_equal(matrix, nearest) else
+                  "bilinear" if np.allclose(matrix, bilinear, rtol=0.0, atol=1e-6) else "unknown")
+    mode = modes.pop() if len(modes) == 1 else "unknown" if modes else "identity"
+    return {"mode": mode, "size": (size.get("H"), size.get("W"))}

@@ -9,7 +9,9 @@ nothing else reads that op (as an exporter's optimiser may fold it). So a block'
 conv, and the attention block's BatchNorm on its input folds into the previous block's last conv when
 that block adds no residual and the attention block adds none (nothing else reads it); after a residual
 add, or when its own residual add reads the same input, it is an `affine` of its own. An attention layer
-is softmax(q k^T / sqrt(key_dim)) v: two products and a softmax.
+is softmax(q k^T / sqrt(key_dim)) v: two products and a softmax. The fusion neck's resamplings are `resize`
+(mode nearest or bilinear, as PyTorch's, and the output size) and `avg_pool` (its window), its join a
+`concat` over channels.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ def from_spec(desc) -> Canonical:
             y = _attention(emit, ops, layer, layers, [produced[name] for name in layer.inputs])
         elif layer.kind == "pool":
             y = emit("pool", {}, [x])
+        elif layer.kind in ("upsample_nearest", "resize_bilinear"):  # the fusion neck's, PyTorch's rules
+            mode = "nearest" if layer.kind == "upsample_nearest" else "bilinear"
+            y = emit("resize", {"mode": mode, "size": tuple(layer.out_shape[1:])}, [x])
+        elif layer.kind == "avg_pool":
+            y = emit("avg_pool", {"window": layer.window}, [x])
+        elif layer.kind == "concat":
+            y = emit("concat", {"channels": layer.out_channels}, [produced[name] for name in layer.inputs])
         else:
             raise ValueError(f"no canonical form for {layer.kind} layer {layer.name!r}")
         if layer.activation != "identity":
