@@ -63,7 +63,7 @@ def evaluate(loaded: LoadedSpec, run: RunResult) -> list[Check]:
         checks += _onnx_checks(variant, run, usable, desc)
         if any(key == REFERENCE_KEY for key in keys):
             checks += _output_checks(variant, run, usable, desc)
-        checks += _train_checks(variant, run, usable)
+        checks += _train_checks(variant, run, usable, desc.output)
     return checks
 
 
@@ -227,11 +227,11 @@ def _compare(variant, subject, a, b, reference, reference_top1, output: str) -> 
                   "first_diverging": first_bad, "blocks": per_block})
 
 
-def _train_checks(variant: str, run: RunResult, keys: list[str]) -> list[Check]:
+def _train_checks(variant: str, run: RunResult, keys: list[str], output: str) -> list[Check]:
     """Training-mode parity against the float64 reference (conformance/training.py), per run: the forward
     pass with batch statistics and the running statistics after one step (every run), dropout's place and
     rate (float32 runs), the gradients and the parameters after each SGD and AdamW step, with the fine-tuned
-    model's eval logits (float64 runs)."""
+    model's eval logits (float64 runs). `output`: the logits' stage, or an encoder's last."""
     from conformance.training import dropout_ok
 
     if not run.config.options.train:
@@ -247,9 +247,9 @@ def _train_checks(variant: str, run: RunResult, keys: list[str]) -> list[Check]:
             continue
         tolerance = train["tolerance"]
         forward = train["forward"]
-        logits, allowed = forward["blocks"]["classifier"], forward["allowed"]["classifier"]
+        logits, allowed = forward["blocks"][output], forward["allowed"][output]
         ok = forward["first_diverging"] is None and forward["top1_same"]
-        summary = (f"training-mode logits rel. error {logits:.2e} (tolerance {allowed:.0e}), top-1 "
+        summary = (f"training-mode {'logits' if output == 'classifier' else output + ' output'} rel. error {logits:.2e} (tolerance {allowed:.0e}), top-1 "
                    f"{'same' if forward['top1_same'] else 'DIFFERS'}; loss {train['loss']:.6f} "
                    f"(reference {train['loss_reference']:.6f})")
         if forward["first_diverging"]:

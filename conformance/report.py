@@ -258,8 +258,9 @@ def training_summary(checks: list[Check]) -> dict[str, dict[str, dict]]:
 def _headline(c: Check) -> dict:
     figures = c.figures
     if c.name == "train_forward":
-        return {"ok": c.ok, "error": figures["blocks"].get("classifier"),
-                "allowed": figures["allowed"]["classifier"], "top1_same": figures["top1_same"],
+        output = figures.get("output", "classifier")  # the logits, or an encoder's feature map
+        return {"ok": c.ok, "error": figures["blocks"].get(output),
+                "allowed": figures["allowed"][output], "top1_same": figures["top1_same"],
                 "first_diverging": figures["first_diverging"]}
     if c.name in ("running_stats", "gradients"):
         return {"ok": c.ok, **_worst(figures)}

@@ -10,6 +10,9 @@ training batch (TRAIN_BATCH non-square images at TRAIN_RESOLUTION, fixed labels)
                 after every step; after SGD also the fine-tuned model's eval-mode logits
     dropout     the flavor's dropout: DROPOUT_SAMPLES training-mode passes with different masks
 
+An encoder (no classifier) trains on the same loss over its feature map averaged over its positions:
+one score per channel, each label taken modulo its channels (`encoder_labels`). It has no dropout.
+
 The float64 PyTorch run is the reference; it writes what it computed (reference_path), and every other
 run waits for that file and compares in its own process, so only figures travel.
 
@@ -251,3 +254,16 @@ def dropout_ok(figures: dict) -> tuple[bool, str]:
     return ok, (f"rate {figures['rate']}: masks only at the classifier's input; mean of {figures['samples']} "
                 f"passes within {figures['max_abs_z']:.1f} sigma of the dropout-free logits (limit {Z_LIMIT:.0f}), "
                 f"variance {figures['variance_ratio']:.2f} x inverted dropout's")
+
+
+def encoder_labels(labels: np.ndarray, desc) -> np.ndarray:
+    """The training labels of `desc`'s network: the run's, or for an encoder, whose loss scores its output's
+    channels (its feature map averaged over positions), the run's modulo its channels."""
+    if not desc.encoder:
+        return labels
+    return labels % desc.block_shapes[desc.output][0]
+
+
+def decisions(output: np.ndarray) -> np.ndarray:
+    """Each image's top-1: of the logits, or of an encoder's NCHW map averaged over its positions."""
+    return (output.mean((2, 3)) if output.ndim == 4 else output).argmax(-1)

@@ -134,9 +134,10 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
 
     settings = job["train"]
     role = settings["role"]  # "reference", "float32" or "float64"
-    images, labels = inputs["train_images"], inputs["train_labels"]
+    images = inputs["train_images"]
     resolution = tuple(images.shape[2:])
     at = describe(loaded, desc.variant, desc.flavor, resolution, desc.num_classes)
+    labels = training.encoder_labels(inputs["train_labels"], at)
     weights, _ = neutral.load(job["weights"])
     dtype = job.get("dtype", "float32")
     timings: dict[str, float] = {}
@@ -180,7 +181,7 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
         arrays["loss"] = np.float64(step.loss)
         _save_npz(reference_file, arrays)
         return figures
-    if role == "float32":
+    if role == "float32" and not at.encoder:  # an encoder has no dropout
         rate = flavor_values(loaded.spec, at.family, at.flavor)[0].dropout
         t = time.perf_counter()
         model = fresh(dropout=None)
@@ -192,7 +193,8 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
     if reference is None:
         figures["reference_missing"] = True
         return figures
-    return {**figures, **_compare_training(reference, step, statistics, fitted, eval_logits, weights, dtype)}
+    return {**figures, **_compare_training(reference, step, statistics, fitted, eval_logits, weights, dtype,
+                                           at.output)}
 
 
 def _float32_errors(step, statistics: dict, step32, statistics32: dict, weights: dict) -> dict:
@@ -228,7 +230,8 @@ def _wait_for_reference(path: Path, out: Path, variant: str, settings: dict):
 
 
 def _compare_training(reference: dict, step, statistics: dict, fitted: dict, eval_logits, weights: dict,
-                      dtype: str) -> dict:
+                      dtype: str, output: str) -> dict:
+    """`output`: the stage whose output the loss reads (the logits, or an encoder's feature map)."""
     import numpy as np
 
     from conformance import training
@@ -250,13 +253,14 @@ def _compare_training(reference: dict, step, statistics: dict, fitted: dict, eva
         blocks_allowed |= training.float32_bounds(group("float32/blocks"))
         stats_allowed |= training.float32_bounds(group("float32/stats"))
     first_block = next((name for name in order if not blocks[name] <= blocks_allowed[name]), None)
-    top1 = bool(np.array_equal(step.blocks["classifier"].argmax(-1), blocks_ref["classifier"].argmax(-1)))
+    top1 = bool(np.array_equal(training.decisions(step.blocks[output]), training.decisions(blocks_ref[output])))
     statistics_errors = training.change_errors(statistics, stats_ref, stats_allowed,
                                                before={n: weights[n] for n in stats_ref}, stores=1)
     result = {
         "tolerance": tolerance,
         "loss_reference": float(reference["loss"]),
-        "forward": {"blocks": blocks, "allowed": blocks_allowed, "first_diverging": first_block, "top1_same": top1},
+        "forward": {"blocks": blocks, "allowed": blocks_allowed, "first_diverging": first_block, "top1_same": top1,
+                    "output": output},
         "statistics": _section(statistics_errors, order),
     }
     if not fitted:
@@ -277,7 +281,8 @@ def _compare_training(reference: dict, step, statistics: dict, fitted: dict, eva
         if name == "sgd":
             ref_logits = reference["sgd_eval_logits"]
             result[name]["eval_logits_rel"] = training.relative(eval_logits, ref_logits, ref_logits)
-            result[name]["eval_top1_same"] = bool(np.array_equal(eval_logits.argmax(-1), ref_logits.argmax(-1)))
+            result[name]["eval_top1_same"] = bool(np.array_equal(training.decisions(eval_logits),
+                                                                 training.decisions(ref_logits)))
     return result
 
 

@@ -636,7 +636,9 @@ class _Walker:
 
 
 def describe(loaded: LoadedSpec | Spec, variant: str, flavor: str | None = None,
-             resolution: int | tuple[int, int] | None = None, num_classes: int = 1000) -> Description:
+             resolution: int | tuple[int, int] | None = None, num_classes: int | None = 1000) -> Description:
+    """The variant's layers, shapes, params and MACs at `resolution` (default: its published one). An encoder
+    has no classes: its Description's num_classes is None whatever is asked."""
     spec = loaded.spec if isinstance(loaded, LoadedSpec) else loaded
     info = variant_info(spec, variant)
     flavor = flavor or spec.default_flavor
@@ -645,7 +647,7 @@ def describe(loaded: LoadedSpec | Spec, variant: str, flavor: str | None = None,
     if resolution is None:
         resolution = default_resolution(spec, variant)
     height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
-    if min(height, width) < 32 or num_classes < 1:
+    if min(height, width) < 32 or (arch.classifier and (num_classes or 0) < 1):
         raise ValueError(f"resolution must be at least 32 and num_classes at least 1, got {resolution}, {num_classes}")
     walk = _Walker(values.padding, 3, height, width, arch.squeeze_excite_activation, arch.squeeze_excite_gate,
                    arch.norm)

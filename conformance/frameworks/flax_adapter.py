@@ -183,11 +183,14 @@ class Adapter:
 
 
 def _loss(model, images_nhwc, labels):
-    """Mean softmax cross-entropy of the logits on integer labels, and every block's output."""
+    """Mean softmax cross-entropy on integer labels of the logits, or of an encoder's feature map averaged
+    over its positions (conformance/training.py), and every block's output."""
     import optax
 
     blocks = model.forward_intermediates(images_nhwc)
-    return optax.softmax_cross_entropy_with_integer_labels(blocks["classifier"], labels).mean(), blocks
+    output = blocks[model.stages()[-1][0]]
+    scores = output.mean((1, 2)) if output.ndim == 4 else output
+    return optax.softmax_cross_entropy_with_integer_labels(scores, labels).mean(), blocks
 
 
 def _equation_macs(equation) -> int:

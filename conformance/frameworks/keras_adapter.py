@@ -97,7 +97,11 @@ class Adapter:
         """The model's block model and the functions compiled for it (by name), built once per model."""
         if self._block_model is None or self._block_model[0] is not model:
             module = self._modules[model.name]
-            self._block_model = (model, module.forward_intermediates(model), {})
+            # The stage the loss reads, the model's output: "classifier", or an encoder's last stage, named as
+            # forward_intermediates names stages (its last layer's name, "-" for ".", up to the block index).
+            parts = model.layers[-1].name.split("-")
+            output = ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
+            self._block_model = (model, module.forward_intermediates(model), {"output": output})
         return self._block_model[1], self._block_model[2]
 
     def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:
@@ -116,9 +120,12 @@ class Adapter:
         return {name: self._to_neutral(layer, variable.name, self._numpy(value[id(variable)]))[1]
                 for name, layer, variable in self._variables(model) if id(variable) in value}
 
-    def _loss(self, logits, labels):
+    def _loss(self, output, labels):
+        """Mean softmax cross-entropy of the logits, or of an encoder's feature map averaged over its positions
+        (conformance/training.py)."""
         ops = self.keras.ops
-        return ops.mean(self.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+        scores = ops.mean(output, axis=(1, 2)) if len(output.shape) == 4 else output
+        return ops.mean(self.keras.losses.sparse_categorical_crossentropy(labels, scores, from_logits=True))
 
     def _gradients(self, model, images_nchw: np.ndarray, labels: np.ndarray):
         """One training-mode forward of the block model (batch statistics; the moving statistics updated
@@ -137,7 +144,7 @@ class Adapter:
             def gradients(x, y):
                 with tf.GradientTape() as tape:
                     outputs = block([x], training=True)
-                    loss = self._loss(outputs["classifier"], y)
+                    loss = self._loss(outputs[compiled["output"]], y)
                 return outputs, loss, tape.gradient(loss, block.trainable_variables)
 
             compiled["gradients"] = tf.function(gradients)
@@ -151,7 +158,7 @@ class Adapter:
 
             def loss(trainable, non_trainable, x, y):
                 outputs, non_trainable = block.stateless_call(trainable, non_trainable, [x], training=True)
-                return self._loss(outputs["classifier"], y), (outputs, non_trainable)
+                return self._loss(outputs[compiled["output"]], y), (outputs, non_trainable)
 
             compiled["gradients"] = jax.jit(jax.value_and_grad(loss, has_aux=True))
         (loss, (outputs, non_trainable)), gradients = compiled["gradients"](
@@ -168,7 +175,7 @@ class Adapter:
             parameter.grad = None
         with torch.enable_grad():
             outputs = block([x], training=True)
-            loss = self._loss(outputs["classifier"], self.keras.ops.convert_to_tensor(y))
+            loss = self._loss(outputs[compiled["output"]], self.keras.ops.convert_to_tensor(y))
             loss.backward()
         gradients = [parameter.grad.detach().clone() for parameter in parameters]
         for parameter in parameters:

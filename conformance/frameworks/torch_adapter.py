@@ -75,7 +75,7 @@ class Adapter:
         model.zero_grad(set_to_none=True)
         try:
             blocks = model.forward_intermediates(x)
-            loss = self.torch.nn.functional.cross_entropy(blocks["classifier"], y)
+            loss = _loss(blocks[next(reversed(blocks))], y)
             loss.backward()
         finally:
             model.eval()
@@ -96,7 +96,7 @@ class Adapter:
         try:
             for _ in range(steps):
                 step.zero_grad(set_to_none=True)
-                self.torch.nn.functional.cross_entropy(model(x), y).backward()
+                _loss(model(x), y).backward()
                 step.step()
                 after.append({name: p.detach().cpu().numpy().copy() for name, p in model.named_parameters()})
         finally:
@@ -134,6 +134,15 @@ class Adapter:
             model(x)
         flops = counter.get_total_flops()
         return MacCount("torch.utils.flop_counter.FlopCounterMode (FLOPs / 2)", flops // 2, details={"flops": flops})
+
+
+def _loss(output, labels):
+    """Mean softmax cross-entropy of the logits, or of an encoder's feature map averaged over its positions
+    (conformance/training.py)."""
+    import torch
+
+    scores = output.mean((2, 3)) if output.dim() == 4 else output
+    return torch.nn.functional.cross_entropy(scores, labels)
 
 
 def _exact_hard_sigmoid(model) -> None:
