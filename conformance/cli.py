@@ -215,7 +215,8 @@ def _describe(loaded, args) -> int:
 
     h, w = desc.resolution
     table = Table(title=f"{desc.variant}: {desc.flavor} flavor, {h}x{w} input, {desc.num_classes} classes",
-                  caption="params: trainable; state: BatchNorm running statistics; MACs: convs and linears")
+                  caption="params: trainable; state: BatchNorm running statistics; MACs: of convs, linears and attention "
+                          "products (resizes, pools and concats count none, as every framework's counter)")
     for column in ("layer", "kind", "in → out", "k/s/g", "output (C, H, W)", "params", "state", "MACs"):
         table.add_column(column, justify="right" if column in ("params", "state", "MACs") else "left")
     for l in desc.layers:

@@ -242,7 +242,7 @@ class Head(Strict):
         return self
 
 
-OutputStride = Literal[2, 4, 8, 16, 32, 64]
+OutputStride = Literal[1, 2, 4, 8, 16, 32, 64]
 
 
 class Neck(Strict):
@@ -434,6 +434,22 @@ class Architecture(Strict):
     head: Head
     variants: dict[VariantName, Variant] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _neck_strides_reached(self) -> Architecture:
+        if self.neck:
+            reached, stride = set(), self.stem.stride
+            for row in self.blocks.rows:  # a row's stride is its first repeat's
+                stride *= getattr(row, "stride", 1)
+                reached.add(stride)
+            missing = [s for s in self.neck.strides if s not in reached]
+            if missing:
+                raise ValueError(f"neck.strides {missing} not reached: the blocks' output strides are {sorted(reached)}")
+            if self.neck.strides[-1] != stride:
+                raise ValueError(f"neck.strides must end at the blocks' last output stride, {stride} (got "
+                                 f"{self.neck.strides}): blocks after the neck's last input would compute nothing "
+                                 "the output reads")
+        return self
+
 
 class SqueezeExcite(Strict):
     ratio: Annotated[float, Field(gt=0, le=1)]
@@ -474,15 +490,6 @@ class Family(Strict):
                 raise ValueError(f"{arch_name} has head.last_conv but width_rules has no `last_conv`")
             if arch.head.fc and self.width_rules.fc is None:
                 raise ValueError(f"{arch_name} has head.fc but width_rules has no `fc`")
-            if arch.neck:
-                reached, stride = set(), arch.stem.stride
-                for row in rows:  # a row's stride is its first repeat's
-                    stride *= getattr(row, "stride", 1)
-                    reached.add(stride)
-                missing = [s for s in arch.neck.strides if s not in reached]
-                if missing:
-                    raise ValueError(f"{arch_name}: neck.strides {missing} not reached; the blocks' output strides "
-                                     f"are {sorted(reached)}")
             if arch.head.fc and arch.head.fc.batch_norm and self.normalization.kind != "batch_norm":
                 raise ValueError(f"{arch_name}: the family normalizes with {self.normalization.kind}, so its "
                                  "head.fc can have no `batch_norm: true`")

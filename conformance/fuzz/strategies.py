@@ -18,7 +18,8 @@
         inverted_residual rows           inverted_residual_row()
         universal rows                   conv_row(), fused_ib_row(), uib_row(), mqa_row()
         columns / list or mapping rows   presented_rows()
-    architectures.<a>.head               head()                    conv_head()
+    architectures.<a>.neck               neck(reached)             strides the blocks reach
+    architectures.<a>.head               head()                    conv_head(); an encoder at times
     architectures.<a>.variants           variant()
     names (identifiers)                  identifiers()             plain, keywords, generated names
     the conformance run                  settings()                flavor, resolution, num_classes
@@ -425,6 +426,27 @@ def table(draw, kind: str, stem_out: int, stem_stride: int, budget: int, feature
 # ---- architecture and family ----------------------------------------------------------------------------
 
 
+def reached_strides(arch: dict) -> list[int]:
+    """The output strides the blocks reach, as the validator counts them: the stem's, times each row's."""
+    reached, stride = set(), arch["stem"]["stride"]
+    for row in table_rows(arch["blocks"]):
+        stride *= row.get("stride", 1)
+        reached.add(stride)
+    return sorted(reached)
+
+
+@st.composite
+def neck(draw, reached: tuple[int, ...], budget: int, tier: str) -> dict:
+    """A fusion neck on 1-3 of the strides the blocks reach, the last one's (the validator's rule) among
+    them; its output a few pixels a side (resized by an average pool, bilinearly, or not at all, depending
+    on the input)."""
+    finer = reached[:-1]
+    strides = sorted({*draw(st.lists(st.sampled_from(finer), max_size=2, unique=True)), reached[-1]} if finer
+                     else {reached[-1]})
+    return {"strides": strides, "out": draw(channels(budget, tier)), "t": draw(expansion_ratio()),
+            "resolution": draw(st.integers(1, 8)), "activation": draw(activations(tier))}
+
+
 @st.composite
 def architecture(draw, kind: str, shape: tuple[bool, bool, bool], variant_names: list[str],
                  features: dict, resolutions: list[int], tier: str) -> dict:
@@ -438,7 +460,11 @@ def architecture(draw, kind: str, shape: tuple[bool, bool, bool], variant_names:
         arch["resolution"] = draw(st.sampled_from(resolutions))
     arch["stem"] = draw(stem(budget, tier))
     arch["blocks"] = draw(table(kind, arch["stem"]["out"], arch["stem"]["stride"], budget, features, tier))
+    if draw(st.integers(0, 3)) == 0:  # MobileNetV5's fusion neck
+        arch["neck"] = draw(neck(tuple(reached_strides(arch)), budget, tier))
     arch["head"] = draw(head(shape, budget, tier))
+    if "fc" not in arch["head"] and draw(st.integers(0, 3)) == 0:  # an encoder, or a classifier said so
+        arch["head"]["classifier"] = draw(st.booleans())
     arch["variants"] = variants
     return arch
 

@@ -470,13 +470,19 @@ def _rms_norm(node, op, a: _Value, b: _Value, live, reader: _Reader) -> _Value:
     m = np.geomspace(1e-4, 1e4, 161)
     factor = _compose(statistic.fn)(m.copy())
     factor = 1.0 / factor if op == "Div" else factor
-    epsilon = 1.0 / factor[0] ** 2 - m[0]
-    if not (epsilon > 0 and np.allclose(factor, 1.0 / np.sqrt(m + epsilon), rtol=1e-5)):
+    # factor = c / sqrt(m + eps): eps from the ratio at the two ends, then c. A c other than 1 is a scale the
+    # exporter folded into the factor (an RMSNorm scale of one channel, or of equal values, is a scalar).
+    ratio = (factor[0] / factor[-1]) ** 2
+    epsilon = (m[-1] - ratio * m[0]) / (ratio - 1.0) if ratio > 1.0 else -1.0
+    c = float(factor[0] * np.sqrt(m[0] + epsilon)) if epsilon > 0 else 0.0
+    if not (epsilon > 0 and np.allclose(factor, c / np.sqrt(m + epsilon), rtol=1e-5)):
         raise ValueError(f"{op} {node.name!r} scales a tensor by {_steps(statistic)} of its mean square, which "
-                         "is not 1 / sqrt(mean square + eps): no canonical form")
+                         "is not c / sqrt(mean square + eps): no canonical form")
     scales = [v.scale for v in (x, statistic) if v.scale is not None]
     if len(scales) > 1:
         raise ValueError(f"{op} {node.name!r}: per-channel scales on both factors of an RMSNorm")
+    if not scales and abs(c - 1.0) > 1e-6:
+        scales = [(f"{node.output[0]}/scalar scale", statistic.statistic)]
     source = reader.emit("rms_norm", {"channels": statistic.statistic, "epsilon": float(f"{epsilon:.3g}")},
                          [x.source])
     return _Value(source, (), x.layout, x.pads, scales[0] if scales else None)

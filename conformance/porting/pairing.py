@@ -16,9 +16,10 @@ import numpy as np
 from conformance.weights import WeightError, check_tensors, expected_tensors
 from spec.resolve import Description
 
-# Reference layer kinds: conv, depthwise_conv, batch_norm, linear, layer_scale.
+# Reference layer kinds: conv, depthwise_conv, batch_norm, rms_norm, linear, layer_scale.
 COMPATIBLE = {
     "layer_scale": {"layer_scale"},
+    "rms_norm": {"rms_norm"},
     "conv": {"conv"},
     "depthwise_conv": {"depthwise_conv"},
     "batch_norm": {"batch_norm"},
@@ -36,7 +37,7 @@ class ReferenceLayer:
 
 
 def canonical_layers(desc: Description):
-    return [layer for layer in desc.layers if layer.kind not in ("pool", "attention")]  # the layers with weights
+    return [layer for layer in desc.layers if layer.params or layer.state]  # the layers with weights
 
 
 def pair(desc: Description, reference: list[ReferenceLayer], source: str) -> list[tuple[str, ReferenceLayer]]:

@@ -59,6 +59,10 @@ def _refs() -> dict[str, Reference]:
              for size in ("large", "small") for w in ("075", "100", "minimal_100")]
     refs += [Reference(f"timm:mobilenetv4_{name}", "timm", f"mobilenet_v4_{name}", "timm", f"mobilenetv4_{name}")
              for name in ("conv_small", "conv_medium", "conv_large", "hybrid_medium", "hybrid_large")]
+    # MobileNetV5: timm's encoder pads as TF SAME (pad_type 'same'), its classifiers symmetrically
+    refs += [Reference("timm:mobilenetv5_300m_enc", "timm", "mobilenet_v5_300m_encoder", "timm_tf", "mobilenetv5_300m_enc"),
+             Reference("timm:mobilenetv5_300m", "timm", "mobilenet_v5_300m", "timm", "mobilenetv5_300m"),
+             Reference("timm:mobilenetv5_base", "timm", "mobilenet_v5_base", "timm", "mobilenetv5_base")]
     alphas = {"100": 1.0, "075": 0.75, "050": 0.5, "025": 0.25, "035": 0.35, "130": 1.3, "140": 1.4}
     refs += [Reference(f"keras-applications:MobileNet_{w}", "keras-applications", f"mobilenet_v1_{w}", "keras",
                        "MobileNet", (("alpha", alphas[w]),)) for w in ("100", "075", "050", "025")]

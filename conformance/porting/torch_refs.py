@@ -30,7 +30,7 @@ def build(ref: Reference):
 
 
 def layers(model) -> list[ReferenceLayer]:
-    """Convolutions, BatchNorms and linear layers in the order the model registers (and runs) them."""
+    """Convolutions, norms, linear layers and layer scales in the order the model registers (and runs) them."""
     import torch
 
     out = []
@@ -50,7 +50,14 @@ def layers(model) -> list[ReferenceLayer]:
             out.append(ReferenceLayer(name, "linear", _numpy(tensors)))
         elif is_layer_scale(module):
             out.append(ReferenceLayer(name, "layer_scale", _numpy({"gamma": module.gamma})))
+        elif is_rms_norm(module):
+            out.append(ReferenceLayer(name, "rms_norm", _numpy({"weight": module.weight})))
     return out
+
+
+def is_rms_norm(module) -> bool:
+    """timm's RmsNorm2d and RmsNormAct2d (MobileNetV5): a per-channel scale `weight` over NCHW channels."""
+    return type(module).__name__.startswith("RmsNorm") and type(module).__name__.endswith("2d")
 
 
 def is_layer_scale(module) -> bool:

@@ -131,7 +131,8 @@ def _export_onnx(request: dict, desc) -> dict:
 
 
 def _random_reference(request: dict, desc, ref) -> dict:
-    """Tests: a reference model with random weights, including random BatchNorm statistics (and layer scales)."""
+    """Tests: a reference model with random weights, including random BatchNorm statistics (and layer scales,
+    RMSNorm scales)."""
     import numpy as np
 
     from conformance.weights import random_batch_norm
@@ -155,6 +156,8 @@ def _random_reference(request: dict, desc, ref) -> dict:
                 elif torch_refs.is_layer_scale(module):
                     # timm initialises it at 1e-5, which would hide the attention branch from the comparison
                     module.gamma.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, module.gamma.shape[0])))
+                elif torch_refs.is_rms_norm(module):  # timm initialises the scale at 1: drawn as BatchNorm's is
+                    module.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, module.weight.shape[0])))
             logits = model(torch.from_numpy(images)).numpy()
         formats._torch_save(path, model.state_dict())
     else:
