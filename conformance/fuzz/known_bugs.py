@@ -65,6 +65,7 @@ FIXED = {
     "flax_macs_single_tap": "tests/data/fuzz_found/flax_macs_single_tap.yaml",
     "flax_macs_off_by_one": "tests/data/fuzz_found/flax_macs_off_by_one.yaml",
     "flax_macs_off_by_eight": "tests/data/fuzz_found/flax_macs_off_by_eight.yaml",
+    "onnx_one_channel_neck": "tests/data/fuzz_found/onnx_one_channel_neck.yaml",
 }
 
 

@@ -22,8 +22,9 @@ Canonicalisation, in order:
   4. compose the remaining elementwise ops with scalar constants into one function of one tensor and
      name it by its values on a probe grid: relu, relu6, hard_sigmoid, hard_swish, gelu (exact, erf),
      gelu_tanh, or `unknown` (HardSigmoid with ONNX's default alpha 0.2 is not relu6(x + 3) / 6 and stays apart).
-     On a conv or linear layer with one output channel (a classifier for one class) a per-channel
-     constant is a scalar one: the scale and shift right after the layer are its affine (its bias);
+     On a conv or linear layer with one output channel (a classifier for one class), or an RMSNorm of
+     one channel, a per-channel constant is a scalar one: the scale and shift right after it are its
+     affine (its bias);
   4b. RMSNorm: a ReduceMean over the channel axis of a tensor's square is a statistic of that tensor; a
      product of the tensor with 1 / sqrt(statistic + eps) (or a division by sqrt(statistic + eps)) is an
      `rms_norm` op with that epsilon, and its per-channel scale an `affine` after it, wherever the
@@ -165,7 +166,7 @@ class _Reader:
         scale and shift by constants right after the layer is its bias (or BatchNorm), no different from
         a scalar step: the shortest such prefix after which the rest is an activation the spec names (or
         nothing) is that channel's affine."""
-        if source is not None and self.ops[source].kind in ("conv", "linear") and self.ops[source].attrs["out"] == 1:
+        if source is not None and self._one_channel(source):
             leading = next((i for i, step in enumerate(steps) if not _is_affine([step])), len(steps))
             for cut in range(leading + 1):
                 rest = steps[cut:]
@@ -173,6 +174,13 @@ class _Reader:
                 if name is None or name in KNOWN:
                     return ([("affine", {"channels": 1})] if cut else []) + ([("act", {"fn": name})] if rest else [])
         return [("act", {"fn": _classify(steps)})]
+
+    def _one_channel(self, source: int) -> bool:
+        """Whether op `source` yields one channel, where a per-channel constant is a scalar: a conv or linear
+        layer with one output (a classifier for one class), or an RMSNorm over one channel."""
+        op = self.ops[source]
+        return (op.kind in ("conv", "linear") and op.attrs["out"] == 1
+                or op.kind == "rms_norm" and op.attrs["channels"] == 1)
 
     def read(self, node) -> None:
         import onnx
@@ -189,7 +197,10 @@ class _Reader:
             self.constants[outs[0]] = self.constants[ins[0]]  # a constant broadcast to the batch: that constant
             return
         if op in TRANSPARENT:
-            self.values[outs[0]] = self._transparent(op, attrs, self.values[live[0]])
+            value = self._transparent(op, attrs, self.values[live[0]])
+            if op == "Reshape" and value.layout is None:
+                value.layout = _moved_ones(self.values[live[0]].layout, self.shapes.get(live[0]), self.shapes.get(outs[0]))
+            self.values[outs[0]] = value
         elif op == "Gather" and live == ins[:1] and ins[1] in self.constants:
             self.values[outs[0]] = self._gather(node, attrs, ins, live[0])
         elif op in ("Mul", "Add") and any(self.values[i].spatial for i in live):
@@ -367,7 +378,9 @@ class _Reader:
         return _Value(self.emit("avg_pool", {"window": window}, [self.materialise(live)]), (), value.layout)
 
     def _concat(self, node, attrs, live: list[str], out: str) -> _Value:
-        """Feature maps concatenated over channels, in order."""
+        """Feature maps concatenated over channels, in order; one alone is itself."""
+        if len(live) == 1:
+            return self.values[live[0]]
         layouts = {self.values[name].layout for name in live}
         shape = self.shapes.get(out)
         layout = layouts.pop() if len(layouts) == 1 else None
@@ -414,6 +427,11 @@ def _elementwise(node, op, attrs, ins, live, reader: _Reader) -> _Value:
         a, b = reader.settled(a, b.source), reader.settled(b, a.source)
         if a.source == b.source and op in ("Mul", "Div") and bool(a.statistic) != bool(b.statistic):
             return _rms_norm(node, op, a, b, live, reader)
+        if (op == "Mul" and live[0] == live[1] and a.fn and not a.statistic and a.source is not None
+                and reader._one_channel(a.source) and _is_affine(list(a.fn))):
+            # x * x of a one-channel tensor scaled and shifted by scalars (its affine: _function_ops), the
+            # square of an RMSNorm: of that affine's output
+            return _Value(materialise(live[0]), (("Mul(|)", lambda x: x * x),), a.layout)
         if op == "Mul" and a == b and a.scale is not None and not a.fn and not a.statistic:
             # x * x of a tensor with a per-channel scale (an RMSNorm's square after a layer scale): the scale
             # is inside the square, so it is an affine of its own, which x's other readers share.
@@ -673,3 +691,16 @@ def _resize_attrs(spatial: dict) -> dict:
                   "bilinear" if np.allclose(matrix, bilinear, rtol=0.0, atol=1e-6) else "unknown")
     mode = modes.pop() if len(modes) == 1 else "unknown" if modes else "identity"
     return {"mode": mode, "size": (size.get("H"), size.get("W"))}
+
+
+def _moved_ones(layout, before, after):
+    """The axis order after a Reshape that only moves axes of size 1 (tf2onnx writes an NHWC <-> NCHW
+    Transpose of a map with one channel, or one pixel, as a Reshape): the other order of the two, where the
+    axes of other sizes keep their places in it; else None (a real reshape)."""
+    if layout not in (("N", "C", "H", "W"), ("N", "H", "W", "C")) or not before or not after or len(after) != 4:
+        return None
+    other = ("N", "H", "W", "C") if layout == ("N", "C", "H", "W") else ("N", "C", "H", "W")
+    size = dict(zip(layout[1:], before[1:]))
+    if None in size.values() or [size[a] for a in other[1:]] != list(after[1:]):
+        return None
+    return other

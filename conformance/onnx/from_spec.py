@@ -60,8 +60,9 @@ def from_spec(desc) -> Canonical:
             y = emit("resize", {"mode": mode, "size": tuple(layer.out_shape[1:])}, [x])
         elif layer.kind == "avg_pool":
             y = emit("avg_pool", {"window": layer.window}, [x])
-        elif layer.kind == "concat":
-            y = emit("concat", {"channels": layer.out_channels}, [produced[name] for name in layer.inputs])
+        elif layer.kind == "concat":  # of one map: that map
+            parts = [produced[name] for name in layer.inputs]
+            y = emit("concat", {"channels": layer.out_channels}, parts) if len(parts) > 1 else parts[0]
         else:
             raise ValueError(f"no canonical form for {layer.kind} layer {layer.name!r}")
         if layer.activation != "identity":
