@@ -305,3 +305,24 @@ def test_v4_and_edgetpu_export_as_the_spec(v4_onnx_checks, variant, framework):
     print(f"{variant} from {framework}: {onnx_check.summary}")
     pairs = [c for c in v4_onnx_checks if c.variant == variant and c.subject.startswith(f"{framework}~")]
     assert all(c.ok for c in pairs), [c.summary for c in pairs if not c.ok]
+
+
+NCHW, NHWC = ("N", "C", "H", "W"), ("N", "H", "W", "C")
+
+
+@pytest.mark.parametrize("layout, before, after, moved", [
+    (NHWC, (2, 5, 7, 1), (2, 1, 5, 7), NCHW),   # one channel: tf2onnx's Reshape for the NHWC -> NCHW Transpose
+    (NCHW, (2, 1, 5, 7), (2, 5, 7, 1), NHWC),
+    (NHWC, (2, 1, 1, 8), (2, 8, 1, 1), NCHW),   # one pixel
+    (NCHW, (2, 8, 1, 1), (2, 1, 1, 8), NHWC),
+    (NHWC, (2, 5, 7, 3), (2, 3, 5, 7), None),   # same sizes as a Transpose, but the data would move: a real reshape
+    (NHWC, (2, 5, 1, 3), (2, 3, 5, 1), None),   # one of H, W is 1: still moves C past the other
+    (NHWC, (2, 5, 7, 1), (2, 35, 1, 1), None),  # sizes of no Transpose
+    (NHWC, (2, 5, 7, 1), (2, 35), None),        # a flatten
+    (NHWC, (2, None, 7, 1), (2, 1, 5, 7), None),  # an unknown size proves nothing
+    (None, (2, 5, 7, 1), (2, 1, 5, 7), None),   # no layout to move
+])
+def test_a_reshape_reads_as_a_transpose_only_where_it_moves_axes_of_size_one(layout, before, after, moved):
+    from conformance.onnx.from_onnx import _moved_ones
+
+    assert _moved_ones(layout, before, after) == moved

@@ -96,12 +96,10 @@ class Adapter:
     def _blocks(self, model):
         """The model's block model and the functions compiled for it (by name), built once per model."""
         if self._block_model is None or self._block_model[0] is not model:
-            module = self._modules[model.name]
-            # The stage the loss reads, the model's output: "classifier", or an encoder's last stage, named as
-            # forward_intermediates names stages (its last layer's name, "-" for ".", up to the block index).
-            parts = model.layers[-1].name.split("-")
-            output = ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
-            self._block_model = (model, module.forward_intermediates(model), {"output": output})
+            block_model = self._modules[model.name].forward_intermediates(model)
+            # The stage the loss reads is the network's output, the last of the stages, which
+            # forward_intermediates returns in order (as Flax's `stages()`): "classifier", or an encoder's neck.
+            self._block_model = (model, block_model, {"output": list(block_model.output)[-1]})
         return self._block_model[1], self._block_model[2]
 
     def forward_blocks(self, model, images_nchw: np.ndarray) -> dict[str, np.ndarray]:

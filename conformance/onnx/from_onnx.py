@@ -703,4 +703,5 @@ def _moved_ones(layout, before, after):
     size = dict(zip(layout[1:], before[1:]))
     if None in size.values() or [size[a] for a in other[1:]] != list(after[1:]):
         return None
-    return other
+    # Moving C past H and W keeps the data in place only where C, or both H and W, are 1.
+    return other if size["C"] == 1 or size["H"] == size["W"] == 1 else None
