@@ -1,12 +1,13 @@
 """Every variant in every framework, through the conformance workers (one process per framework).
 
-Default tier: every variant in PyTorch: built, every tensor's name and shape as the spec, trainable
+Default tier: every variant but MobileNetV5's (HEAVY) in PyTorch: built, every tensor's name and shape as the spec, trainable
 params and BatchNorm state per layer and in total equal to the spec, the neutral weights round-tripped
 bit-exactly, and logits of shape (batch, num_classes) at every published resolution. Then one variant per
 architecture but the four largest (COVERING: every block kind and head shape) in all five runs (Keras on
 its three backends) with the spec's block shapes, each framework's own MAC counter, and outputs against
 a float64 reference, in both padding conventions. The slow tier adds every variant in Keras and Flax,
-the four largest in symmetric padding, and the output checks for every variant in every run.
+the four largest in symmetric padding, HEAVY in PyTorch, and the output checks for every variant in every
+run.
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ from conformance.checks import Check, evaluate
 from conformance.cli import quick_variants
 from conformance.runner import Options, RunConfig, execute
 from generators.frameworks import RUNS
-from spec import load_spec
+from spec import describe, load_spec
 
 SPEC = load_spec()
+# MobileNetV5's three variants (83 to 296 M params; 20 to 44 GMACs even at 224x192) take minutes per
+# framework on 2 cores, where the others take seconds: the slow tier has them. The default tier has their
+# every new part (RMSNorm, gelu_tanh, stem bias, the fusion neck, encoders) in small specs:
+# tests/test_fusion_neck.py and the RMSNorm tests.
+HEAVY = [v for v in SPEC.spec.variants() if describe(SPEC, v).params > 50_000_000]
 ALL_VARIANTS = list(SPEC.spec.variants())
-QUICK = quick_variants(SPEC.spec)
+LIGHT_VARIANTS = [v for v in ALL_VARIANTS if v not in HEAVY]
+QUICK = [v for v in quick_variants(SPEC.spec) if v not in HEAVY]
 # The default tier checks every block kind and head shape of QUICK; these four add only width and depth
 # (their block kinds are in mobilenet_v3_small_100, mobilenet_v4_conv_small and mobilenet_v4_hybrid_medium)
 # and cost half of QUICK's time: the slow tier has them.
@@ -43,14 +50,19 @@ def _checks(tmp_path_factory, name, variants, frameworks, flavor, options=Option
     return by_key
 
 
-def _every_variant(tmp_path_factory, frameworks):
-    return _checks(tmp_path_factory, "every", ALL_VARIANTS, frameworks, "tf",
+def _every_variant(tmp_path_factory, frameworks, variants=ALL_VARIANTS):
+    return _checks(tmp_path_factory, "every", variants, frameworks, "tf",
                    Options(outputs=False, count_macs=False, published_resolutions=True))
 
 
 @pytest.fixture(scope="session")
-def every_variant_torch(tmp_path_factory):
-    return _every_variant(tmp_path_factory, ("torch",))  # a PyTorch model builds in a fraction of a second
+def every_variant_torch(tmp_path_factory):  # a PyTorch model builds in a fraction of a second
+    return _every_variant(tmp_path_factory, ("torch",), LIGHT_VARIANTS)
+
+
+@pytest.fixture(scope="session")
+def heavy_variants_torch(tmp_path_factory):
+    return _every_variant(tmp_path_factory, ("torch",), HEAVY)
 
 
 @pytest.fixture(scope="session")
@@ -92,9 +104,15 @@ def _assert_builds(checks):
     assert "(spec" in params.summary  # the summary carries both figures
 
 
-@pytest.mark.parametrize("variant", ALL_VARIANTS)
+@pytest.mark.parametrize("variant", LIGHT_VARIANTS)
 def test_builds_counts_and_resolutions(every_variant_torch, variant):
     _assert_builds(every_variant_torch.get((variant, "torch")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", HEAVY)
+def test_builds_counts_and_resolutions_heavy(heavy_variants_torch, variant):
+    _assert_builds(heavy_variants_torch.get((variant, "torch")))
 
 
 @pytest.mark.slow

@@ -51,10 +51,14 @@ def test_shards_cover_every_variant_exactly_once_in_selection_order(selection, c
 
 def test_shards_are_balanced_in_cost():
     for count in (2, 3, 4, 6):
-        loads = [sum(COSTS[v] for v in shard) for shard in _shards(ALL, count)]
+        shards = _shards(ALL, count)
+        loads = [sum(COSTS[v] for v in shard) for shard in shards]
         biggest = max(COSTS.values())
         assert max(loads) <= sum(loads) / count + biggest  # the greedy rule's bound
-        assert max(loads) / min(loads) < 1.25, (count, loads)
+        # A variant that alone outweighs a shard of many (MobileNetV5's) has a shard to itself; the rest balance.
+        shared = [load for shard, load in zip(shards, loads) if len(shard) > 1]
+        assert max(shared) / min(shared) < 1.25, (count, loads)
+        assert all(load >= min(shared) for shard, load in zip(shards, loads) if len(shard) == 1), (count, loads)
 
 
 def test_partition_is_longest_processing_time_first():

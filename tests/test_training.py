@@ -307,10 +307,14 @@ def family_training(tmp_path_factory):
 def test_one_variant_per_family_trains_the_same_in_a_covering_set_of_runs(family_training):
     loaded, result, checks = family_training
     family = {v: loaded.spec.variants()[v][0] for v in result.variants}
-    assert set(family.values()) == set(loaded.spec.families)  # every family
+    # every family but MobileNetV5: its smallest variant has 83 M params, and the reference keeps float64
+    # parameters after every step (5 GB); its RMSNorm, gelu_tanh and fusion neck train in small specs
+    # (tests/test_fusion_neck.py and the rms_training tests here)
+    families = set(loaded.spec.families) - {"mobilenet_v5"}
+    assert set(family.values()) == families
     trained = {(c.variant, c.subject) for c in checks if c.name == "train_forward"}
     assert {subject for _, subject in trained} == set(TRAIN_COVERING)  # every run
-    assert {family[v] for v, subject in trained if subject == "torch"} == set(loaded.spec.families)
+    assert {family[v] for v, subject in trained if subject == "torch"} == families
     assert {family[c.variant] for c in checks if c.name == "gradients"} == FAMILIES_IN_FLOAT64
     expected = {"train_forward", "running_stats", "gradients", "sgd", "adamw", "dropout"}
     assert expected <= {c.name for c in checks}
