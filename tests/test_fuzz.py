@@ -119,7 +119,7 @@ def _mqa_with_heads(case: Case) -> bool:
 def test_shrinker_reduces_a_broken_condition_to_a_minimal_spec(tmp_path):
     """A fake bug: "any mqa row with heads > 1 fails". The shrinker must keep it failing and drop
     everything else; the file it writes must load and still fail."""
-    start = next(c for c in draw(10, 3, "build", seed_=3) if _mqa_with_heads(c))
+    start = next(c for c in draw(40, 3, "build", seed_=3) if _mqa_with_heads(c))
     calls = []
 
     def fails(cases: list[Case]) -> list[bool]:

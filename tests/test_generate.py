@@ -50,7 +50,7 @@ def test_generate_writes_then_changes_nothing(tmp_path, capsys):
     out = tmp_path / "fresh"
     assert main(["--out", str(out)]) == 0
     first = {p: p.read_bytes() for p in out.rglob("*.py")}
-    assert len(first) == 1 + 3 * (1 + 5)  # the package, then per framework its package and 5 families
+    assert len(first) == 1 + 3 * (1 + 6)  # the package, then per framework its package and 6 families
     assert main(["--out", str(out)]) == 0
     assert "0 changed" in capsys.readouterr().out
     assert {p: p.read_bytes() for p in out.rglob("*.py")} == first

@@ -344,7 +344,9 @@ def block_module(block: Block, flavor: Flavor, rngs: nnx.Rngs) -> nnx.Module:
 
 
 class MobileNetEdgeTPU(nnx.Module):
-    """MobileNetEdgeTPU for NHWC input; `__call__` returns logits. `model.eval()` for inference."""
+    """MobileNetEdgeTPU for NHWC input; `model.eval()` for inference.
+
+    `__call__` returns logits."""
 
     def __init__(
         self,

@@ -333,7 +333,9 @@ class DepthwiseSeparable(nnx.Module):
 
 
 class MobileNetV1(nnx.Module):
-    """MobileNetV1 for NHWC input; `__call__` returns logits. `model.eval()` for inference."""
+    """MobileNetV1 for NHWC input; `model.eval()` for inference.
+
+    `__call__` returns logits."""
 
     def __init__(
         self,

@@ -434,7 +434,9 @@ class InvertedResidual(nnx.Module):
 
 
 class MobileNetV2(nnx.Module):
-    """MobileNetV2 for NHWC input; `__call__` returns logits. `model.eval()` for inference."""
+    """MobileNetV2 for NHWC input; `model.eval()` for inference.
+
+    `__call__` returns logits."""
 
     def __init__(
         self,

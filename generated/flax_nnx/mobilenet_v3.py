@@ -1021,7 +1021,9 @@ class InvertedResidual(nnx.Module):
 
 
 class MobileNetV3(nnx.Module):
-    """MobileNetV3 for NHWC input; `__call__` returns logits. `model.eval()` for inference."""
+    """MobileNetV3 for NHWC input; `model.eval()` for inference.
+
+    `__call__` returns logits."""
 
     def __init__(
         self,

@@ -592,7 +592,9 @@ def block_module(block: Block, flavor: Flavor, rngs: nnx.Rngs) -> nnx.Module:
 
 
 class MobileNetV4(nnx.Module):
-    """MobileNetV4 for NHWC input; `__call__` returns logits. `model.eval()` for inference."""
+    """MobileNetV4 for NHWC input; `model.eval()` for inference.
+
+    `__call__` returns logits."""
 
     def __init__(
         self,

@@ -481,7 +481,8 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 def rms_norm(channels: int, rngs: nnx.Rngs) -> nnx.RMSNorm:
-    """RMSNorm over the channels (the last axis): x / sqrt(mean(x^2) + eps) times a learned per-channel scale."""
+    """RMSNorm over the channels (the last axis): x / sqrt(mean(x^2) + eps) times a learned scale per
+    channel."""
     return nnx.RMSNorm(channels, epsilon=RMS_NORM_EPSILON, rngs=rngs)
 
 
@@ -654,9 +655,10 @@ def resample(x: jax.Array, size: tuple[int, int], mode: str) -> jax.Array:
 
 
 class FusionNeck(nnx.Module):
-    """MobileNetV5's multi-scale fusion adapter (timm's MSFA): the outputs of blocks `neck.inputs`, each coarser
-    one upsampled (nearest) to the finest one's size, concatenated over channels; an FFN (1x1 expand + norm +
-    act, 1x1 project + norm; no residual); resized to `neck.resolution` a side (see neck_resize); a norm."""
+    """MobileNetV5's multi-scale fusion adapter (timm's MSFA): the outputs of blocks `neck.inputs`, each
+    coarser one upsampled (nearest) to the finest one's size, concatenated over channels; an FFN (1x1 expand
+    + norm + act, 1x1 project + norm; no residual); resized to `neck.resolution` a side (see neck_resize);
+    a norm."""
 
     def __init__(self, neck: Neck, flavor: Flavor, *, rngs: nnx.Rngs):
         self.sources = tuple(f"blocks.{i}" for i in neck.inputs)  # stage names, the finest map first
@@ -690,7 +692,9 @@ def block_module(block: Block, flavor: Flavor, rngs: nnx.Rngs) -> nnx.Module:
 
 
 class MobileNetV5(nnx.Module):
-    """MobileNetV5 for NHWC input; `__call__` returns logits, or an encoder's feature map. `model.eval()` for inference."""
+    """MobileNetV5 for NHWC input; `model.eval()` for inference.
+
+    `__call__` returns logits, or an encoder's feature map."""
 
     def __init__(
         self,

@@ -612,7 +612,9 @@ def MobileNetV4(
     input_shape: tuple[int, int, int] = (224, 224, 3),
     name: str = "mobilenet_v4",
 ) -> keras.Model:
-    """MobileNetV4 as a functional model on NHWC input; returns logits (no softmax, no rescaling)."""
+    """MobileNetV4 as a functional model on NHWC input.
+
+    Returns logits (no softmax, no rescaling)."""
     a = architecture
     inputs = keras.Input(input_shape, name="image")
     x = conv_bn_act(inputs, a.stem.out, a.stem.kernel, a.stem.stride, a.stem.activation, flavor, "stem")

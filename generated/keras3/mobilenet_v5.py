@@ -482,7 +482,8 @@ def activation(x, name: str, layer_name: str):
 
 
 def rms_norm(name: str) -> layers.RMSNormalization:
-    """RMSNorm over the channels (the last axis): x / sqrt(mean(x^2) + eps) times a learned per-channel scale."""
+    """RMSNorm over the channels (the last axis): x / sqrt(mean(x^2) + eps) times a learned scale per
+    channel."""
     return layers.RMSNormalization(axis=-1, epsilon=RMS_NORM_EPSILON, name=name)
 
 
@@ -724,7 +725,9 @@ def MobileNetV5(
     input_shape: tuple[int, int, int] = (768, 768, 3),
     name: str = "mobilenet_v5",
 ) -> keras.Model:
-    """MobileNetV5 as a functional model on NHWC input; returns logits (no softmax, no rescaling), or an encoder's feature map."""
+    """MobileNetV5 as a functional model on NHWC input.
+
+    Returns logits (no softmax, no rescaling), or an encoder's feature map."""
     a = architecture
     inputs = keras.Input(input_shape, name="image")
     x = conv_norm_act(

@@ -611,9 +611,10 @@ class MobileMQA(nn.Module):
 
 
 class FusionNeck(nn.Module):
-    """MobileNetV5's multi-scale fusion adapter (timm's MSFA): the outputs of blocks `neck.inputs`, each coarser
-    one upsampled (nearest) to the finest one's size, concatenated over channels; an FFN (1x1 expand + norm +
-    act, 1x1 project + norm; no residual); resized to `neck.resolution` a side (see neck_resize); a norm."""
+    """MobileNetV5's multi-scale fusion adapter (timm's MSFA): the outputs of blocks `neck.inputs`, each
+    coarser one upsampled (nearest) to the finest one's size, concatenated over channels; an FFN (1x1 expand
+    + norm + act, 1x1 project + norm; no residual); resized to `neck.resolution` a side (see neck_resize);
+    a norm."""
 
     def __init__(self, neck: Neck, flavor: Flavor):
         super().__init__()
