@@ -23,7 +23,8 @@ def main(argv: list[str]) -> int:
     from conformance.frameworks import set_up_process
 
     dtypes = {job.get("dtype", "float32") for job in request["jobs"]}
-    set_up_process(framework, "float64" if "float64" in dtypes else "float32")  # before any framework import
+    set_up_process(framework, "float64" if "float64" in dtypes else "float32",  # before any framework import
+                   onnx_export=any(job.get("onnx") for job in request["jobs"]))
 
     import numpy as np
 

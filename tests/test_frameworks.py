@@ -40,8 +40,8 @@ ALL_RUNS = tuple(RUNS)
 EVERY_CHECK = {"build", "structure", "params", "round_trip", "shapes", "macs", "outputs"}
 
 
-def _checks(tmp_path_factory, name, variants, frameworks, flavor, options=Options()):
-    result = execute(RunConfig.for_frameworks(SPEC, variants, frameworks, flavor, (224, 192), options,
+def _checks(tmp_path_factory, name, variants, frameworks, flavor, options=Options(), resolution=(224, 192)):
+    result = execute(RunConfig.for_frameworks(SPEC, variants, frameworks, flavor, resolution, options,
                                               work=tmp_path_factory.mktemp(name)))
     checks = evaluate(SPEC, result)
     by_key: dict[tuple[str, str], list[Check]] = {}
@@ -154,3 +154,13 @@ def test_symmetric_padding_every_check_large(large_symmetric_padding, variant, f
 @pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_full_matrix(full_matrix, variant, framework):
     _assert_all_ok(full_matrix.get((variant, framework)), EVERY_CHECK)
+
+
+@pytest.mark.slow
+def test_the_gemma_3n_encoder_at_its_published_768_in_every_run(tmp_path_factory):
+    """MobileNetV5's 300M encoder as Gemma 3n runs it (SAME padding, 768x768: 16x16 from the neck's average
+    pool, where 224x192 resamples bilinearly), one input batch through every run."""
+    checks = _checks(tmp_path_factory, "v5-768", ["mobilenet_v5_300m_encoder"], ALL_RUNS, "timm_tf",
+                     resolution=(768, 768))
+    for framework in ALL_RUNS:
+        _assert_all_ok(checks.get(("mobilenet_v5_300m_encoder", framework)), EVERY_CHECK)

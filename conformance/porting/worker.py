@@ -31,7 +31,8 @@ def main(argv: list[str]) -> int:
         if request.get("run"):
             from conformance.frameworks import set_up_process
 
-            set_up_process(request["run"])  # KERAS_BACKEND, before any framework is imported
+            # KERAS_BACKEND, before any framework is imported
+            set_up_process(request["run"], onnx_export=request["op"] == "onnx")
         result = {"ok": True, **_dispatch(request)}
     except Exception as exc:  # reported to the caller, which prints it and writes nothing
         from conformance.weights import WeightError
