@@ -261,7 +261,8 @@ def _port_or_run(loaded, args) -> int:
              echo=lambda line: print(line, file=sys.stderr))
         return 0
     result = run_model(loaded, args.variant, args.framework, args.weights, args.input, args.output, args.flavor)
-    print(f"wrote logits {tuple(result['shape'])} to {args.output}", file=sys.stderr)
+    what = "a feature map" if len(result["shape"]) == 4 else "logits"  # an encoder's output, or a classifier's
+    print(f"wrote {what} {tuple(result['shape'])} to {args.output}", file=sys.stderr)
     return 0
 
 

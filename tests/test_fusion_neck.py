@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance.checks import evaluate
+from conformance.checks import OUTPUT_TOLERANCE, evaluate
 from conformance.runner import Options, RunConfig, execute
 from generators import location
 from generators.frameworks import FRAMEWORKS
@@ -180,3 +180,33 @@ def test_encoder_trains_on_its_feature_map(neck_checks):
     assert all("neck output rel. error" in c.summary for c in forward)
     gradients = [c for c in checks if c.name == "gradients"]
     assert {c.subject for c in gradients} == {"keras:float64", "flax:float64"}
+
+
+@pytest.mark.parametrize("framework", ["flax", "keras"])
+def test_an_encoder_ports_and_runs_from_the_command_line(tmp_path, capsys, framework):
+    """`mnforge port` then `mnforge run` on an encoder (the Gemma 3n recipe in the README, small): no
+    classes recorded, and the map comes back in the framework's layout, equal to PyTorch's."""
+    from conformance import weights
+    from conformance.cli import main as cli
+
+    desc = describe(LOADED, "fusion_encoder", "tf", (64, 48))
+    neutral = tmp_path / "encoder.safetensors"
+    weights.save(neutral, weights.random_weights(desc, seed=3), {"variant": "fusion_encoder", "flavor": "tf"})
+    target = tmp_path / f"encoder{FRAMEWORKS[framework].weights_suffix}"
+    spec = ["--spec", str(SPEC_FILE)]
+    assert cli([*spec, "port", "fusion_encoder", "--from", f"safetensors:{neutral}", "--to", f"{framework}:{target}"]) == 0
+    assert "num_classes" not in json.loads(Path(f"{target}.mnforge.json").read_text())
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 48)).astype(np.float32)
+    np.save(tmp_path / "nchw.npy", x)
+    np.save(tmp_path / "nhwc.npy", x.transpose(0, 2, 3, 1))
+    outputs = {}
+    for name, weights_file, images in (("torch", neutral, "nchw"), (framework, target, "nhwc")):
+        out = tmp_path / f"{name}.npy"
+        assert cli([*spec, "run", "fusion_encoder", "--framework", name, "--weights", str(weights_file),
+                    "--input", str(tmp_path / f"{images}.npy"), "-o", str(out)]) == 0
+        outputs[name] = np.load(out)
+    assert "wrote a feature map (2, 4, 4," in capsys.readouterr().err
+    channels = desc.block_shapes[desc.output][0]
+    assert outputs["torch"].shape == (2, channels, 4, 4) and outputs[framework].shape == (2, 4, 4, channels)
+    error = np.abs(outputs[framework].transpose(0, 3, 1, 2) - outputs["torch"]).max() / np.abs(outputs["torch"]).max()
+    assert error <= OUTPUT_TOLERANCE  # the bound between frameworks; a layout or port bug is O(1)

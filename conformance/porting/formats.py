@@ -86,6 +86,11 @@ def read_metadata(path: Path) -> dict[str, str]:
     return data
 
 
+def classes_metadata(desc: Description) -> dict[str, str]:
+    """The `num_classes` entry of a weight file's metadata: none for an encoder, which has no classes."""
+    return {} if desc.num_classes is None else {"num_classes": str(desc.num_classes)}
+
+
 def _json_kind(value) -> str:
     names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
     return "null" if value is None else names.get(type(value), type(value).__name__)

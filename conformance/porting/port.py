@@ -22,6 +22,7 @@ from conformance.porting.formats import (
     FRAMEWORK_OF,
     NEUTRAL,
     check_contents,
+    classes_metadata,
     metadata_file,
     read_metadata,
     sidecar,
@@ -243,7 +244,7 @@ def port(loaded: LoadedSpec, variant: str, source: str, target: str, flavor: str
             if source_fmt == NEUTRAL:
                 tensors, _ = neutral.load(source_path)
                 neutral.check_tensors(tensors, neutral.expected_tensors(desc), str(source_path))
-                neutral.save(middle, tensors, {"variant": variant, "flavor": flavor, "num_classes": str(num_classes)})
+                neutral.save(middle, tensors, {"variant": variant, "flavor": flavor, **classes_metadata(desc)})
             else:
                 run_worker({**common, "op": "read", "format": source_fmt, "path": str(source_path),
                             "neutral": str(middle), "reference": source_ref},
@@ -252,7 +253,7 @@ def port(loaded: LoadedSpec, variant: str, source: str, target: str, flavor: str
             echo(f"writing {target_fmt}:{target_path}")
             if target_fmt == NEUTRAL:
                 _write_neutral(target_path, tensors, {"variant": variant, "flavor": flavor,
-                                                      "num_classes": str(num_classes),
+                                                      **classes_metadata(desc),
                                                       "source": f"{source_fmt}:{source_path.name}"})
             else:
                 run_worker({**common, "op": "write", "format": target_fmt, "path": str(target_path),

@@ -61,7 +61,9 @@ def _refs() -> dict[str, Reference]:
              for name in ("conv_small", "conv_medium", "conv_large", "hybrid_medium", "hybrid_large")]
     # MobileNetV5: timm's encoder pads as TF SAME (pad_type 'same'), its classifiers symmetrically
     refs += [Reference("timm:mobilenetv5_300m_enc", "timm", "mobilenet_v5_300m_encoder", "timm_tf", "mobilenetv5_300m_enc"),
-             Reference("timm:mobilenetv5_300m", "timm", "mobilenet_v5_300m", "timm", "mobilenetv5_300m"),
+             # timm's default config for mobilenetv5_300m is its Gemma 3n tag, which has no classifier
+             Reference("timm:mobilenetv5_300m", "timm", "mobilenet_v5_300m", "timm", "mobilenetv5_300m",
+                       (("num_classes", 1000),)),
              Reference("timm:mobilenetv5_base", "timm", "mobilenet_v5_base", "timm", "mobilenetv5_base")]
     alphas = {"100": 1.0, "075": 0.75, "050": 0.5, "025": 0.25, "035": 0.35, "130": 1.3, "140": 1.4}
     refs += [Reference(f"keras-applications:MobileNet_{w}", "keras-applications", f"mobilenet_v1_{w}", "keras",

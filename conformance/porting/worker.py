@@ -58,7 +58,7 @@ def _dispatch(request: dict) -> dict:
     fmt, path = request.get("format"), Path(request.get("path", ""))
     ref = reference(request["reference"]) if request.get("reference") else None
     metadata = {"format": neutral.FORMAT, "variant": desc.variant, "flavor": desc.flavor,
-                "num_classes": str(desc.num_classes)}
+                **formats.classes_metadata(desc)}
     op = request["op"]
     if op == "read":
         tensors = formats.read_format(fmt, path, desc, ref)
@@ -107,6 +107,8 @@ def _run(request: dict, desc) -> dict:
     adapter.load(model, tensors)
     nchw = images if channels_first else images.transpose(0, 3, 1, 2)
     logits = np.asarray(adapter.logits(model, np.ascontiguousarray(nchw, dtype=np.float32)))
+    if logits.ndim == 4 and not channels_first:  # an encoder's map, in the layout its model returns
+        logits = logits.transpose(0, 2, 3, 1)
     buffer = io.BytesIO()
     np.save(buffer, logits)
     atomic_write(Path(request["output"]), buffer.getvalue())
