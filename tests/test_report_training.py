@@ -69,7 +69,7 @@ def _train(variant: str, key: str, weights: dict, reference: dict, rng) -> dict:
             for params in fitted["sgd"]:
                 params["blocks.1.project.conv.weight"] += 1e-3 * 1e-3
     figures = {"loss": step.loss, **_compare_training(reference, step, near("stats"), fitted, eval_logits, weights,
-                                                      "float64" if float64 else "float32")}
+                                                      "float64" if float64 else "float32", "classifier")}
     if not float64:
         figures["dropout"] = {"rate": 0.2, "samples": training.DROPOUT_SAMPLES, "blocks_varying_before_classifier": [],
                               "max_abs_z": 2.5, "variance_ratio": 1.1}
@@ -88,7 +88,7 @@ def _run(variants: list[str]) -> tuple[RunResult, list]:
             train = {"role": "reference"} if key == "torch:float64" else _train(variant, key, weights, reference, rng)
             results[(variant, key)] = WorkerResult(key, variant, train=train, timings={"train": 1.0})
     run = RunResult(config, [WorkerRun(w, 0, 2.0) for w in config.workers], results, config.work, 5.0)
-    return run, [c for v in variants for c in _train_checks(v, run, keys)]
+    return run, [c for v in variants for c in _train_checks(v, run, keys, "classifier")]
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +224,7 @@ def test_a_report_without_training_checks_has_no_training_section(report, tmp_pa
 def test_a_run_without_training_results_says_so_in_its_row(tmp_path):
     run, checks = _run(VARIANTS[:1])
     run.results[(VARIANTS[0], "keras")].train = None
-    checks = _train_checks(VARIANTS[0], run, [w.key for w in run.config.workers])
+    checks = _train_checks(VARIANTS[0], run, [w.key for w in run.config.workers], "classifier")
     write_reports(tmp_path, SPEC, run, checks)
     rows = _rows(_section((tmp_path / "report.md").read_text(), VARIANTS[0]))
     assert rows["keras"][1] == "FAIL: no training results" and rows["keras"][2:] == ["–"] * 6

@@ -105,7 +105,10 @@ def test_every_variant_resolves_at_every_published_resolution():
         for resolution in SPEC.spec.families[family].resolutions:
             for flavor in SPEC.spec.flavors:
                 desc = describe(SPEC, name, flavor, resolution, 1000)
-                assert desc.block_shapes["classifier"] == (1000, 1, 1)
+                if desc.encoder:  # MobileNetV5's 300M encoder: the neck's 2048-channel map, 16x16 at any size
+                    assert desc.output == "neck" and desc.block_shapes["neck"] == (2048, 16, 16)
+                else:
+                    assert desc.block_shapes["classifier"] == (1000, 1, 1)
                 assert desc.params > 0 and desc.macs > 0
 
 
@@ -118,7 +121,8 @@ def test_published_variant_set():
     assert {f"mobilenet_v4_{n}" for n in ("conv_small", "conv_medium", "conv_large", "hybrid_medium",
                                           "hybrid_large")} <= names
     assert {"mobilenet_edgetpu_100", "mobilenet_edgetpu_075"} <= names
-    assert len(names) == 29
+    assert {"mobilenet_v5_300m_encoder", "mobilenet_v5_300m", "mobilenet_v5_base"} <= names
+    assert len(names) == 32
 
 
 V4_PAPER = PUBLISHED["mobilenet_v4_paper"]
