@@ -6,7 +6,8 @@ Per process: the model is built (random weights: time does not depend on their v
 warm up (and to trace / jit), then `--calls` times; the row gives the median seconds per call, the
 process's peak resident memory (ru_maxrss: model, activations, framework) and its resident memory
 before the first call (model and framework only). The reference is timm's, where the porting table has
-the variant (conformance/porting/references.py). Ratios are against the reference's median.
+the variant (conformance/porting/references.py). Ratio = reference time / this side's time, as in
+`python -m bench` (>= 1: at least as fast as the reference).
 """
 
 from __future__ import annotations
@@ -131,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     reference = next((r["median_s"] for r in rows if r["side"] == "reference"), None)
     print(f"{args.variant} ({flavor}) at {resolution}x{resolution}, batch {args.batch}, CPU")
-    print(f"{'side':<10} {'median s':>9} {'vs ref':>7} {'first s':>8} {'build s':>8} {'model GB':>9} {'peak GB':>8}")
+    print(f"{'side':<10} {'median s':>9} {'ratio':>7} {'first s':>8} {'build s':>8} {'model GB':>9} {'peak GB':>8}")
     for r in rows:
-        ratio = f"{r['median_s'] / reference:.2f}" if reference else "-"
+        ratio = f"{reference / r['median_s']:.2f}" if reference else "-"
         print(f"{r['side']:<10} {r['median_s']:>9.2f} {ratio:>7} {r['first_call_s']:>8.2f} {r['build_s']:>8.1f} "
               f"{r['resident_before_gb']:>9.2f} {r['peak_gb']:>8.2f}")
     if args.json:

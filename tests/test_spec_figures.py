@@ -186,3 +186,37 @@ def test_mobilenet_v4_params_exactly_timm():
         assert counts[name][0] == desc.params, f"{variant}: timm {counts[name][0]:,} params, spec {desc.params:,}"
         assert counts[name][1] == desc.macs - attention, (
             f"{variant}: timm {counts[name][1]:,} MACs, spec {desc.macs:,} less {attention:,} in attention")
+
+
+def test_mobilenet_v5_params_and_macs_exactly_timm():
+    """MobileNetV5 against timm the same way, its attention unfused (TIMM_FUSED_ATTN=0: the FLOP counter
+    then sees the attention products too), at each model's published size: params and MACs equal."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conformance.porting.references import REFERENCES
+
+    models = {"timm:mobilenetv5_300m_enc": 768, "timm:mobilenetv5_300m": 256, "timm:mobilenetv5_base": 256}
+    request = {name: [REFERENCES[name].builder, dict(REFERENCES[name].kwargs), size] for name, size in models.items()}
+    script = (
+        "import json, sys, timm, torch\n"
+        "from torch.utils.flop_counter import FlopCounterMode\n"
+        "out = {}\n"
+        "for name, (builder, kwargs, size) in json.loads(sys.argv[1]).items():\n"
+        "    model = timm.create_model(builder, pretrained=False, **kwargs).eval()\n"
+        "    with FlopCounterMode(display=False) as counter, torch.no_grad():\n"
+        "        model(torch.zeros(1, 3, size, size))\n"
+        "    out[name] = [sum(p.numel() for p in model.parameters()), counter.get_total_flops() // 2]\n"
+        "    del model\n"
+        "print(json.dumps(out))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, json.dumps(request)], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "TIMM_FUSED_ATTN": "0"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    for name, size in models.items():
+        ref = REFERENCES[name]
+        desc = describe(SPEC, ref.variant, ref.flavor, size, 1000)
+        assert counts[name] == [desc.params, desc.macs], f"{ref.variant}: timm {counts[name]}, spec {desc.params, desc.macs}"
