@@ -30,7 +30,7 @@ def _rss_gb() -> float:
 
 
 def _peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
 
 
 def _build(side: str, variant: str, flavor: str, resolution: int, batch: int):

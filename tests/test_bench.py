@@ -146,3 +146,19 @@ def test_bench_quick_end_to_end(tmp_path, only, pair):
     rows = [r for r in report["rows"] if r["framework"] == framework]
     assert rows and all(r["ratio"] > 0 and r["batch"] == 1 for r in rows)
     assert "ratio" in proc.stdout
+
+
+def test_footprint_times_and_measures_each_side_in_a_process_of_its_own(tmp_path):
+    """`python -m bench.footprint`, small: each side's row has its times and memory, the reference's ratio 1."""
+    out = tmp_path / "footprint.json"
+    result = subprocess.run([sys.executable, "-m", "bench.footprint", "mobilenet_v4_conv_small", "--resolution", "64",
+                             "--calls", "1", "--sides", "reference,torch,flax", "--json", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["flavor"] == "timm" and data["resolution"] == 64  # the flavor of timm's mobilenetv4_conv_small
+    rows = {row["side"]: row for row in data["rows"]}
+    assert set(rows) == {"reference", "torch", "flax"}
+    for row in rows.values():
+        assert row["median_s"] > 0 and row["first_call_s"] > 0 and row["peak_gb"] >= row["resident_before_gb"] > 0
+    assert "reference       " in result.stdout and " 1.00 " in result.stdout
