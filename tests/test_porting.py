@@ -35,6 +35,7 @@ import pytest
 
 from conformance.cli import main as cli
 from conformance.frameworks.protocol import to_nchw
+from conformance.training import decisions
 from conformance.porting.port import PortError, port, run_model, run_worker
 from conformance.porting.references import LIBRARIES, REFERENCES
 from generators.frameworks import FRAMEWORKS
@@ -67,12 +68,6 @@ def random_reference(name: str, folder: Path, images: Path) -> tuple[Path, np.nd
     return path, np.load(folder / "reference_logits.npy")
 
 
-def _top1(output: np.ndarray) -> np.ndarray:
-    """The class of logits; of an encoder's feature map, its channel with the largest mean over positions
-    (as the training loss reads an encoder: conformance/training.py)."""
-    return (output.mean((2, 3)) if output.ndim == 4 else output).argmax(-1)
-
-
 def _reproduce(name: str, tmp_path: Path, images: Path):
     ref = REFERENCES[name]
     checkpoint, expected = random_reference(name, tmp_path, images)
@@ -87,7 +82,7 @@ def _reproduce(name: str, tmp_path: Path, images: Path):
         errors[framework] = float(np.max(np.abs(logits - expected)) / np.max(np.abs(expected)))
         tolerance = SAME_FRAMEWORK if framework == ref.framework else CROSS_FRAMEWORK
         assert errors[framework] <= tolerance, f"{name} in generated {framework}: relative error {errors[framework]:.2e}"
-        assert np.array_equal(_top1(logits), _top1(expected)), f"{name} in {framework}: top-1 differs"
+        assert np.array_equal(decisions(logits), decisions(expected)), f"{name} in {framework}: top-1 differs"
     print(f"{name}: " + ", ".join(f"{framework} {error:.1e}" for framework, error in errors.items()))
     return errors
 
