@@ -44,10 +44,11 @@ class Check:
 
 def evaluate(loaded: LoadedSpec, run: RunResult) -> list[Check]:
     checks: list[Check] = []
-    crashed = {r.worker.key: r for r in run.workers if r.returncode != 0 or r.timed_out}
     for variant in run.variants:
         desc = describe(loaded, variant, run.flavor, run.resolution, run.num_classes)
-        keys = [r.worker.key for r in run.workers if r.worker.runs(variant, run.variants)]
+        ran = [r for r in run.workers if r.worker.runs(variant, run.variants)]  # a worker per key (runner.phases)
+        keys = [r.worker.key for r in ran]
+        crashed = {r.worker.key: r for r in ran if r.returncode != 0 or r.timed_out}
         usable = []
         for key in keys:
             result = run.results.get((variant, key))

@@ -55,7 +55,8 @@ def time_split(run: RunResult) -> dict[str, float]:
     summed over workers, the workers' wall time, and the runner's own preparation."""
     split: dict[str, float] = defaultdict(float)
     for run_ in run.workers:
-        results = [r for (v, key), r in run.results.items() if key == run_.worker.key]
+        results = [r for (v, key), r in run.results.items()
+                   if key == run_.worker.key and run_.worker.runs(v, run.variants)]
         split["import"] += results[0].import_s if results else 0.0
         for result in results:
             for phase, seconds in result.timings.items():

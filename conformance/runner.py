@@ -5,6 +5,7 @@
 2. Workers, at most `parallel` at a time (one per core), each with a timeout: the reference run in
    float64, then the runs asked for (generators/frameworks.py: RUNS; PyTorch, Keras on TensorFlow, JAX
    and PyTorch, Flax NNX). Each writes a WorkerResult per variant (conformance/results.py).
+   Variants over HEAVY_PARAMS run after the others, one worker at a time (`phases`).
 3. Checks (conformance/checks.py) on what the workers wrote.
 A worker that crashes or hangs becomes that framework's failure, with the tail of its stderr.
 One RunConfig carries a run's settings: `execute(RunConfig.for_frameworks(spec, variants, runs, ...))`.
@@ -36,6 +37,14 @@ from spec.loader import LoadedSpec
 WORKER_COMMAND = [sys.executable, "-m", "conformance.worker"]
 REFERENCE = (REFERENCE_RUN, "float64")
 TIMEOUT_BASE = 120.0  # seconds for a worker's imports, on top of `timeout_per_variant` per variant
+# A variant over this many parameters (MobileNetV5's, 83M to 296M; the next largest has 11M) runs with no
+# other worker beside it: one process needs up to 20 GB for it (a Keras ONNX export of the 300M encoder;
+# README: MobileNetV5 needs memory), two at once were killed for memory on a 23 GB machine.
+HEAVY_PARAMS = 50_000_000
+
+
+def heavy(loaded: LoadedSpec, variant: str) -> bool:
+    return describe(loaded, variant).params > HEAVY_PARAMS
 
 
 @dataclass(frozen=True)
@@ -179,13 +188,41 @@ def execute(config: RunConfig) -> RunResult:
     return RunResult(config, runs, results, out, time.perf_counter() - start, spec_seconds)
 
 
-def _run_workers(config: RunConfig) -> list[WorkerRun]:
-    work, options = config.work, config.options
-    # Most costly first (generators.frameworks: Run.start_cost), so that the last worker to start is a short one.
-    pending = sorted(config.workers, key=lambda w: -RUNS[w.framework].start_cost)
-    if options.train:  # every other run waits for the reference's training results: it starts first
-        pending.sort(key=lambda w: (w.framework, w.dtype) != REFERENCE)
+def phases(config: RunConfig) -> list[tuple[list[Worker], int]]:
+    """The workers in the order they start, in phases, each with the number that may run at once: the
+    run's variants with `parallel` workers, then the HEAVY ones (if any) one worker at a time. A worker
+    with variants in both phases is started once in each, for its variants there."""
     parallel = config.parallel or os.cpu_count() or 1
+    big = {v for v in config.variants if heavy(config.spec, v)}
+    split = [(lambda v: v not in big, parallel), (lambda v: v in big, 1)] if big and parallel > 1 else \
+        [(lambda v: True, parallel)]
+    result = []
+    for wanted, at_once in split:
+        workers = []
+        for w in config.workers:
+            variants = tuple(v for v in config.variants if w.runs(v, config.variants) and wanted(v))
+            if variants:
+                workers.append(replace(w, variants=variants) if len(split) > 1 else w)
+        # Most costly first (generators.frameworks: Run.start_cost), so that the last to start is a short one.
+        workers.sort(key=lambda w: -RUNS[w.framework].start_cost)
+        if config.options.train:  # every other run waits for the reference's training results: it starts first
+            workers.sort(key=lambda w: (w.framework, w.dtype) != REFERENCE)
+        if workers:
+            result.append((workers, at_once))
+    return result
+
+
+def _run_workers(config: RunConfig) -> list[WorkerRun]:
+    done: list[WorkerRun] = []
+    for index, (workers, at_once) in enumerate(phases(config)):
+        done += _run_phase(config, workers, at_once, f".{index}" if index else "")
+    return done
+
+
+def _run_phase(config: RunConfig, pending: list[Worker], parallel: int, suffix: str) -> list[WorkerRun]:
+    """`suffix`: of the request and stderr files of a phase after the first (a worker may be in both)."""
+    work, options = config.work, config.options
+    pending = list(pending)
     running: list[tuple[WorkerRun, subprocess.Popen, float, object]] = []
     done: list[WorkerRun] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -196,12 +233,25 @@ def _run_workers(config: RunConfig) -> list[WorkerRun]:
     else:  # workers share the GPU: JAX and TensorFlow take memory as they need it, not all up front
         env.update(XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_FORCE_GPU_ALLOW_GROWTH="true")
     timeout = worker_timeout(config)
+    # Training: each variant's reference file (16.5 GB for MobileNetV5's 300M encoder) is deleted once
+    # every worker that reads it is done with the variant; only figures go into the results.
+    readers = {v: {w.key for w in pending if w.runs(v, config.variants)} for v in config.variants} \
+        if options.train else {}
+
+    def finished(key: str, variants) -> None:
+        for v in variants:
+            if key in readers.get(v, ()):
+                readers[v].discard(key)
+                if not readers[v]:
+                    training.reference_path(work / "out", v).unlink(missing_ok=True)
+
     while pending or running:
         while pending and len(running) < parallel:
             worker = pending.pop(0)
-            request = work / f"request.{worker.key.replace(':', '-')}.json"
+            stem = worker.key.replace(":", "-") + suffix
+            request = work / f"request.{stem}.json"
             request.write_text(json.dumps(_request(config, worker)))
-            stderr = open(work / f"stderr.{worker.key.replace(':', '-')}.log", "w+")
+            stderr = open(work / f"stderr.{stem}.log", "w+")
             proc = subprocess.Popen([*WORKER_COMMAND, str(request)],
                                     stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
             os.set_blocking(proc.stdout.fileno(), False)
@@ -210,8 +260,10 @@ def _run_workers(config: RunConfig) -> list[WorkerRun]:
         for item in list(running):
             run_, proc, started, stderr = item
             for line in _read_lines(proc):
-                if config.progress and line.endswith(" done"):
-                    config.progress(run_.worker.key, line.split()[1])
+                if line.endswith(" done"):
+                    finished(run_.worker.key, [line.split()[1]])
+                    if config.progress:
+                        config.progress(run_.worker.key, line.split()[1])
             elapsed = time.perf_counter() - started
             if proc.poll() is None and elapsed < timeout:
                 continue
@@ -225,6 +277,7 @@ def _run_workers(config: RunConfig) -> list[WorkerRun]:
             stderr.close()
             running.remove(item)
             done.append(run_)
+            finished(run_.worker.key, config.variants)  # a worker that crashed or timed out reads no more
     return done
 
 
@@ -232,6 +285,9 @@ def _request(config: RunConfig, worker: Worker) -> dict:
     """What one worker process is asked to do (conformance/worker.py reads it)."""
     work, options, full = config.work, config.options, worker.dtype == "float32"
     timeout = worker_timeout(config)
+    # the first variant of this run's worker in the whole run, not in its phase (phases)
+    first = next((v for v in config.variants for w in config.workers if w.key == worker.key
+                  and w.runs(v, config.variants)), None)
     return {
         "framework": worker.framework, "spec": str(config.spec.path), "out": str(work / "out"),
         "inputs": str(work / "inputs.npz"), "device": options.device,
@@ -244,8 +300,8 @@ def _request(config: RunConfig, worker: Worker) -> dict:
                   "onnx": {"dir": options.onnx_dir or str(work / "onnx"),
                            "reference_evaluator": v in options.onnx_reference_evaluator}
                   if options.onnx and full else None,
-                  "train": _train_job(worker, timeout, first=i == 0) if options.train else None}
-                 for i, v in enumerate(v for v in config.variants if worker.runs(v, config.variants))],
+                  "train": _train_job(worker, timeout, first=v == first) if options.train else None}
+                 for v in config.variants if worker.runs(v, config.variants)],
     }
 
 

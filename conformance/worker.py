@@ -14,6 +14,7 @@ import json
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -103,16 +104,19 @@ def main(argv: list[str]) -> int:
                     exported = [f"{r.key} ({r.title})" for r in RUNS.values() if r.native and r.key in EXPORTERS]
                     result.onnx_skipped = f"{framework}: ONNX export is checked from {', '.join(exported)}"
                 timings["onnx"] = time.perf_counter() - t
-            if job.get("train"):
-                t = time.perf_counter()
-                result.train = run_training(adapter, loaded, desc, job, inputs, out)
-                timings["train"] = time.perf_counter() - t
             if job.get("logits_at"):
                 t = time.perf_counter()
                 result.logits_shapes = {
                     f"{h}x{w}": list(adapter.logits_at(model, desc, (h, w), batch=2).shape)
                     for h, w in job["logits_at"]}
                 timings["logits_at"] = time.perf_counter() - t
+            if job.get("train"):
+                # training builds its own models: this one and its tensors go first (MobileNetV5's 300M in
+                # float64: 2.4 GB each)
+                model = weights = exported = blocks = None
+                t = time.perf_counter()
+                result.train = run_training(adapter, loaded, desc, job, inputs, out)
+                timings["train"] = time.perf_counter() - t
         except Exception as exc:  # reported per variant; the worker goes on with the next one
             result.error = f"{type(exc).__name__}: {exc}"
             result.traceback = traceback.format_exc(limit=6)
@@ -131,6 +135,7 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
     from conformance import training
     from conformance import weights as neutral
     from spec import describe
+    from spec.files import atomic_npz
     from spec.resolve import flavor_values
 
     settings = job["train"]
@@ -157,30 +162,39 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
     t = time.perf_counter()
     step, statistics = train_step(fresh())
     timings["step"] = time.perf_counter() - t
-    fitted, eval_logits = {}, None
-    # SGD and AdamW as the run was asked (training.optimizers); none in float32, whose gradients jump at
-    # activation kinks (training.py) and are compared in float64
-    for optimizer in (o for o in training.OPTIMIZERS if o.name in settings["optimizers"]):
-        t = time.perf_counter()
-        model = fresh()
-        fitted[optimizer.name] = adapter.fit(model, images, labels, optimizer, training.TRAIN_STEPS)
-        if optimizer.name == "sgd":
-            eval_logits = adapter.logits(model, images)
-        timings[optimizer.name] = time.perf_counter() - t
+
+    def fits():
+        """(optimizer, its steps, the eval logits after them) for each optimizer the run was asked for
+        (training.optimizers). The steps come one at a time (adapter.fit) and a caller drops each: 3 steps
+        of MobileNetV5's 300M parameters are 7.2 GB in float64. `logits()` after the last step. None in
+        float32, whose gradients jump at activation kinks (training.py) and are compared in float64."""
+        for optimizer in (o for o in training.OPTIMIZERS if o.name in settings["optimizers"]):
+            t = time.perf_counter()
+            model = fresh()
+            yield optimizer.name, adapter.fit(model, images, labels, optimizer, training.TRAIN_STEPS), \
+                (lambda model=model: adapter.logits(model, images))
+            timings[optimizer.name] = time.perf_counter() - t
+
     figures: dict = {"role": role, "resolution": list(resolution), "batch": len(images), "loss": step.loss,
                      "timings": timings}
     reference_file = training.reference_path(out, desc.variant)
     if role == "reference":
         # the reference framework's own float32 error: where a block is ill-conditioned (training.float32_bounds)
-        arrays = _float32_errors(step, statistics, *train_step(fresh(dtype="float32")), weights)
-        arrays |= {f"blocks/{n}": v for n, v in step.blocks.items()}
-        arrays |= {f"grad/{n}": v for n, v in step.gradients.items()}
-        arrays |= {f"stats/{n}": v for n, v in statistics.items()}
-        arrays |= {f"{name}{i}/{n}": v for name, steps in fitted.items()
-                   for i, params in enumerate(steps) for n, v in params.items()}
-        arrays["sgd_eval_logits"] = eval_logits
-        arrays["loss"] = np.float64(step.loss)
-        _save_npz(reference_file, arrays)
+        float32_errors = _float32_errors(step, statistics, *train_step(fresh(dtype="float32")), weights)
+        with atomic_npz(reference_file) as add:  # written as computed: only one optimizer's steps in memory
+            for group, arrays in (("", float32_errors), ("blocks/", step.blocks), ("grad/", step.gradients),
+                                  ("stats/", statistics)):
+                for n, v in arrays.items():
+                    add(f"{group}{n}", v)
+            add("loss", np.float64(step.loss))
+            del step
+            for name, steps, logits in fits():
+                for i, params in enumerate(steps):
+                    for n, v in params.items():
+                        add(f"{name}{i}/{n}", v)
+                    del params
+                if name == "sgd":
+                    add("sgd_eval_logits", logits())
         return figures
     if role == "float32" and not at.encoder:  # an encoder has no dropout
         rate = flavor_values(loaded.spec, at.family, at.flavor)[0].dropout
@@ -190,12 +204,15 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
         figures["dropout"] = training.dropout_figures(samples, list(at.block_shapes), weights["classifier.weight"],
                                                       weights["classifier.bias"], rate)
         timings["dropout"] = time.perf_counter() - t
-    reference = _wait_for_reference(reference_file, out, desc.variant, settings)
-    if reference is None:
-        figures["reference_missing"] = True
-        return figures
-    return {**figures, **_compare_training(reference, step, statistics, fitted, eval_logits, weights, dtype,
-                                           at.output)}
+    with _reference_file(reference_file, out, desc.variant, settings) as reference:
+        if reference is None:
+            figures["reference_missing"] = True
+            return figures
+        figures |= _compare_training(reference, step, statistics, weights, dtype, at.output)
+        del step
+        for name, steps, logits in fits():
+            figures[name] = _compare_optimizer(reference, name, steps, logits, weights, dtype)
+    return figures
 
 
 def _float32_errors(step, statistics: dict, step32, statistics32: dict, weights: dict) -> dict:
@@ -211,9 +228,11 @@ def _float32_errors(step, statistics: dict, step32, statistics32: dict, weights:
     return arrays | {f"float32/stats/{n}": np.float64(e) for n, e in stats.errors.items()}
 
 
-def _wait_for_reference(path: Path, out: Path, variant: str, settings: dict):
-    """The reference run's training file for `variant`, once written; None if that run finished the variant
-    without one (its result says why) or never wrote it within the wait."""
+@contextmanager
+def _reference_file(path: Path, out: Path, variant: str, settings: dict):
+    """The reference run's training file for `variant` once written, open: each array is read when asked
+    for (a float32 run needs the forward's and statistics', not the optimizer steps'). None if that run
+    finished the variant without one (its result says why) or never wrote it within the wait."""
     import numpy as np
 
     from conformance.results import result_path
@@ -223,36 +242,33 @@ def _wait_for_reference(path: Path, out: Path, variant: str, settings: dict):
     while time.perf_counter() < deadline:
         if path.exists():
             with np.load(path) as data:
-                return {name: data[name] for name in data.files}
+                yield data
+            return
         if written.exists():
-            return None
+            break
         time.sleep(0.2)
-    return None
+    yield None
 
 
-def _compare_training(reference: dict, step, statistics: dict, fitted: dict, eval_logits, weights: dict,
-                      dtype: str, output: str) -> dict:
-    """`output`: the stage whose output the loss reads (the logits, or an encoder's feature map)."""
+def _compare_training(reference, step, statistics: dict, weights: dict, dtype: str, output: str) -> dict:
+    """The training-mode forward, the running statistics, and in float64 the gradients, against the
+    reference file. `output`: the stage whose output the loss reads (the logits, or an encoder's map)."""
     import numpy as np
 
     from conformance import training
 
     tolerance = training.tolerance(dtype)
-
-    def group(prefix: str) -> dict:
-        return {name[len(prefix) + 1:]: value for name, value in reference.items() if name.startswith(prefix + "/")}
-
-    blocks_ref = group("blocks")
+    blocks_ref = _group(reference, "blocks")
     order = list(blocks_ref)
     blocks = {name: training.relative(step.blocks[name], ref, ref) if name in step.blocks
               and step.blocks[name].shape == ref.shape else float("inf") for name, ref in blocks_ref.items()}
-    stats_ref = group("stats")
+    stats_ref = _group(reference, "stats")
     # float32: each block and statistic as conditioned as the reference's own float32 arithmetic allows
     blocks_allowed = {name: tolerance for name in blocks_ref}
     stats_allowed = {name: tolerance for name in stats_ref}
     if dtype != "float64":
-        blocks_allowed |= training.float32_bounds(group("float32/blocks"))
-        stats_allowed |= training.float32_bounds(group("float32/stats"))
+        blocks_allowed |= training.float32_bounds(_group(reference, "float32/blocks"))
+        stats_allowed |= training.float32_bounds(_group(reference, "float32/stats"))
     first_block = next((name for name in order if not blocks[name] <= blocks_allowed[name]), None)
     top1 = bool(np.array_equal(training.decisions(step.blocks[output]), training.decisions(blocks_ref[output])))
     statistics_errors = training.change_errors(statistics, stats_ref, stats_allowed,
@@ -264,27 +280,41 @@ def _compare_training(reference: dict, step, statistics: dict, fitted: dict, eva
                     "output": output},
         "statistics": _section(statistics_errors, order),
     }
-    if not fitted:
-        return result
-    gradients_ref = group("grad")
-    result["gradients"] = _section(training.change_errors(step.gradients, gradients_ref, tolerance), order,
-                                   backward=True)
-    zero = training.zero_gradient_tensors(gradients_ref)
-    optimizer_tolerance = training.tolerance(dtype, optimizer=True)
-    for name, steps in fitted.items():
-        per_step = []
-        for i, params in enumerate(steps):
-            ref = {n: v for n, v in group(f"{name}{i}").items() if name != "adamw" or n not in zero}
-            errors = training.change_errors(params, ref, optimizer_tolerance, before={n: weights[n] for n in ref},
-                                            stores=i + 1)
-            per_step.append(_section(errors, order, backward=True))
-        result[name] = {"steps": per_step, "excluded": zero if name == "adamw" else [], "tolerance": optimizer_tolerance}
-        if name == "sgd":
-            ref_logits = reference["sgd_eval_logits"]
-            result[name]["eval_logits_rel"] = training.relative(eval_logits, ref_logits, ref_logits)
-            result[name]["eval_top1_same"] = bool(np.array_equal(training.decisions(eval_logits),
-                                                                 training.decisions(ref_logits)))
+    if dtype == "float64":  # float32 gradients jump at activation kinks: compared in float64 only (training.py)
+        result["gradients"] = _section(training.change_errors(step.gradients, _group(reference, "grad"), tolerance),
+                                       order, backward=True)
     return result
+
+
+def _compare_optimizer(reference, name: str, steps, logits, weights: dict, dtype: str) -> dict:
+    """One optimizer's steps, each compared as it comes (adapter.fit), and after SGD the fine-tuned model's
+    eval logits (`logits()`), against the reference's."""
+    import numpy as np
+
+    from conformance import training
+
+    order = [n[len("blocks/"):] for n in reference.files if n.startswith("blocks/")]
+    # Adam turns a gradient that is float64 rounding into a step of any size (training.ZERO_GRADIENT)
+    zero = training.zero_gradient_tensors(_group(reference, "grad")) if name == "adamw" else []
+    tolerance = training.tolerance(dtype, optimizer=True)
+    per_step = []
+    for i, params in enumerate(steps):
+        ref = {n: v for n, v in _group(reference, f"{name}{i}").items() if n not in zero}
+        errors = training.change_errors(params, ref, tolerance, before={n: weights[n] for n in ref}, stores=i + 1)
+        per_step.append(_section(errors, order, backward=True))
+        del params, ref
+    result = {"steps": per_step, "excluded": zero, "tolerance": tolerance}
+    if name == "sgd":
+        eval_logits, ref_logits = logits(), reference["sgd_eval_logits"]
+        result["eval_logits_rel"] = training.relative(eval_logits, ref_logits, ref_logits)
+        result["eval_top1_same"] = bool(np.array_equal(training.decisions(eval_logits),
+                                                       training.decisions(ref_logits)))
+    return result
+
+
+def _group(reference, prefix: str) -> dict:
+    """The reference file's arrays under `prefix/`, by the name after it (read from the file now)."""
+    return {name[len(prefix) + 1:]: reference[name] for name in reference.files if name.startswith(prefix + "/")}
 
 
 def _section(errors, order: list[str], backward: bool = False) -> dict:
@@ -395,15 +425,11 @@ def _round_trip(weights: dict, exported: dict):
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
-    import io
+    from spec.files import atomic_npz
 
-    import numpy as np
-
-    from spec.files import atomic_write
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write(path, buffer.getvalue())
+    with atomic_npz(path) as add:
+        for name, value in arrays.items():
+            add(name, value)
 
 
 def _write_result(out: Path, result) -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 
 @contextmanager
@@ -38,6 +41,22 @@ def atomic_write(path: Path | str, data: bytes | str) -> None:
     """Write `data` (text as UTF-8) to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+@contextmanager
+def atomic_npz(path: Path | str) -> Iterator[Callable[[str, object], None]]:
+    """An .npz (uncompressed, as `numpy.savez` writes and `numpy.load` reads) written array by array:
+    `with atomic_npz(path) as add: add(name, array)`. Each array goes to the file as it is added, so a
+    writer can drop it at once (the training reference's parameters after every optimizer step: 2.4 GB
+    each for MobileNetV5's 300M variants), and nothing is built in memory first. Renamed over `path`
+    when the block ends; on any failure `path` is untouched."""
+    with atomic_path(path, suffix=".npz") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED,
+                                                                   allowZip64=True) as archive:
+        def add(name: str, array) -> None:
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+        yield add
 
 
 def file_mode(path: Path) -> int:

@@ -113,3 +113,28 @@ def test_weights_chain_through_frameworks_bit_exact(tmp_path, frameworks):
     assert set(start) == set(end)
     changed = [name for name in start if not np.array_equal(start[name], end[name])]
     assert not changed, f"{len(changed)} tensors changed: {changed[:5]}"
+
+
+def test_heavy_variants_run_after_the_others_one_worker_at_a_time(tmp_path):
+    """MobileNetV5's 300M variants need up to 20 GB a process: no other worker runs beside one (runner.HEAVY_PARAMS)."""
+    from conformance.runner import _request, heavy, phases
+
+    light = ("mobilenet_v1_025", "mobilenet_v2_035")
+    big = ("mobilenet_v5_base",)
+    assert [heavy(SPEC, v) for v in light + big] == [False, False, True]
+    config = RunConfig.for_frameworks(SPEC, (light[0], *big, light[1]), ("torch", "flax"), "torchvision",
+                                      (96, 64), Options(count_macs=False, train=True), work=tmp_path, parallel=2)
+    planned = [([(w.key, w.variants) for w in workers], at_once) for workers, at_once in phases(config)]
+    reference = REFERENCE_RUN + ":float64"
+    assert planned == [
+        ([(reference, light), ("flax", light), ("flax:float64", light), ("torch", light)], 2),
+        ([(reference, big), ("flax", big), ("flax:float64", big), ("torch", big)], 1),
+    ]
+    # AdamW on the first variant of the whole run only, not again on the first of the heavy phase
+    heavy_flax64 = phases(config)[1][0][2]
+    assert [job["train"]["optimizers"] for job in _request(config, heavy_flax64)["jobs"]] == [["sgd"]]
+    light_flax64 = phases(config)[0][0][2]
+    assert [job["train"]["optimizers"] for job in _request(config, light_flax64)["jobs"]] == [["sgd", "adamw"], ["sgd"]]
+    # one worker at a time anyway: one phase, the workers as given
+    assert [len(w) for w, _ in phases(RunConfig.for_frameworks(SPEC, light + big, ("torch",), "torchvision",
+                                                                 (96, 64), parallel=1))] == [2]

@@ -73,3 +73,26 @@ def test_a_failing_writer_leaves_no_temporary_file(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("exporter failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_npz_written_array_by_array_reads_back_exactly_and_fails_whole(tmp_path, umask_022):
+    import numpy as np
+
+    from spec.files import atomic_npz
+
+    arrays = {"blocks/stem": np.arange(12, dtype=np.float64).reshape(3, 4), "loss": np.float64(2.5),
+              "labels": np.array([3, 1], np.int64)}
+    with atomic_npz(tmp_path / "ref.npz") as add:
+        for name, value in arrays.items():
+            add(name, value)
+    with np.load(tmp_path / "ref.npz") as data:  # numpy's own reader, names in the order written
+        assert data.files == list(arrays)
+        for name, value in arrays.items():
+            assert data[name].dtype == value.dtype and np.array_equal(data[name], value)
+    assert _mode(tmp_path / "ref.npz") == 0o644
+    with pytest.raises(RuntimeError), atomic_npz(tmp_path / "ref.npz") as add:
+        add("other", np.zeros(2))
+        raise RuntimeError("the writer failed half-way")
+    with np.load(tmp_path / "ref.npz") as data:  # the earlier file, whole
+        assert data.files == list(arrays)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.npz"]

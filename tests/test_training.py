@@ -320,6 +320,9 @@ def test_one_variant_per_family_trains_the_same_in_a_covering_set_of_runs(family
     assert expected <= {c.name for c in checks}
     failed = [f"{c.variant} {c.subject} {c.name}: {c.summary}" for c in checks if not c.ok]
     assert not failed, "\n".join(failed)
+    # each variant's reference file is deleted once every run has read it (runner._run_phase)
+    assert list(result.outputs_dir.glob("*.train-reference.npz")) == []
+    assert len(list(result.outputs_dir.glob("*.json"))) == len(trained) + len(result.variants)  # and the reference's
 
 
 def _one_variant_per_family(loaded) -> list[str]:

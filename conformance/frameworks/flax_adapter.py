@@ -8,6 +8,8 @@ nnx.Rngs(0), so every random init is the same.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from conformance.frameworks.protocol import MacCount, OptimizerConfig, TrainStep, classifier_options, to_nchw
@@ -131,7 +133,7 @@ class Adapter:
                          self._named(model, grads))
 
     def fit(self, model, images_nchw: np.ndarray, labels: np.ndarray, optimizer: OptimizerConfig,
-            steps: int) -> list[dict[str, np.ndarray]]:
+            steps: int) -> Iterator[dict[str, np.ndarray]]:
         import optax
 
         o = optimizer
@@ -141,16 +143,14 @@ class Adapter:
             transform = optax.adamw(o.learning_rate, b1=o.beta1, b2=o.beta2, eps=o.epsilon, weight_decay=o.weight_decay)
         state = self.nnx.Optimizer(model, transform, wrt=self.nnx.Param)
         x, y = images_nchw.transpose(0, 2, 3, 1).astype(self.dtype), np.asarray(labels, np.int32)
-        after = []
         model.train()
         try:
             for _ in range(steps):
                 _, grads = self._value_and_grad(model, x, y)
                 self._optimizer_update(state, model, grads)
-                after.append(self._named(model, self.nnx.state(model, self.nnx.Param)))
+                yield self._named(model, self.nnx.state(model, self.nnx.Param))
         finally:
             model.eval()
-        return after
 
     def train_outputs(self, model, images_nchw: np.ndarray, seed: int) -> dict[str, np.ndarray]:
         self.nnx.reseed(model, dropout=seed)

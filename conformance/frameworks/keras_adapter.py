@@ -14,6 +14,7 @@ Training runs the block model (the generated `forward_intermediates`, on the sam
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -187,7 +188,7 @@ class Adapter:
                                                                 gradients))
 
     def fit(self, model, images_nchw: np.ndarray, labels: np.ndarray, optimizer: OptimizerConfig,
-            steps: int) -> list[dict[str, np.ndarray]]:
+            steps: int) -> Iterator[dict[str, np.ndarray]]:
         o = optimizer
         block, compiled = self._blocks(model)
         variables = block.trainable_variables
@@ -197,15 +198,13 @@ class Adapter:
             apply = compiled["fit", o]()
         else:
             apply = _apply_eagerly(self._optimizer(o), variables)
-        after = []
         for t in range(1, steps + 1):
             gradients = self._gradients(model, images_nchw, labels)[2]
             # Keras adds epsilon to sqrt(v) before the bias correction (lr * sqrt(1 - beta2^t) / (1 - beta1^t)
             # * m / (sqrt(v) + eps)), PyTorch after it (lr * m_hat / (sqrt(v_hat) + eps)): the same step with
             # eps * sqrt(1 - beta2^t) in Keras, a new value each step.
             apply(gradients, o.epsilon * math.sqrt(1.0 - o.beta2**t))
-            after.append(self._neutral(model, variables, [variable.value for variable in variables]))
-        return after
+            yield self._neutral(model, variables, [variable.value for variable in variables])
 
     def _optimizer(self, o: OptimizerConfig):
         """Keras' own. SGD keeps velocity = momentum * v - lr * g and adds it: for a constant learning rate,

@@ -8,6 +8,7 @@ Which adapter serves which framework is written once, in generators/frameworks.p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -101,9 +102,10 @@ class FrameworkAdapter(Protocol):
         gradients of the mean softmax cross-entropy on `labels`. Leaves the model in eval mode."""
 
     def fit(self, model: Any, images_nchw: np.ndarray, labels: np.ndarray, optimizer: OptimizerConfig,
-            steps: int) -> list[dict[str, np.ndarray]]:
-        """`steps` training steps on the one batch with the framework's own optimizer: after each, every
-        trainable tensor by canonical name in the neutral layout. Leaves the model in eval mode."""
+            steps: int) -> Iterator[dict[str, np.ndarray]]:
+        """`steps` training steps on the one batch with the framework's own optimizer, yielding after each
+        every trainable tensor by canonical name in the neutral layout (one step at a time: a caller keeps
+        what it needs). Leaves the model in eval mode once the last is taken."""
 
     def train_outputs(self, model: Any, images_nchw: np.ndarray, seed: int) -> dict[str, np.ndarray]:
         """Every block's output in training mode with dropout active, its masks drawn from `seed`.

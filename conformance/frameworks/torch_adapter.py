@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from conformance.frameworks.protocol import MacCount, OptimizerConfig, TrainStep, classifier_options
@@ -83,7 +85,7 @@ class Adapter:
                          {name: p.grad.detach().cpu().numpy().copy() for name, p in model.named_parameters()})
 
     def fit(self, model, images_nchw: np.ndarray, labels: np.ndarray, optimizer: OptimizerConfig,
-            steps: int) -> list[dict[str, np.ndarray]]:
+            steps: int) -> Iterator[dict[str, np.ndarray]]:
         x, y = self._batch(model, images_nchw, labels)
         o = optimizer
         if o.name == "sgd":
@@ -91,17 +93,15 @@ class Adapter:
         else:
             step = self.torch.optim.AdamW(model.parameters(), lr=o.learning_rate, betas=(o.beta1, o.beta2),
                                           eps=o.epsilon, weight_decay=o.weight_decay)
-        after = []
         model.train()
         try:
             for _ in range(steps):
                 step.zero_grad(set_to_none=True)
                 _loss(model(x), y).backward()
                 step.step()
-                after.append({name: p.detach().cpu().numpy().copy() for name, p in model.named_parameters()})
+                yield {name: p.detach().cpu().numpy().copy() for name, p in model.named_parameters()}
         finally:
             model.eval()
-        return after
 
     def train_outputs(self, model, images_nchw: np.ndarray, seed: int) -> dict[str, np.ndarray]:
         x, _ = self._batch(model, images_nchw, np.zeros(len(images_nchw)))
