@@ -8,6 +8,7 @@ same top-1. A real bug (wrong epsilon, padding or layout) shows as 1e-2 or more.
 
 from __future__ import annotations
 
+import signal
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -74,7 +75,13 @@ def _failure(key: str, result: WorkerResult | None, crashed: dict) -> str:
     worker = crashed.get(key)
     if worker is None:
         return "no result written"
-    how = "timed out" if worker.timed_out else f"exited with code {worker.returncode}"
+    if worker.timed_out:
+        how = "timed out"
+    elif worker.returncode == -signal.SIGKILL:  # the runner kills only on a timeout: this is the system
+        how = ("was killed (SIGKILL), on Linux most often by the out-of-memory killer: see README, "
+               "MobileNetV5 needs memory")
+    else:
+        how = f"exited with code {worker.returncode}"
     return f"worker {how}; stderr tail:\n{worker.stderr_tail}"
 
 

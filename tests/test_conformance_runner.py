@@ -61,6 +61,17 @@ def test_crashing_worker_is_reported_with_its_stderr(tmp_path, monkeypatch):
     assert "exited with code 3" in build[0].summary and "worker exploded" in build[0].summary
 
 
+def test_a_worker_killed_by_the_system_is_named_as_likely_out_of_memory(tmp_path, monkeypatch):
+    """The out-of-memory killer sends SIGKILL; the runner itself kills only a worker that timed out."""
+    monkeypatch.setattr(runner, "WORKER_COMMAND",
+                        [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    result = execute(RunConfig.for_frameworks(SPEC, [VARIANT], ["flax"], "tf", (224, 192), Options(outputs=False),
+                                              work=tmp_path))
+    build = [c for c in evaluate(SPEC, result) if c.name == "build"]
+    assert not build[0].ok and not result.workers[0].timed_out
+    assert "killed (SIGKILL), on Linux most often by the out-of-memory killer" in build[0].summary
+
+
 FAILED_EXPORT_WORKER = """
 import json, sys
 from pathlib import Path

@@ -16,16 +16,16 @@ import pytest
 
 from conformance.checks import Check, evaluate
 from conformance.cli import quick_variants
-from conformance.runner import Options, RunConfig, execute
+from conformance.runner import Options, RunConfig, execute, heavy
 from generators.frameworks import RUNS
-from spec import describe, load_spec
+from spec import load_spec
 
 SPEC = load_spec()
 # MobileNetV5's three variants (83 to 296 M params; 20 to 44 GMACs even at 224x192) take minutes per
 # framework on 2 cores, where the others take seconds: the slow tier has them. The default tier has their
 # every new part (RMSNorm, gelu_tanh, stem bias, the fusion neck, encoders) in small specs:
 # tests/test_fusion_neck.py and the RMSNorm tests.
-HEAVY = [v for v in SPEC.spec.variants() if describe(SPEC, v).params > 50_000_000]
+HEAVY = [v for v in SPEC.spec.variants() if heavy(SPEC, v)]  # the runner's rule: one worker at a time
 ALL_VARIANTS = list(SPEC.spec.variants())
 LIGHT_VARIANTS = [v for v in ALL_VARIANTS if v not in HEAVY]
 QUICK = [v for v in quick_variants(SPEC.spec) if v not in HEAVY]
