@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conformance.console import console
 from generators import location
-from generators.frameworks import FRAMEWORKS, RUNS
+from generators.frameworks import FRAMEWORKS, REFERENCE_RUN, RUNS
 from spec import SpecError, UnknownName, describe, load_spec
 from spec.loader import DEFAULT_SPEC
 
@@ -292,6 +292,14 @@ def _conform(loaded, args) -> int:
     start = time.perf_counter()
     total = len(variants) * (len(frameworks) + 1)
     options = Options(onnx=args.onnx, onnx_dir=str(args.onnx_cache.resolve()), device=args.device, train=args.train)
+    if args.train:
+        from conformance.training import FLOAT64_MAX_PARAMS, float64_variants
+
+        runs64 = [f"{f}:float64" for f in frameworks if RUNS[f].float64 and f != REFERENCE_RUN]
+        left_out = [v for v in variants if v not in float64_variants(loaded, variants)]
+        if runs64 and left_out:
+            print(f"--train: {', '.join(runs64)} leave out {', '.join(left_out)} (over {FLOAT64_MAX_PARAMS // 10**6} M "
+                  "parameters: float64 training needs more than 23 GB there; README: Training parity)", file=sys.stderr)
     if not variants:  # an empty shard: no workers; its report is empty, and valid for `report merge`
         result = RunResult(RunConfig.for_frameworks(loaded, [], frameworks, flavor, args.resolution, options,
                                                     num_classes=args.num_classes), [], {}, Path(), 0.0)

@@ -111,8 +111,10 @@ class RunConfig:
         """The usual workers: the float64 reference (when outputs are compared), then each run named."""
         workers = ([Worker(*REFERENCE)] if options.outputs or options.train else []) + [Worker(f) for f in frameworks]
         if options.train:  # gradients and optimizer steps are compared in float64 (conformance/training.py)
-            workers += [Worker(f, "float64") for f in frameworks
-                        if RUNS[f].float64 and Worker(f, "float64").key != Worker(*REFERENCE).key]
+            trained = training.float64_variants(spec, variants)  # up to training.FLOAT64_MAX_PARAMS
+            workers += [Worker(f, "float64", variants=trained if trained != tuple(variants) else None)
+                        for f in frameworks if trained and RUNS[f].float64
+                        and Worker(f, "float64").key != Worker(*REFERENCE).key]
         return cls(spec, tuple(variants), tuple(workers), flavor, resolution, options=options, **settings)
 
 

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from conformance.frameworks.protocol import OptimizerConfig
+from spec import describe
 
 # The training batch: non-square, 3x2 after a stride of 32. Float64 convolutions in XLA and TensorFlow run
 # without vectorised kernels, and the float64 runs are most of --train's time: 96x64 costs a third of 160x128.
@@ -94,6 +95,21 @@ OPTIMIZER_FLOAT64_TOLERANCE = 1e-4
 # the AdamW comparison leaves those tensors out and lists them (their gradients are compared).
 ZERO_GRADIENT = 1e-10
 Z_LIMIT = 7.0  # dropout's mean test, |z| of every logit: P(|z| > 7) = 3e-12 per logit when all is right
+
+
+# The float64 runs other than the reference (Keras on TensorFlow, Flax) train variants up to this size.
+# Their float64 training peaks at 88 (TensorFlow) and 186 (XLA) bytes per parameter, measured on
+# mobilenet_v5_base (83 M: 7.2 and 15.4 GB; the PyTorch reference 5.0 GB); XLA also builds a dense C x C
+# filter for a depthwise window larger than its feature map (README: Cost), 3 GB for the 300M variants'
+# last 5x5 at 6x4. Both were killed for memory at 23 GB on MobileNetV5's 300M variants, which add only
+# width and depth to mobilenet_v5_base: every block kind, the neck and the classifier train in float64
+# there (and the 300M variants in every float32 run and in the float64 reference).
+FLOAT64_MAX_PARAMS = 100_000_000
+
+
+def float64_variants(loaded, variants) -> tuple[str, ...]:
+    """The variants a float64 run other than the reference trains (FLOAT64_MAX_PARAMS)."""
+    return tuple(v for v in variants if describe(loaded, v).params <= FLOAT64_MAX_PARAMS)
 
 
 def optimizers(role: str, first: bool) -> tuple[OptimizerConfig, ...]:

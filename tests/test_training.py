@@ -87,6 +87,18 @@ def test_sgd_trains_every_variant_and_adamw_the_first_of_each_float64_worker(tmp
     assert asked["keras:float64"] == [(variants[1], ["sgd", "adamw"]), (variants[2], ["sgd"])]
 
 
+def test_float64_runs_other_than_the_reference_leave_out_variants_over_their_memory_limit():
+    loaded = load_spec()
+    variants = ("mobilenet_v1_025", "mobilenet_v5_300m_encoder", "mobilenet_v5_base", "mobilenet_v5_300m")
+    assert training.float64_variants(loaded, variants) == ("mobilenet_v1_025", "mobilenet_v5_base")
+    config = RunConfig.for_frameworks(loaded, variants, ("torch", "keras", "flax"), "tf", (96, 64), TRAINING)
+    assert {w.key: w.variants for w in config.workers} == {
+        "torch:float64": None, "torch": None, "keras": None, "flax": None,  # the reference and float32: every one
+        "keras:float64": ("mobilenet_v1_025", "mobilenet_v5_base"), "flax:float64": ("mobilenet_v1_025", "mobilenet_v5_base")}
+    only_300m = RunConfig.for_frameworks(loaded, variants[1:2], ("torch", "keras", "flax"), "tf", (96, 64), TRAINING)
+    assert [w.key for w in only_300m.workers] == ["torch:float64", "torch", "keras", "flax"]
+
+
 def test_the_first_diverging_block_is_named_in_network_order():
     order = ["stem", "blocks.0", "blocks.1", "pool", "classifier"]
     errors = training.TensorErrors(
@@ -326,9 +338,12 @@ def test_one_variant_per_family_trains_the_same_in_a_covering_set_of_runs(family
 
 
 def _one_variant_per_family(loaded) -> list[str]:
+    """The first variant of each family with BatchNorm (MobileNetV5 has RMSNorm: no running statistics,
+    nothing for the flavors' variance conventions to change; test_mobilenet_v5_trains_the_same_in_every_run)."""
     firsts: dict[str, str] = {}
     for variant, (family, _) in loaded.spec.variants().items():
-        firsts.setdefault(family, variant)
+        if family != "mobilenet_v5":
+            firsts.setdefault(family, variant)
     return list(firsts.values())
 
 
@@ -345,3 +360,25 @@ def test_one_variant_per_family_trains_the_same_in_every_run(tmp_path, flavor):
     assert {c.subject for c in train if c.name == "gradients"} == {"keras:float64", "flax:float64"}
     failed = [f"{c.variant} {c.subject} {c.name}: {c.summary}" for c in checks if not c.ok]
     assert not failed, "\n".join(failed)
+
+
+@pytest.mark.slow
+def test_mobilenet_v5_trains_the_same_in_every_run(tmp_path):
+    """mobilenet_v5_base in every run, float64 included; the 300M encoder (its loss on the feature map's mean)
+    in the reference and every float32 run, after base and one worker at a time (runner.HEAVY_PARAMS).
+    The float64 runs of Keras and Flax leave the encoder out (training.FLOAT64_MAX_PARAMS): measured 23 min
+    on 2 cores, the reference's peak 14.7 GB."""
+    from generators.frameworks import RUNS
+
+    loaded = load_spec()
+    variants = ("mobilenet_v5_base", "mobilenet_v5_300m_encoder")
+    result = execute(RunConfig.for_frameworks(loaded, variants, tuple(RUNS), "timm", (96, 80),
+                                              Options(count_macs=False, train=True), work=tmp_path))
+    checks = evaluate(loaded, result)
+    failed = [f"{c.variant} {c.subject} {c.name}: {c.summary}" for c in checks if not c.ok]
+    assert not failed, "\n".join(failed)
+    float32_runs = set(RUNS)
+    trained = {v: {c.subject for c in checks if c.name == "train_forward" and c.variant == v} for v in variants}
+    assert trained["mobilenet_v5_base"] == float32_runs | {"keras:float64", "flax:float64"}
+    assert trained["mobilenet_v5_300m_encoder"] == float32_runs
+    assert {c.subject for c in checks if c.name == "gradients" and c.ok} == {"keras:float64", "flax:float64"}
