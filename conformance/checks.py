@@ -213,7 +213,7 @@ def _litert_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[
                     for name, expected in against.items()}
         ok = not info.problems and all(c.ok for c in compared.values())
         how = "cached" if info.cached else f"exported in {info.export_s:.1f} s"
-        summary = (f"{how}, {sum(info.ops.values())} ops, "
+        summary = (f"{how}, {sum(info.ops.values())} ops, {len(litert)} block outputs, "
                    + (f"NOT ALLOWED: {', '.join(info.problems)}" if info.problems
                       else "no TRANSPOSE/GATHER/Flex" + (f", {info.ops['HARD_SWISH']} HARD_SWISH"
                                                          if info.ops.get("HARD_SWISH") else ""))
