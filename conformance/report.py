@@ -244,8 +244,8 @@ def _litert_section(checks: list[Check], report: dict) -> list[str]:
     from conformance.litert.export import NOT_EXPORTED
 
     lines = ["", "## LiteRT (float)", "",
-             "| variant | framework | export | ops | not allowed | logits rel. error vs framework | "
-             "vs float64 | check |", "|---|---|---:|---|---|---:|---:|---|"]
+             ("| variant | framework | export | ops | not allowed | logits rel. error vs framework | "
+              "vs float64 | check |"), "|---|---|---:|---|---|---:|---:|---|"]
     for c in rows:
         info = c.figures
         if "ops" not in info:  # the export (or its run) failed: the check's summary says why

@@ -110,9 +110,10 @@ def main(argv: list[str]) -> int:
                 from conformance.litert.export import NOT_EXPORTED
 
                 if RUNS[framework].native and RUNS[framework].framework.key in LITERT_EXPORTERS:
+                    # the model built and ran: a failed export fails the litert check
                     try:
                         result.litert = _litert(RUNS[framework].framework, model, desc, job, images, out, framework)
-                    except Exception as exc:  # the model built and ran: a failed export fails the litert check
+                    except Exception as exc:  # noqa: BLE001
                         result.litert_error = f"{type(exc).__name__}: {exc}"
                         result.traceback = traceback.format_exc(limit=6)
                 else:
