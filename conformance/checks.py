@@ -63,6 +63,7 @@ def evaluate(loaded: LoadedSpec, run: RunResult) -> list[Check]:
         checks += _mac_checks(variant, run, usable, desc)
         checks += _logits_shape_checks(variant, run, usable, loaded)
         checks += _onnx_checks(variant, run, usable, desc)
+        checks += _litert_checks(variant, run, usable, desc)
         if any(key == REFERENCE_KEY for key in keys):
             checks += _output_checks(variant, run, usable, desc)
         checks += _train_checks(variant, run, usable, desc.output)
@@ -186,6 +187,39 @@ def _onnx_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[Ch
         difference = compare(canonical[a], canonical[b], (a, b))
         checks.append(Check(variant, "onnx", f"{a}~{b}", difference is None,
                             "canonical graphs equal" if difference is None else f"graphs differ at {difference}"))
+    return checks
+
+
+def _litert_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[Check]:
+    """Per framework exported to LiteRT (float; conformance/litert): the op inventory (no TRANSPOSE, GATHER
+    or Flex op; every hard-swish the native HARD_SWISH), and the interpreter's output of every block against
+    the framework's own and the float64 reference's, by the rule of the outputs check (`_compare`: relative
+    to max |reference|, OUTPUT_TOLERANCE, same top-1; the tolerance ONNX Runtime meets too)."""
+    checks = []
+    reference = run.outputs(variant, REFERENCE_KEY)
+    for key in keys:
+        result = run.results[(variant, key)]
+        if result.litert_error is not None:
+            checks.append(Check(variant, "litert", key, False, f"export failed: {result.litert_error}"))
+        info = result.litert
+        own = run.outputs(variant, key)
+        if info is None or own is None:
+            continue
+        with np.load(info.outputs) as data:
+            litert = {name: data[name] for name in data.files}
+        against = {key: own, **({"float64": reference} if reference is not None else {})}
+        compared = {name: _compare(variant, key, litert, expected, expected,
+                                   None if desc.encoder else np.argmax(expected[desc.output], -1), desc.output)
+                    for name, expected in against.items()}
+        ok = not info.problems and all(c.ok for c in compared.values())
+        how = "cached" if info.cached else f"exported in {info.export_s:.1f} s"
+        summary = (f"{how}, {sum(info.ops.values())} ops, {len(litert)} block outputs, "
+                   + (f"NOT ALLOWED: {', '.join(info.problems)}" if info.problems
+                      else "no TRANSPOSE/GATHER/Flex" + (f", {info.ops['HARD_SWISH']} HARD_SWISH"
+                                                         if info.ops.get("HARD_SWISH") else ""))
+                   + "; " + "; ".join(f"vs {name}: {c.summary}" for name, c in compared.items()))
+        figures = {**info.to_json(), **{f"vs_{name}": c.figures for name, c in compared.items()}}
+        checks.append(Check(variant, "litert", key, ok, summary, figures))
     return checks
 
 

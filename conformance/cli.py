@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="also export to ONNX (opset 18): checker, ONNX Runtime vs each framework, canonical graphs")
     p.add_argument("--onnx-cache", type=Path, default=Path(".cache/onnx"),
                    help="exports are kept here under a content hash, so a re-run does not re-export")
+    p.add_argument("--litert", action="store_true",
+                   help="also export to LiteRT (float) from Keras and Flax: op inventory, every block in the "
+                        "LiteRT interpreter vs each framework and the float64 reference")
+    p.add_argument("--litert-cache", type=Path, default=Path(".cache/litert"),
+                   help="LiteRT exports are kept here under a content hash, so a re-run does not re-export")
     p.add_argument("--train", action="store_true",
                    help="also training-mode parity: batch-statistics forward, gradients, running statistics, "
                         "SGD and AdamW steps, dropout (README: Training parity)")
@@ -102,6 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", type=Path, default=None, help="weights to export (default: the model's own init)")
     p.add_argument("-o", "--output", type=Path, required=True)
 
+    p = commands.add_parser("litert", help="export a generated model to LiteRT (.tflite, float) and run it")
+    p.add_argument("variant")
+    p.add_argument("--framework", required=True, choices=tuple(FRAMEWORKS),
+                   help="keras (TensorFlow backend) or flax; PyTorch's export is not in this build yet")
+    p.add_argument("--flavor", default=None)
+    p.add_argument("--resolution", type=_resolution, default=None, help="R or HxW (default: 224 or the family's)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--weights", type=Path, default=None, help="weights to export (default: the model's own init)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+
     args = parser.parse_args(argv)
     previous = os.environ.get(location.ENVIRONMENT)
     try:
@@ -110,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":  # reports carry what they need; no spec is read
             return _report_merge(args)
         loaded = load_spec(args.spec)
-        if args.command in ("port", "run", "onnx", "conform"):
+        if args.command in ("port", "run", "onnx", "litert", "conform"):
             # Every worker process imports the code of this spec, from the folder this names.
             args.generated = location.generated_dir(loaded, args.generated)
             os.environ[location.ENVIRONMENT] = str(args.generated)
@@ -122,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             return _port_or_run(loaded, args)
         if args.command == "onnx":
             return _onnx(loaded, args)
+        if args.command == "litert":
+            return _litert(loaded, args)
         return _conform(loaded, args)
     except (SpecError, UnknownName, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -250,6 +267,37 @@ def _onnx(loaded, args) -> int:
     return 0
 
 
+def _litert(loaded, args) -> int:
+    """`mnforge litert`: exit 0 when written and within the float rules, 1 when the graph breaks them (the
+    file is written all the same, for a look at it), 2 on bad input or a failed export (nothing written)."""
+    from conformance.checks import OUTPUT_TOLERANCE
+    from conformance.litert.export import check_exported
+    from conformance.porting.formats import read_metadata
+    from conformance.porting.port import check_target, run_worker
+
+    check_exported(args.framework)
+    check_target(None, args.output, "-o")
+    desc = describe(loaded, args.variant, args.flavor, args.resolution, args.num_classes)
+    flavor = args.flavor or (read_metadata(args.weights).get("flavor") if args.weights else None) or desc.flavor
+    result = run_worker({"spec": str(loaded.path), "op": "litert", "variant": desc.variant, "flavor": flavor,
+                         "num_classes": desc.num_classes, "framework": args.framework,
+                         "resolution": list(desc.resolution), "path": str(args.output),
+                         "weights": str(args.weights) if args.weights else None},
+                        args.framework, f"exporting {desc.variant} from {args.framework} to LiteRT")
+    h, w = desc.resolution
+    ops = ", ".join(f"{name} {count}" for name, count in result["ops"].items())
+    top1 = "" if result["top1_same"] is None else f", top-1 {'same' if result['top1_same'] else 'DIFFERS'}"
+    ok = not result["problems"] and result["rel_error"] <= OUTPUT_TOLERANCE and result["top1_same"] is not False
+    print(f"wrote {args.output}: float32, input NHWC (1, {h}, {w}, 3), output `logits` {tuple(result['shape'][1:])} "
+          f"per image; exported in {result['seconds']:.1f} s\n"
+          f"ops ({sum(result['ops'].values())}): {ops}\n"
+          f"LiteRT vs {args.framework} on 2 random images: max abs error {result['abs_error']:.2e}, relative "
+          f"{result['rel_error']:.2e} (tolerance {OUTPUT_TOLERANCE:.0e}){top1}", file=sys.stderr)
+    if result["problems"]:
+        print(f"error: the graph breaks the float rules: {', '.join(result['problems'])}", file=sys.stderr)
+    return 0 if ok else 1
+
+
 def _port_or_run(loaded, args) -> int:
     from conformance.porting.port import port, run_model
 
@@ -279,6 +327,8 @@ def _conform(loaded, args) -> int:
     flavor = args.flavor or loaded.spec.default_flavor
     if args.device == "gpu" and args.onnx:
         raise ValueError("--onnx exports and checks on the CPU; run it without --device gpu")
+    if args.device == "gpu" and args.litert:
+        raise ValueError("--litert exports and runs on the CPU; run it without --device gpu")
     if args.shard:
         from conformance.shard import shard_variants
 
@@ -291,7 +341,8 @@ def _conform(loaded, args) -> int:
     console_ = console(stderr=True)
     start = time.perf_counter()
     total = len(variants) * (len(frameworks) + 1)
-    options = Options(onnx=args.onnx, onnx_dir=str(args.onnx_cache.resolve()), device=args.device, train=args.train)
+    options = Options(onnx=args.onnx, onnx_dir=str(args.onnx_cache.resolve()), litert=args.litert,
+                      litert_dir=str(args.litert_cache.resolve()), device=args.device, train=args.train)
     if args.train:
         from conformance.training import FLOAT64_MAX_PARAMS, float64_variants
 

@@ -22,7 +22,7 @@ from conformance.training import TRAIN_STEPS, block_of, tolerance
 from spec import describe
 from spec.files import atomic_write
 
-CHECKS = ("build", "structure", "params", "round_trip", "shapes", "macs", "resolutions", "outputs", "onnx")
+CHECKS = ("build", "structure", "params", "round_trip", "shapes", "macs", "resolutions", "outputs", "onnx", "litert")
 REPORT_FORMAT = 2  # 2: spec, frameworks, options, selection and shard recorded (what `report merge` needs)
 SAME_RUN = ("flavor", "resolution", "num_classes", "frameworks", "options")  # and the spec's sha256
 
@@ -78,7 +78,7 @@ def report_dict(loaded, run: RunResult, checks: list[Check], selection: list[str
         "spec": {"path": str(loaded.path), "sha256": loaded.sha256, "variants": list(loaded.spec.variants())},
         "flavor": run.flavor, "resolution": list(run.resolution), "num_classes": run.num_classes,
         "frameworks": [w.key for w in config.workers],
-        "options": {"onnx": config.options.onnx, "device": config.options.device},
+        "options": {"onnx": config.options.onnx, "litert": config.options.litert, "device": config.options.device},
         "selection": list(run.variants if selection is None else selection),
         "shard": list(shard) if shard else None,
         "seconds": run.seconds, "time_split": time_split(run),
@@ -201,6 +201,7 @@ def _markdown(report: dict, checks: list[Check]) -> str:
     lines += ["", f"## Failures ({len(failed)})", ""]
     lines += [f"- `{c.variant}` {c.name} [{c.subject}]: {c.summary}" for c in failed] or ["None."]
     lines += _onnx_section(checks)
+    lines += _litert_section(checks, report)
     lines += _training_section(checks)
     lines += ["", "## Output errors per block (relative to max |float64 reference|)", ""]
     for c in checks:
@@ -233,6 +234,34 @@ def _onnx_section(checks: list[Check]) -> list[str]:
                      f"{'–' if reference is None else f'{reference:.2e}'} | "
                      f"{'yes' if c.graph_equals_spec else 'NO'} | "
                      f"{'yes' if others and all(others) else 'NO' if others else '–'} | {ops} |")
+    return lines
+
+
+def _litert_section(checks: list[Check], report: dict) -> list[str]:
+    rows = [c for c in checks if c.name == "litert"]
+    if not rows:
+        return []
+    from conformance.litert.export import NOT_EXPORTED
+
+    lines = ["", "## LiteRT (float)", "",
+             ("| variant | framework | export | ops | not allowed | logits rel. error vs framework | "
+              "vs float64 | check |"), "|---|---|---:|---|---|---:|---:|---|"]
+    for c in rows:
+        info = c.figures
+        if "ops" not in info:  # the export (or its run) failed: the check's summary says why
+            detail = c.summary.replace("|", "/").replace("\n", " ")
+            lines.append(f"| {c.variant} | {c.subject} | FAILED: {detail} | – | – | – | – | – |")
+            continue
+        export = "cached" if info["cached"] else f"{info['export_s']:.1f} s"
+        ops = ", ".join(f"{k} {v}" for k, v in info["ops"].items())
+        own, ref = info.get(f"vs_{c.subject}"), info.get("vs_float64")
+        ref_error = f"{ref['logits_rel']:.2e}" if ref else "–"
+        lines.append(f"| {c.variant} | {c.subject} | {export} | {ops} | {', '.join(info['problems']) or 'none'} | "
+                     f"{own['logits_rel']:.2e} | {ref_error} | {'ok' if c.ok else 'FAIL'} |")
+    skipped = [f"{key} ({why})" for key, why in NOT_EXPORTED.items()
+               if any(w.split(":")[0] == key for w in report["frameworks"])]
+    if skipped:
+        lines += ["", "Not exported: " + "; ".join(skipped) + "."]
     return lines
 
 

@@ -24,6 +24,12 @@ def outputs_path(out: Path, variant: str, run_key: str, dtype: str) -> Path:
     return Path(out) / f"{variant}.{run_key}.{dtype}.npz"
 
 
+def litert_outputs_path(out: Path, variant: str, run_key: str) -> Path:
+    """Where a worker writes the LiteRT interpreter's outputs of a variant's export (.npz: block name ->
+    array, the neutral layout)."""
+    return Path(out) / f"{variant}.{run_key}.litert.npz"
+
+
 def _to_json(obj) -> dict:
     """A dataclass as a JSON-ready dict, leaving out fields at None."""
     return {k: v for k, v in dataclasses.asdict(obj).items() if v is not None}
@@ -62,6 +68,23 @@ class OnnxResult:
         return _to_json(self)
 
 
+@dataclass(frozen=True)
+class LiteRTResult:
+    """A float LiteRT export of one framework's model, with every block as an output (conformance/litert),
+    run in the LiteRT interpreter on the shared input."""
+
+    path: str
+    cached: bool  # reused an export under the same content hash
+    export_s: float
+    ops: dict[str, int]  # op histogram of the flatbuffer
+    problems: list[str]  # conformance.litert.export.op_problems: forbidden ops, hard-swish not native
+    outputs: str  # .npz of the interpreter's outputs (litert_outputs_path)
+    run_s: float  # the interpreter's seconds on the shared input
+
+    def to_json(self) -> dict:
+        return _to_json(self)
+
+
 @dataclass
 class WorkerResult:
     """One variant in one worker (a run of generators.frameworks.RUNS, in one dtype)."""
@@ -81,6 +104,9 @@ class WorkerResult:
     onnx: OnnxResult | None = None
     onnx_skipped: str | None = None  # why this run exports no ONNX
     onnx_error: str | None = None  # the exception that ended the ONNX export or its validation
+    litert: LiteRTResult | None = None
+    litert_skipped: str | None = None  # why this run exports no LiteRT
+    litert_error: str | None = None  # the exception that ended the LiteRT export or its run
     logits_shapes: dict[str, list[int]] | None = None  # "HxW" -> logits shape
     train: dict | None = None  # training-mode parity figures (conformance/training.py; worker.run_training)
     error: str | None = None  # the exception that ended this variant's job
@@ -96,7 +122,8 @@ class WorkerResult:
     @classmethod
     def from_json(cls, text: str) -> WorkerResult:
         data = json.loads(text)
-        for name, kind in (("round_trip", RoundTrip), ("macs", MacCount), ("onnx", OnnxResult)):
+        for name, kind in (("round_trip", RoundTrip), ("macs", MacCount), ("onnx", OnnxResult),
+                           ("litert", LiteRTResult)):
             if data.get(name) is not None:
                 data[name] = kind(**data[name])
         return cls(**data)

@@ -84,6 +84,10 @@ class Options:
     onnx: bool = False  # export to ONNX, validate, compare ONNX Runtime with the framework's own logits
     onnx_dir: str | None = None  # where exports are cached (content-hashed); default: the run's folder
     onnx_reference_evaluator: tuple[str, ...] = ()  # variants also run in onnx.reference (slow, pure Python)
+    # export to LiteRT (float, every block an output) from Keras and Flax, run the interpreter, compare with
+    # the framework's own outputs and the float64 reference's (conformance/litert)
+    litert: bool = False
+    litert_dir: str | None = None  # where exports are cached (content-hashed); default: the run's folder
     device: str = "cpu"  # "gpu": every worker runs on the GPU with TF32 off (conformance/worker.py)
     train: bool = False  # training-mode parity (conformance/training.py); needs the float64 reference
 
@@ -302,6 +306,7 @@ def _request(config: RunConfig, worker: Worker) -> dict:
                   "onnx": {"dir": options.onnx_dir or str(work / "onnx"),
                            "reference_evaluator": v in options.onnx_reference_evaluator}
                   if options.onnx and full else None,
+                  "litert": {"dir": options.litert_dir or str(work / "litert")} if options.litert and full else None,
                   "train": _train_job(worker, timeout, first=v == first) if options.train else None}
                  for v in config.variants if worker.runs(v, config.variants)],
     }

@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
                                   "exported_by": framework})
             timings["weights"] = time.perf_counter() - t
             blocks = None
-            if images is not None and (job.get("forward", True) or job.get("onnx")):
+            if images is not None and (job.get("forward", True) or job.get("onnx") or job.get("litert")):
                 t = time.perf_counter()
                 blocks = adapter.forward_blocks(model, images)
                 timings["forward"] = time.perf_counter() - t
@@ -104,6 +104,24 @@ def main(argv: list[str]) -> int:
                     exported = [f"{r.key} ({r.title})" for r in RUNS.values() if r.native and r.key in EXPORTERS]
                     result.onnx_skipped = f"{framework}: ONNX export is checked from {', '.join(exported)}"
                 timings["onnx"] = time.perf_counter() - t
+            if job.get("litert") and blocks is not None:
+                t = time.perf_counter()
+                from conformance.litert.export import EXPORTERS as LITERT_EXPORTERS
+                from conformance.litert.export import NOT_EXPORTED
+
+                if RUNS[framework].native and RUNS[framework].framework.key in LITERT_EXPORTERS:
+                    # the model built and ran: a failed export fails the litert check
+                    try:
+                        result.litert = _litert(RUNS[framework].framework, model, desc, job, images, out, framework)
+                    except Exception as exc:  # noqa: BLE001
+                        result.litert_error = f"{type(exc).__name__}: {exc}"
+                        result.traceback = traceback.format_exc(limit=6)
+                else:
+                    exported = [f"{r.key} ({r.title})" for r in RUNS.values()
+                                if r.native and r.key in LITERT_EXPORTERS]
+                    why = NOT_EXPORTED.get(RUNS[framework].framework.key, "LiteRT export is checked from native runs")
+                    result.litert_skipped = f"{framework}: {why}; exported from {', '.join(exported)}"
+                timings["litert"] = time.perf_counter() - t
             if job.get("logits_at"):
                 t = time.perf_counter()
                 result.logits_shapes = {
@@ -368,22 +386,18 @@ def _onnx(base, adapter, model, desc, job: dict, images, own_logits):
     import numpy as np
     import onnx
 
+    from conformance.export_cache import cached_export
     from conformance.frameworks.protocol import to_nchw
     from conformance.onnx import export as onnx_export
     from conformance.onnx.from_onnx import canonicalize
     from conformance.results import OnnxResult
     from generators.location import family_module
-    from spec.files import atomic_write
 
     generated = Path(family_module(base.key, desc.family).__file__)
     folder = Path(job["onnx"]["dir"])
     path = folder / f"{desc.variant}.{desc.flavor}.{base.key}.onnx"
     key = onnx_export.cache_key(generated, Path(job["weights"]), desc.flavor, desc.resolution)
-    key_file = path.with_name(path.name + ".sha256")
-    cached = path.exists() and key_file.exists() and key_file.read_text() == key
-    export_s = 0.0 if cached else onnx_export.export(base.key, model, desc.resolution, path)
-    if not cached:
-        atomic_write(key_file, key)
+    cached, export_s = cached_export(path, key, lambda: onnx_export.export(base.key, model, desc.resolution, path))
     validated = onnx_export.validate(path)
     native = images.transpose(0, 2, 3, 1) if base.channels_last else images
     scale = float(np.max(np.abs(own_logits))) or 1.0
@@ -400,6 +414,32 @@ def _onnx(base, adapter, model, desc, job: dict, images, own_logits):
         ort_rel_error=float(np.max(np.abs(ort_logits - own_logits))) / scale,
         ort_top1_same=bool(np.array_equal(ort_logits.argmax(-1), own_logits.argmax(-1))),
         reference_evaluator_rel_error=reference_error)
+
+
+def _litert(base, model, desc, job: dict, images, out: Path, run_key: str):
+    """Export with every block as an output (or reuse the export cached under the same content hash), count
+    its ops, run it in the LiteRT interpreter on the shared input and write the outputs (neutral layout)
+    for the checks, which compare them with the framework's and the float64 reference's.
+    `base`: the framework (generators.frameworks.Framework) of a native run."""
+    from conformance.export_cache import cached_export
+    from conformance.frameworks.protocol import to_nchw
+    from conformance.litert import export as litert_export
+    from conformance.results import LiteRTResult, litert_outputs_path
+    from generators.location import family_module
+
+    generated = Path(family_module(base.key, desc.family).__file__)
+    path = Path(job["litert"]["dir"]) / f"{desc.variant}.{desc.flavor}.{base.key}.blocks.tflite"
+    key = litert_export.cache_key(generated, Path(job["weights"]), desc.flavor, desc.resolution, blocks=True)
+    cached, export_s = cached_export(
+        path, key, lambda: litert_export.export(base.key, model, desc, path, blocks=True))
+    histogram = litert_export.ops(path)
+    t = time.perf_counter()
+    outputs = litert_export.run(path, images.transpose(0, 2, 3, 1))
+    run_s = time.perf_counter() - t
+    target = litert_outputs_path(out, desc.variant, run_key)
+    _save_npz(target, {name: to_nchw(value) for name, value in outputs.items()})
+    return LiteRTResult(path=str(path), cached=cached, export_s=export_s, ops=histogram,
+                        problems=litert_export.op_problems(histogram, desc), outputs=str(target), run_s=run_s)
 
 
 def _error_text(check, *args) -> str | None:

@@ -9,14 +9,13 @@ backend) and Flax NNX (jax2onnx). The exporter of framework KEY is `_export_KEY`
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from conformance.export_cache import content_key
 from generators.frameworks import FRAMEWORKS
 from generators.frameworks import framework as framework_entry
 from spec.files import atomic_write
@@ -28,11 +27,7 @@ INPUT, OUTPUT, BATCH = "images", "logits", "batch"
 def cache_key(generated_file: Path, weights: Path, flavor: str, resolution: tuple[int, int]) -> str:
     """Content hash of what an export depends on: the generated code, the weights, opset, flavor, size,
     and this module (a fix to an exporter's output invalidates the exports made without it)."""
-    digest = hashlib.sha256()
-    for part in (Path(generated_file).read_bytes(), Path(weights).read_bytes(), Path(__file__).read_bytes(),
-                 json.dumps([OPSET, flavor, list(resolution)]).encode()):
-        digest.update(hashlib.sha256(part).digest())
-    return digest.hexdigest()
+    return content_key([generated_file, weights, Path(__file__)], [OPSET, flavor, list(resolution)])
 
 
 def export(framework: str, model, resolution: tuple[int, int], path: Path) -> float:

@@ -77,6 +77,8 @@ def _dispatch(request: dict) -> dict:
         return _random_reference(request, desc, ref)
     if op == "onnx":
         return _export_onnx(request, desc)
+    if op == "litert":
+        return _export_litert(request, loaded)
     raise ValueError(f"unknown operation {op!r}")
 
 
@@ -131,6 +133,41 @@ def _export_onnx(request: dict, desc) -> dict:
         adapter.load(model, formats.read_weights(Path(weights), framework, desc))
     seconds = onnx_export.export(framework, model, resolution, Path(request["path"]))
     return {"seconds": seconds, **onnx_export.validate(Path(request["path"]))}
+
+
+def _export_litert(request: dict, loaded) -> dict:
+    """Build the generated model (with the given weights, else its own initialisation), export it to LiteRT
+    (float, output `logits`), count its ops, and compare the interpreter's output with the framework's own
+    on a fixed random input (2 images, seed 0)."""
+    import numpy as np
+
+    from conformance.frameworks import adapter as get_adapter
+    from conformance.frameworks.protocol import to_nchw
+    from conformance.litert import export as litert_export
+    from conformance.porting import formats
+    from spec import describe
+
+    framework = request["framework"]
+    litert_export.check_exported(framework)
+    desc = describe(loaded, request["variant"], request["flavor"], tuple(request["resolution"]),
+                    request.get("num_classes", 1000))
+    adapter = get_adapter(framework)
+    weights = request.get("weights")
+    model = adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, desc.resolution,
+                          abstract=bool(weights))
+    if weights:
+        adapter.load(model, formats.read_weights(Path(weights), framework, desc))
+    images = np.random.default_rng(0).normal(0.0, 1.0, (2, 3, *desc.resolution)).astype(np.float32)
+    own = np.asarray(adapter.logits(model, images), np.float64)  # Keras exports only a called model
+    path = Path(request["path"])
+    seconds = litert_export.export(framework, model, desc, path)
+    histogram = litert_export.ops(path)
+    lite = to_nchw(litert_export.run(path, images.transpose(0, 2, 3, 1))[litert_export.OUTPUT]).astype(np.float64)
+    error = float(np.max(np.abs(lite - own)))
+    return {"seconds": seconds, "ops": histogram, "problems": litert_export.op_problems(histogram, desc),
+            "abs_error": error, "rel_error": error / (float(np.max(np.abs(own))) or 1.0),
+            "top1_same": None if desc.encoder else bool(np.array_equal(lite.argmax(-1), own.argmax(-1))),
+            "shape": list(lite.shape)}
 
 
 def _random_reference(request: dict, desc, ref) -> dict:

@@ -1,0 +1,177 @@
+"""LiteRT (TFLite) export of the generated models, their op inventory, and runs in the LiteRT interpreter
+(runs in a framework worker: the converter imports TensorFlow).
+
+Both exporters end in `tf.lite.TFLiteConverter` with builtin ops only (no Flex ops, no custom ops):
+Keras (TensorFlow backend) through `from_keras_model`, Flax NNX through `jax2tf.convert` wrapped in a
+`tf.function` with a fixed NHWC float32 input, then `from_concrete_functions`. A graph has one NHWC
+float32 input and named outputs in its signature: `logits` (the network's output; an encoder's feature
+map, NHWC), or with `blocks` every stage's output by canonical block name (the conformance run compares
+them block by block; the stage maps come out NHWC, pooled features and logits as (batch, features)).
+The exporter of framework KEY is `_converter_KEY` below. Files are run with `ai_edge_litert`'s
+interpreter (the pinned ai-edge-litert; `tf.lite.Interpreter` is deprecated), and their ops are read
+from the flatbuffer with `ai_edge_litert.tools.flatbuffer_utils`, without TensorFlow.
+
+Float only in this version: quantization would set the converter's options between `_converter_KEY`
+and `convert()` (in `_convert`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from conformance.export_cache import content_key
+from generators.frameworks import FRAMEWORKS
+from generators.frameworks import framework as framework_entry
+from spec.files import atomic_write
+
+OUTPUT = "logits"  # the one output of a graph exported without `blocks`
+# Ops a float graph must not have: layout transposes (EdgeTPU compilers reject TRANSPOSE; a MobileNet in
+# NHWC needs none), gathers (an index lookup where a slice or resize belongs), and TensorFlow ops run
+# through the Flex delegate (custom ops named Flex...; not in a builtin-only LiteRT runtime).
+FORBIDDEN = ("TRANSPOSE", "GATHER")
+FLEX_PREFIX = "Flex"
+
+
+class LiteRTError(ValueError):
+    """A model LiteRT cannot express with builtin ops; the message names the op."""
+
+
+def cache_key(generated_file: Path, weights: Path, flavor: str, resolution: tuple[int, int], blocks: bool) -> str:
+    """Content hash of what an export depends on (conformance/export_cache.py): the generated code, the
+    weights, this module, the flavor, size and outputs."""
+    return content_key([generated_file, weights, Path(__file__)],
+                       ["blocks" if blocks else OUTPUT, flavor, list(resolution)])
+
+
+def export(framework: str, model, desc, path: Path, blocks: bool = False) -> float:
+    """Write `model` (a generated model of `desc`, in eval mode) as a float LiteRT flatbuffer to `path`
+    (atomically: a failure leaves nothing there); returns the export's seconds."""
+    start = time.perf_counter()
+    key = framework_entry(framework).key
+    check_exported(key)
+    converter, _keep = EXPORTERS[key](model, desc, blocks)  # _keep: what the converter's functions hold on to
+    atomic_write(Path(path), _convert(converter))
+    return time.perf_counter() - start
+
+
+def _convert(converter) -> bytes:
+    import tensorflow as tf
+
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops, no custom ops
+    try:
+        # Keras writes a SavedModel on the way and prints its signature: not this command's output
+        with contextlib.redirect_stdout(io.StringIO()):
+            return converter.convert()
+    except Exception as exc:  # the converter's errors are pages of MLIR diagnostics: name the op
+        unsupported = unsupported_ops(str(exc))
+        if unsupported:
+            raise LiteRTError(f"LiteRT has no builtin op for {', '.join(unsupported)} (Flex ops are not allowed "
+                              "in the float export)") from None
+        raise
+
+
+def unsupported_ops(message: str) -> list[str]:
+    """The TensorFlow ops a converter error names as having no LiteRT builtin, in order, once each."""
+    found = re.findall(r"'(tf\.[A-Za-z0-9_]+)' op is neither a custom op nor a flex op", message)
+    for listed in re.findall(r"TF Select ops: ([A-Za-z0-9_, ]+)", message):
+        found += [f"tf.{name.strip()}" for name in listed.split(",") if name.strip()]
+    return list(dict.fromkeys(found))
+
+
+def _converter_keras(model, desc, blocks: bool):
+    import keras
+    import tensorflow as tf
+
+    from generators.location import family_module
+
+    if blocks:
+        graph = family_module("keras", desc.family).forward_intermediates(model)
+    else:
+        graph = keras.Model(model.inputs, {OUTPUT: model.outputs[0]}, name=f"{model.name}_{OUTPUT}")
+    return tf.lite.TFLiteConverter.from_keras_model(graph), graph
+
+
+def _converter_flax(model, desc, blocks: bool):
+    import tensorflow as tf
+    from flax import nnx
+    from jax.experimental import jax2tf
+
+    graphdef, state = nnx.split(model)
+
+    def forward(image):  # NHWC
+        network = nnx.merge(graphdef, state)
+        return dict(network.forward_intermediates(image)) if blocks else {OUTPUT: network(image)}
+
+    # jax2tf 0.10: native serialization and enable_xla are deprecated and ignored; no gradient is exported
+    function = tf.function(jax2tf.convert(forward, with_gradient=False), autograph=False,
+                           input_signature=[tf.TensorSpec((1, *desc.resolution, 3), tf.float32, name="image")])
+    holder = tf.Module()  # the trackable that gives the flatbuffer its signature (named outputs)
+    holder.forward = function
+    return tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], holder), holder
+
+
+# Frameworks with no LiteRT export yet, and why (`mnforge litert` says so; `conform --litert` records it).
+NOT_EXPORTED = {
+    "torch": "PyTorch's LiteRT export is not in this build yet: litert-torch cannot be installed beside the "
+             "pinned packages (its dependency xdsl needs typing-extensions<4.13)",
+}
+
+# framework key -> its exporter, `_converter_KEY`: (model, desc, blocks) -> (converter, object to keep
+# alive while converting). A framework without one is not exported (`mnforge litert` refuses it,
+# `conform --litert` skips it).
+EXPORTERS = {key: globals()[f"_converter_{key}"] for key in FRAMEWORKS if f"_converter_{key}" in globals()}
+
+
+def check_exported(key: str) -> None:
+    """Raise ValueError, naming why, unless framework `key` has a LiteRT exporter."""
+    if key not in EXPORTERS:
+        why = NOT_EXPORTED.get(key, f"no LiteRT export for {key!r}")
+        raise ValueError(f"{why}; exported are {', '.join(EXPORTERS)}")
+
+
+def ops(path: Path) -> dict[str, int]:
+    """How many times each op occurs in the flatbuffer, every subgraph; a custom op by its custom code
+    (a Flex op: `Flex` and the TensorFlow op's name)."""
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    model = fu.read_model(str(path))
+    names = []
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            name = fu.opcode_to_name(model, op.opcodeIndex)
+            if name == "CUSTOM":
+                code = model.operatorCodes[op.opcodeIndex].customCode
+                name = code.decode() if isinstance(code, bytes) else str(code)
+            names.append(name)
+    return dict(sorted(Counter(names).items()))
+
+
+def op_problems(histogram: dict[str, int], desc) -> list[str]:
+    """What a float graph of `desc` must not have (FORBIDDEN, Flex ops), and that every hard-swish of the
+    spec is the native HARD_SWISH op: one per layer whose activation is hard_swish."""
+    problems = [f"{count} {name}" for name, count in histogram.items()
+                if name in FORBIDDEN or name.startswith(FLEX_PREFIX)]
+    expected = sum(layer.activation == "hard_swish" for layer in desc.layers)
+    found = histogram.get("HARD_SWISH", 0)
+    if found != expected:
+        problems.append(f"{found} HARD_SWISH where the spec has {expected} hard-swish activations")
+    return problems
+
+
+def run(path: Path, images_nhwc: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of the flatbuffer's signature by name, for a batch of NHWC float32 images (one image
+    per invocation: the graph's input has batch 1), on one thread."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    runner = interpreter.get_signature_runner()
+    (name,) = runner.get_input_details()
+    per_image = [runner(**{name: np.ascontiguousarray(image[None], dtype=np.float32)}) for image in images_nhwc]
+    return {key: np.concatenate([np.asarray(out[key]) for out in per_image]) for key in per_image[0]}

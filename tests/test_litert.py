@@ -1,0 +1,203 @@
+"""LiteRT, float (issue 15, first part): one small variant of each architecture family exported from Keras
+(TensorFlow backend) and Flax NNX with every block as an output, run in the LiteRT interpreter. Each graph
+has no TRANSPOSE, GATHER or Flex op, and one native HARD_SWISH per hard-swish of the spec; every block and
+the logits are within the outputs check's tolerance (relative to max |reference|, 1e-4, as ONNX Runtime)
+of the framework's own and of the float64 reference, with the same top-1. The PyTorch run is not exported
+and says why. `mnforge litert` writes a deployable graph (output `logits`); a converter error writes
+nothing and names the op; bad input is one line and exit code 2. Every other variant: the slow tier.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conformance.checks import OUTPUT_TOLERANCE, evaluate
+from conformance.cli import main as cli
+from conformance.export_cache import cached_export, content_key
+from conformance.litert.export import FORBIDDEN, OUTPUT, ops, run
+from conformance.runner import HEAVY_PARAMS, Options, RunConfig, execute
+from spec import describe, load_spec
+
+SPEC = load_spec()
+RESOLUTION = (64, 48)  # small and non-square: a swapped H and W shows as a wrong shape
+SMALL = ["mobilenet_v1_025", "mobilenet_v2_035", "mobilenet_v3_small_035", "mobilenet_v4_conv_small",
+         "mobilenet_edgetpu_075"]
+EXPORTED = ["keras", "flax"]
+
+
+def _litert_run(tmp_path_factory, variants, resolution):
+    work = tmp_path_factory.mktemp("litert")
+    options = Options(count_macs=False, litert=True, litert_dir=str(work / "cache"))
+    result = execute(RunConfig.for_frameworks(SPEC, variants, ["torch", *EXPORTED], "tf", resolution, options,
+                                              work=work))
+    return result, evaluate(SPEC, result)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    return _litert_run(tmp_path_factory, SMALL, RESOLUTION)
+
+
+def _assert_float_export(run_and_checks, variant, framework, resolution):
+    result, checks = run_and_checks
+    (check,) = [c for c in checks if c.variant == variant and c.subject == framework and c.name == "litert"]
+    print(f"{variant} {framework}: {check.summary}")
+    assert check.ok, check.summary
+    histogram = check.figures["ops"]
+    assert not [name for name in histogram if name in FORBIDDEN or name.startswith("Flex")], histogram
+    desc = describe(SPEC, variant, "tf", resolution)
+    assert histogram.get("HARD_SWISH", 0) == sum(layer.activation == "hard_swish" for layer in desc.layers)
+    assert histogram.get("CONV_2D") and histogram.get("DEPTHWISE_CONV_2D"), histogram
+    for against in (framework, "float64"):
+        figures = check.figures[f"vs_{against}"]
+        assert figures["logits_rel"] <= OUTPUT_TOLERANCE and figures["first_diverging"] is None, figures
+        assert set(figures["blocks"]) == set(desc.block_shapes), "every block exported and compared"
+    # the outputs the check read are the interpreter's, in the neutral layout: the shapes of the spec
+    with np.load(check.figures["outputs"]) as outputs:
+        for name, shape in desc.block_shapes.items():
+            expected = (2, shape[0]) if name in ("pool", "fc", "classifier") else (2, *shape)
+            assert outputs[name].shape == expected, name
+        if not desc.encoder:
+            reference = result.outputs(variant, "torch:float64")["classifier"]
+            assert np.array_equal(outputs["classifier"].argmax(-1), reference.argmax(-1))
+    return check
+
+
+@pytest.mark.parametrize("framework", EXPORTED)
+@pytest.mark.parametrize("variant", SMALL)
+def test_float_export_has_builtin_ops_only_and_every_block_matches(small_run, variant, framework):
+    _assert_float_export(small_run, variant, framework, RESOLUTION)
+
+
+def test_hard_swish_is_the_native_op_in_mobilenet_v3(small_run):
+    _, checks = small_run
+    for framework in EXPORTED:
+        (check,) = [c for c in checks if c.variant == "mobilenet_v3_small_035" and c.subject == framework
+                    and c.name == "litert"]
+        assert check.figures["ops"]["HARD_SWISH"] == 19, check.figures["ops"]  # 19 hard-swish layers
+
+
+def test_pytorch_is_not_exported_and_says_why(small_run):
+    result, checks = small_run
+    assert not [c for c in checks if c.name == "litert" and c.subject == "torch"]
+    for variant in SMALL:
+        skipped = result.results[(variant, "torch")].litert_skipped
+        assert "not in this build yet" in skipped and "keras" in skipped and "flax" in skipped, skipped
+        assert result.results[(variant, "torch")].litert is None
+
+
+def test_exports_are_cached_by_content_hash(tmp_path):
+    source = tmp_path / "generated.py"
+    source.write_text("a")
+    target = tmp_path / "model.tflite"
+    calls = []
+
+    def export():
+        calls.append(1)
+        target.write_bytes(b"graph")
+        return 1.5
+
+    key = content_key([source], ["blocks", "tf", [64, 48]])
+    assert cached_export(target, key, export) == (False, 1.5)
+    assert cached_export(target, key, export) == (True, 0.0) and len(calls) == 1
+    source.write_text("b")  # the generated code changed: exported again
+    assert cached_export(target, content_key([source], ["blocks", "tf", [64, 48]]), export) == (False, 1.5)
+    assert content_key([source], ["blocks", "tf", [64, 64]]) != content_key([source], ["blocks", "tf", [64, 48]])
+
+
+def test_cli_writes_a_graph_with_one_logits_output(tmp_path, capsys):
+    path = tmp_path / "v3.tflite"
+    assert cli(["litert", "mobilenet_v3_small_035", "--framework", "keras", "--resolution", "64x48",
+                "-o", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "HARD_SWISH 19" in err and "LiteRT vs keras" in err and "top-1 same" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v3.tflite"]  # no temporary file left
+    histogram = ops(path)
+    assert histogram["HARD_SWISH"] == 19 and not set(histogram) & set(FORBIDDEN), histogram
+    images = np.random.default_rng(3).normal(size=(2, 64, 48, 3)).astype(np.float32)
+    outputs = run(path, images)
+    assert list(outputs) == [OUTPUT] and outputs[OUTPUT].shape == (2, 1000)
+
+
+def test_a_converter_error_names_the_op_and_writes_nothing(tmp_path):
+    """The worker of `mnforge litert`, with the Flax exporter replaced by one whose graph has an op LiteRT has
+    no builtin for (a matrix determinant): one-line error naming it, no file, no temporary file."""
+    request = {"spec": str(SPEC.path), "op": "litert", "variant": "mobilenet_v1_025", "flavor": "tf",
+               "num_classes": 1000, "framework": "flax", "resolution": [32, 32], "path": str(tmp_path / "m.tflite"),
+               "weights": None, "result": str(tmp_path / "result.json"), "run": "flax"}
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    driver = textwrap.dedent(f"""
+        import sys
+        from conformance.litert import export
+
+        def determinant(model, desc, blocks):
+            import tensorflow as tf
+
+            @tf.function(input_signature=[tf.TensorSpec((1, 4, 4), tf.float32)])
+            def forward(x):
+                return {{"logits": tf.linalg.det(x)}}
+
+            holder = tf.Module()
+            holder.forward = forward
+            return tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], holder), holder
+
+        export.EXPORTERS["flax"] = determinant
+        from conformance.porting.worker import main
+        sys.exit(main([{str(tmp_path / "request.json")!r}]))
+    """)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", driver], check=False, capture_output=True, text=True, env=env, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    error = json.loads((tmp_path / "result.json").read_text())["error"]
+    assert "\n" not in error and "tf.MatrixDeterminant" in error and "no builtin op" in error, error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["request.json", "result.json"]
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["litert", "mobilenet_v9", "--framework", "keras"], "mobilenet_v9"),
+    (["litert", "mobilenet_v1_025", "--framework", "torch"], "not in this build yet"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, argv, named):
+    assert cli([*argv, "-o", str(tmp_path / "m.tflite")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], lines
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_framework_is_refused_by_the_parser(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        cli(["litert", "mobilenet_v1_025", "--framework", "tflite", "-o", str(tmp_path / "m.tflite")])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'tflite'" in capsys.readouterr().err
+
+
+# The slow tier: every variant but MobileNetV5's (over HEAVY_PARAMS), at the conformance run's resolution.
+EVERY = [v for v in SPEC.spec.variants() if describe(SPEC, v).params <= HEAVY_PARAMS and v not in SMALL]
+# Measured: MobileNetV4-Hybrid's graphs keep 16 TRANSPOSE ops (two per Mobile MQA block: the heads split
+# and merged around the attention products) from Keras and Flax alike, with parity (rel. error ~1e-6, same
+# top-1). Removing them is the generated attention's job (a later part of issue 15); until then the check
+# fails, and says so.
+ATTENTION_TRANSPOSES = pytest.mark.xfail(strict=True, reason="Mobile MQA exports 2 TRANSPOSE per attention block")
+EVERY_PARAMS = [pytest.param(v, marks=ATTENTION_TRANSPOSES)
+                if any(layer.kind == "attention" for layer in describe(SPEC, v).layers) else v for v in EVERY]
+
+
+@pytest.fixture(scope="module")
+def every_run(tmp_path_factory):
+    return _litert_run(tmp_path_factory, EVERY, (224, 192))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", EXPORTED)
+@pytest.mark.parametrize("variant", EVERY_PARAMS)
+def test_every_variant_exports_float(every_run, variant, framework):
+    _assert_float_export(every_run, variant, framework, (224, 192))
