@@ -311,7 +311,7 @@ def _compare_optimizer(reference, name: str, steps, logits, weights: dict, dtype
 
     from conformance import training
 
-    order = [n[len("blocks/"):] for n in reference.files if n.startswith("blocks/")]
+    order = [n[len("blocks/"):] for n in reference if n.startswith("blocks/")]
     # Adam turns a gradient that is float64 rounding into a step of any size (training.ZERO_GRADIENT)
     zero = training.zero_gradient_tensors(_group(reference, "grad")) if name == "adamw" else []
     tolerance = training.tolerance(dtype, optimizer=True)
@@ -331,8 +331,9 @@ def _compare_optimizer(reference, name: str, steps, logits, weights: dict, dtype
 
 
 def _group(reference, prefix: str) -> dict:
-    """The reference file's arrays under `prefix/`, by the name after it (read from the file now)."""
-    return {name[len(prefix) + 1:]: reference[name] for name in reference.files if name.startswith(prefix + "/")}
+    """The reference's arrays under `prefix/`, by the name after it (from an open .npz: read now).
+    `reference`: a mapping of names to arrays, in the order the reference wrote them."""
+    return {name[len(prefix) + 1:]: reference[name] for name in reference if name.startswith(prefix + "/")}
 
 
 def _section(errors, order: list[str], backward: bool = False) -> dict:

@@ -17,7 +17,7 @@ from conformance.cli import main
 from conformance.report import load_report, training_summary, write_report_files, write_reports
 from conformance.results import WorkerResult
 from conformance.runner import Options, RunConfig, RunResult, WorkerRun
-from conformance.worker import _compare_training
+from conformance.worker import _compare_optimizer, _compare_training
 from spec import load_spec
 
 SPEC = load_spec()
@@ -68,8 +68,10 @@ def _train(variant: str, key: str, weights: dict, reference: dict, rng) -> dict:
             step.gradients["blocks.1.project.conv.weight"] += 1e-3 * np.max(np.abs(gradient))
             for params in fitted["sgd"]:
                 params["blocks.1.project.conv.weight"] += 1e-3 * 1e-3
-    figures = {"loss": step.loss, **_compare_training(reference, step, near("stats"), fitted, eval_logits, weights,
-                                                      "float64" if float64 else "float32", "classifier")}
+    dtype = "float64" if float64 else "float32"
+    figures = {"loss": step.loss, **_compare_training(reference, step, near("stats"), weights, dtype, "classifier")}
+    for name, steps in fitted.items():
+        figures[name] = _compare_optimizer(reference, name, iter(steps), lambda: eval_logits, weights, dtype)
     if not float64:
         figures["dropout"] = {"rate": 0.2, "samples": training.DROPOUT_SAMPLES, "blocks_varying_before_classifier": [],
                               "max_abs_z": 2.5, "variance_ratio": 1.1}
