@@ -191,6 +191,7 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
             model = fresh()
             yield optimizer.name, adapter.fit(model, images, labels, optimizer, training.TRAIN_STEPS), \
                 (lambda model=model: adapter.logits(model, images))
+            del model  # before the next one is built (the caller drops its steps and logits likewise)
             timings[optimizer.name] = time.perf_counter() - t
 
     figures: dict = {"role": role, "resolution": list(resolution), "batch": len(images), "loss": step.loss,
@@ -213,6 +214,7 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
                     del params
                 if name == "sgd":
                     add("sgd_eval_logits", logits())
+                del steps, logits
         return figures
     if role == "float32" and not at.encoder:  # an encoder has no dropout
         rate = flavor_values(loaded.spec, at.family, at.flavor)[0].dropout
@@ -230,6 +232,7 @@ def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:
         del step
         for name, steps, logits in fits():
             figures[name] = _compare_optimizer(reference, name, steps, logits, weights, dtype)
+            del steps, logits
     return figures
 
 

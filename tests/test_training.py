@@ -367,7 +367,7 @@ def test_mobilenet_v5_trains_the_same_in_every_run(tmp_path):
     """mobilenet_v5_base in every run, float64 included; the 300M encoder (its loss on the feature map's mean)
     in the reference and every float32 run, after base and one worker at a time (runner.HEAVY_PARAMS).
     The float64 runs of Keras and Flax leave the encoder out (training.FLOAT64_MAX_PARAMS): measured 23 min
-    on 2 cores, the reference's peak 14.7 GB."""
+    on 2 cores, the reference's peak 15.5 GB."""
     from generators.frameworks import RUNS
 
     loaded = load_spec()
