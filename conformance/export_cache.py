@@ -17,11 +17,26 @@ from spec.files import atomic_write
 
 
 def content_key(files: Iterable[Path], settings) -> str:
-    """SHA-256 over the SHA-256 of each file's bytes, then of `settings` as JSON."""
+    """SHA-256 over the SHA-256 of each file's content (`content`), then of `settings` as JSON."""
     digest = hashlib.sha256()
-    for part in (*(Path(f).read_bytes() for f in files), json.dumps(settings).encode()):
+    for part in (*(content(Path(f)) for f in files), json.dumps(settings).encode()):
         digest.update(hashlib.sha256(part).digest())
     return digest.hexdigest()
+
+
+def content(path: Path) -> bytes:
+    """A file's bytes; a .safetensors file's with its JSON header's keys sorted. The safetensors writer
+    orders the header's metadata by a hash map seeded per process, so the same tensors and metadata
+    were written as different bytes by every run, and no export was ever reused across runs."""
+    data = path.read_bytes()
+    if path.suffix != ".safetensors" or len(data) < 8:
+        return data
+    size = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8:8 + size])
+    except ValueError:  # not a safetensors header: the bytes as they are
+        return data
+    return json.dumps(header, sort_keys=True).encode() + data[8 + size:]
 
 
 def cached_export(path: Path, key: str, export: Callable[[], float]) -> tuple[bool, float]:

@@ -113,6 +113,28 @@ def test_exports_are_cached_by_content_hash(tmp_path):
     assert content_key([source], ["blocks", "tf", [64, 64]]) != content_key([source], ["blocks", "tf", [64, 48]])
 
 
+def test_the_same_weights_written_by_two_runs_have_one_cache_key(tmp_path):
+    """The safetensors writer orders its header's metadata by a hash map seeded per process: two runs
+    wrote the same tensors as different bytes, and no ONNX or LiteRT export was reused across runs."""
+    import subprocess
+    import sys
+
+    from conformance import weights as neutral
+
+    files = []
+    for run in range(2):
+        path = tmp_path / f"run{run}.safetensors"
+        subprocess.run([sys.executable, "-c", "import sys, numpy as np; from conformance import weights as w; "
+                        "w.save(sys.argv[1], {'a': np.arange(4, dtype=np.float32)}, "
+                        "{'variant': 'v', 'flavor': 'tf', 'num_classes': '10', 'extra': 'x'})", str(path)], check=True)
+        files.append(path)
+    assert neutral.load(files[0])[1] == neutral.load(files[1])[1]
+    assert content_key([files[0]], []) == content_key([files[1]], [])
+    tensors, metadata = neutral.load(files[0])
+    neutral.save(tmp_path / "other.safetensors", {"a": tensors["a"] + 1}, metadata)  # other values: another key
+    assert content_key([tmp_path / "other.safetensors"], []) != content_key([files[0]], [])
+
+
 def test_cli_writes_a_graph_with_one_logits_output(tmp_path, capsys):
     path = tmp_path / "v3.tflite"
     assert cli(["litert", "mobilenet_v3_small_035", "--framework", "keras", "--resolution", "64x48",
