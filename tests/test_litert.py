@@ -121,13 +121,12 @@ def test_the_same_weights_written_by_two_runs_have_one_cache_key(tmp_path):
 
     from conformance import weights as neutral
 
-    files = []
-    for run in range(2):
-        path = tmp_path / f"run{run}.safetensors"
-        subprocess.run([sys.executable, "-c", "import sys, numpy as np; from conformance import weights as w; "
-                        "w.save(sys.argv[1], {'a': np.arange(4, dtype=np.float32)}, "
-                        "{'variant': 'v', 'flavor': 'tf', 'num_classes': '10', 'extra': 'x'})", str(path)], check=True)
-        files.append(path)
+    write = ("import sys, numpy as np; from conformance import weights as w; "
+             "w.save(sys.argv[1], {'a': np.arange(4, dtype=np.float32)}, "
+             "{'variant': 'v', 'flavor': 'tf', 'num_classes': '10', 'extra': 'x'})")
+    files = [tmp_path / f"process{i}.safetensors" for i in range(2)]
+    for path in files:
+        subprocess.run([sys.executable, "-c", write, str(path)], check=True)
     assert neutral.load(files[0])[1] == neutral.load(files[1])[1]
     assert content_key([files[0]], []) == content_key([files[1]], [])
     tensors, metadata = neutral.load(files[0])
