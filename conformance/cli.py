@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -284,58 +283,40 @@ def _onnx(loaded, args) -> int:
 
 
 def _litert(loaded, args) -> int:
-    """`mnforge litert`: exit 0 when written and within the float rules, 1 when the graph breaks them (the
-    file is written all the same, for a look at it), 2 on bad input or a failed export (nothing written)."""
+    """`mnforge litert`: exit 0 when written and within the float rules (quantized: the op rules; the report
+    says how far it is from the float model), 1 when the graph breaks them (the file is written all the
+    same, for a look at it), 2 on bad input or a failed export (nothing written)."""
     from conformance.checks import OUTPUT_TOLERANCE
-    from conformance.litert.export import check_exported, check_quantize
+    from conformance.litert import command
     from conformance.porting.formats import read_metadata
-    from conformance.porting.port import check_target, run_worker
+    from conformance.porting.port import check_target
 
-    check_exported(args.framework)
-    check_quantize(args.quantize)
-    for option, value in (("--calibration", args.calibration), ("--held-out", args.held_out)):
-        if value < 1:
-            raise ValueError(f"{option} {value}: expected at least 1 image")
-    bn_stats = args.bn_stats or ("weights" if args.weights else "calibration")
-    if bn_stats not in ("calibration", "weights"):
-        raise ValueError(f"--bn-stats {bn_stats!r}: expected calibration or weights")
+    command.check_options(args.quantize, args.calibration, args.held_out, args.bn_stats)
     check_target(None, args.output, "-o")
     desc = describe(loaded, args.variant, args.flavor, args.resolution, args.num_classes)
     flavor = args.flavor or (read_metadata(args.weights).get("flavor") if args.weights else None) or desc.flavor
-    request = {"spec": str(loaded.path), "variant": desc.variant, "flavor": flavor, "num_classes": desc.num_classes,
-               "resolution": list(desc.resolution), "weights": str(args.weights) if args.weights else None,
-               "calibration": args.calibration}
-    with tempfile.TemporaryDirectory(prefix="mnforge-litert-") as tmp:
-        if args.quantize != "none" and bn_stats == "calibration":  # once, in PyTorch: every exporter loads it
-            calibrated = Path(tmp) / "calibrated.safetensors"
-            run_worker({**request, "op": "calibrate", "framework": "torch", "neutral": str(calibrated)}, "torch",
-                       f"re-estimating the BatchNorm statistics of {desc.variant}")
-            request["weights"] = str(calibrated)
-        result = run_worker({**request, "op": "litert", "framework": args.framework, "path": str(args.output),
-                             "quantize": args.quantize, "held_out": args.held_out},
-                            args.framework, f"exporting {desc.variant} from {args.framework} to LiteRT")
+    done = command.export(loaded, desc, args.framework, args.output, flavor=flavor, weights=args.weights,
+                          quantize=args.quantize, calibration_images=args.calibration, held_out=args.held_out,
+                          bn_stats=args.bn_stats)
     h, w = desc.resolution
-    ops = ", ".join(f"{name} {count}" for name, count in result["ops"].items())
-    top1 = "" if result["top1_same"] is None else f", top-1 {'same' if result['top1_same'] else 'DIFFERS'}"
+    ops = ", ".join(f"{name} {count}" for name, count in done.ops.items())
     kind = {"none": "float32", "dynamic": "dynamic-range (int8 weights, float32 activations)",
-            "int8": "int8 weights and activations, float32 input and output"}[args.quantize]
-    print(f"wrote {args.output}: {kind}, input NHWC (1, {h}, {w}, 3), output `logits` "
-          f"{tuple(result['shape'][1:])} per image; exported in {result['seconds']:.1f} s\n"
-          f"ops ({sum(result['ops'].values())}): {ops}", file=sys.stderr)
-    if args.quantize == "none":
-        ok = not result["problems"] and result["rel_error"] <= OUTPUT_TOLERANCE and result["top1_same"] is not False
-        print(f"LiteRT vs {args.framework} on 2 random images: max abs error {result['abs_error']:.2e}, relative "
-              f"{result['rel_error']:.2e} (tolerance {OUTPUT_TOLERANCE:.0e}){top1}", file=sys.stderr)
-    else:  # the quantized model's distance from the float one is the report's to tell, not a tolerance's
-        from conformance.quantization import QuantizationReport
-
-        ok = not result["problems"]
-        statistics = ("re-estimated on the calibration images" if bn_stats == "calibration"
-                      else "the weights' own")
-        print(f"BatchNorm statistics: {statistics}", file=sys.stderr)
-        print("\n".join(QuantizationReport.from_json(result["report"]).lines()), file=sys.stderr)
-    if result["problems"]:
-        print(f"error: the graph breaks the float rules: {', '.join(result['problems'])}", file=sys.stderr)
+            "int8": "int8 weights and activations, float32 input and output"}[done.quantize]
+    print(f"wrote {args.output}: {kind}, input NHWC (1, {h}, {w}, 3), output `logits` {tuple(done.shape[1:])} "
+          f"per image; exported in {done.seconds:.1f} s\n"
+          f"ops ({sum(done.ops.values())}): {ops}", file=sys.stderr)
+    if done.report is None:
+        top1 = "" if done.top1_same is None else f", top-1 {'same' if done.top1_same else 'DIFFERS'}"
+        ok = not done.problems and done.rel_error <= OUTPUT_TOLERANCE and done.top1_same is not False
+        print(f"LiteRT vs {args.framework} on 2 random images: max abs error {done.abs_error:.2e}, relative "
+              f"{done.rel_error:.2e} (tolerance {OUTPUT_TOLERANCE:.0e}){top1}", file=sys.stderr)
+    else:  # how far a quantized model is from the float one is the report's to tell, not a tolerance's
+        ok = not done.problems
+        statistics = "re-estimated on the calibration images" if done.bn_stats == "calibration" else "the weights' own"
+        print(f"BatchNorm statistics: {statistics}\n" + "\n".join(done.report.lines()), file=sys.stderr)
+    if done.problems:
+        rules = "float rules" if done.report is None else "op rules"
+        print(f"error: the graph breaks the {rules}: {', '.join(done.problems)}", file=sys.stderr)
     return 0 if ok else 1
 
 

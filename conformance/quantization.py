@@ -6,8 +6,10 @@ Over the held-out images (conformance/calibration.py), against the float model:
   mean KL           mean over images of KL(softmax(float) || softmax(quantized)), in nats;
   SQNR per block    10·log10(Σ x_float² / Σ (x_quant − x_float)²) in dB, over every element of the block's
                     output on every image;
-  loss per block    how many dB of SQNR the block loses: the previous block's SQNR (network order; for the
-                    first block, the SQNR of the input as the quantized graph rounds it) less its own;
+  loss per block    how many dB of SQNR the block loses: the SQNR it receives (the previous block's, in
+                    network order; for the first block, the input's as the quantized graph rounds it; at
+                    most BEST_INT8_DB, the best one int8 rounding leaves: a block still in float, as small
+                    convs are in dynamic-range graphs, is no cleaner a start) less its own;
   first below       the first block whose SQNR is below its threshold, the SQNR it received less
                     LOSS_THRESHOLD_DB: the likely cause.
 
@@ -34,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 LOSS_THRESHOLD_DB = 10.0
+BEST_INT8_DB = 6.02 * 8 + 1.76  # a full-scale sine through an 8-bit quantizer
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,14 @@ class QuantizationReport:
     def lines(self) -> list[str]:
         """The report as text, one block a line."""
         worst, worst_db = self.worst
-        head = [f"{self.mode} vs {self.against}, {self.held_out} held-out images (calibrated on {self.calibration})"]
+        calibrated = f"calibrated on {self.calibration}" if self.calibration else "weights only, no calibration"
+        head = [f"{self.mode} vs {self.against}, {self.held_out} held-out images ({calibrated})"]
         if self.top1_agreement is not None:
             head.append(f"top-1 agreement {self.top1_agreement:.1%}, mean KL {self.mean_kl:.2e} nats")
-        head.append(f"worst block SQNR {worst_db:.1f} dB ({worst}); input rounded at {self.input_sqnr_db:.1f} dB; "
-                    f"threshold: the SQNR a block receives less {self.threshold_db:.0f} dB")
+        rounded = f"input rounded at {self.input_sqnr_db:.1f} dB" if np.isfinite(self.input_sqnr_db) \
+            else "input not rounded"
+        head.append(f"worst block SQNR {worst_db:.1f} dB ({worst}); {rounded}; threshold: the SQNR a block "
+                    f"receives (at most {BEST_INT8_DB:.1f} dB) less {self.threshold_db:.0f} dB")
         head.append(f"first block below the threshold, the likely cause: {self.first_below} (loses "
                     f"{self.loss_db[self.first_below]:.1f} dB)" if self.first_below
                     else "no block below the threshold")
@@ -118,10 +124,9 @@ def compare(reference: dict[str, np.ndarray], quantized: dict[str, np.ndarray], 
     missing = [name for name in reference if name not in quantized]
     if missing:
         raise ValueError(f"the quantized model has no output {missing[0]!r}")
-    sqnr = {name: round(sqnr_db(reference[name], quantized[name]), 3) for name in reference}
-    received = [input_sqnr_db, *list(sqnr.values())[:-1]]
-    loss = {name: round(before - db, 3) if np.isfinite(before) else 0.0
-            for (name, db), before in zip(sqnr.items(), received)}
+    sqnr = {name: round(float(sqnr_db(reference[name], quantized[name])), 3) for name in reference}
+    received = [min(db, BEST_INT8_DB) for db in [input_sqnr_db, *list(sqnr.values())[:-1]]]
+    loss = {name: round(float(before - db), 3) for (name, db), before in zip(sqnr.items(), received)}
     first = next((name for name, lost in loss.items() if lost > threshold_db), None)
     top1 = kl = None
     if logits is not None:

@@ -228,7 +228,8 @@ def _quantization_report(request: dict, desc, adapter, model, calibration_nhwc):
 
     held_out = calibration.images(request.get("held_out", calibration.HELD_OUT_IMAGES), desc.resolution,
                                   calibration.HELD_OUT_SEED)
-    reference = adapter.forward_blocks(model, held_out)
+    own = adapter.forward_blocks(model, held_out)
+    reference = {name: own[name] for name in desc.block_shapes}  # network order (Flax returns its dict sorted)
     with tempfile.TemporaryDirectory(prefix="mnforge-litert-") as tmp:
         blocks_path = Path(tmp) / "blocks.tflite"
         litert_export.export(request["framework"], model, desc, blocks_path, blocks=True,
