@@ -78,6 +78,9 @@ class QuantizationReport:
             else "input not rounded"
         head.append(f"worst block SQNR {worst_db:.1f} dB ({worst}); {rounded}; threshold: the SQNR a block "
                     f"receives (at most {BEST_INT8_DB:.1f} dB) less {self.threshold_db:.0f} dB")
+        if not self.loss_db:
+            return [*head[:-1], "outputs compared: " + ", ".join(f"{name} {db:.1f} dB SQNR"
+                                                                 for name, db in self.sqnr_db.items())]
         head.append(f"first block below the threshold, the likely cause: {self.first_below} (loses "
                     f"{self.loss_db[self.first_below]:.1f} dB)" if self.first_below
                     else "no block below the threshold")
@@ -116,17 +119,19 @@ def quantize_dequantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndar
 
 
 def compare(reference: dict[str, np.ndarray], quantized: dict[str, np.ndarray], logits: str | None, *, mode: str,
-            against: str, calibration: int, input_sqnr_db: float,
-            threshold_db: float = LOSS_THRESHOLD_DB) -> QuantizationReport:
+            against: str, calibration: int, input_sqnr_db: float, threshold_db: float = LOSS_THRESHOLD_DB,
+            every_block: bool = True) -> QuantizationReport:
     """The report of `quantized` block outputs against `reference` ones (same names, same layout, the
     reference's order is the network's); `logits`: the name of the classifier's output, None for an encoder;
-    `input_sqnr_db`: the input's own rounding (what the first block receives)."""
+    `input_sqnr_db`: the input's own rounding (what the first block receives). `every_block` False: the
+    outputs are not every block (an export with the logits only): no loss, no block named."""
     missing = [name for name in reference if name not in quantized]
     if missing:
         raise ValueError(f"the quantized model has no output {missing[0]!r}")
     sqnr = {name: round(float(sqnr_db(reference[name], quantized[name])), 3) for name in reference}
     received = [min(db, BEST_INT8_DB) for db in [input_sqnr_db, *list(sqnr.values())[:-1]]]
-    loss = {name: round(float(before - db), 3) for (name, db), before in zip(sqnr.items(), received)}
+    loss = {name: round(float(before - db), 3) for (name, db), before in zip(sqnr.items(), received)
+            if every_block}
     first = next((name for name, lost in loss.items() if lost > threshold_db), None)
     top1 = kl = None
     if logits is not None:

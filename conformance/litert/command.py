@@ -45,6 +45,23 @@ def check_options(quantize: str, calibration_images: int, held_out: int, bn_stat
         raise ValueError(f"--bn-stats {bn_stats!r}: expected {' or '.join(BN_STATS)}")
 
 
+def calibrate(request: dict, desc, neutral: Path) -> Path:
+    """The request's weights (or the model's own initialisation) with the BatchNorm statistics re-estimated
+    on the calibration images, written to `neutral`: once, in PyTorch, for every exporter to load."""
+    from conformance.porting.port import run_worker
+
+    run_worker({**request, "op": "calibrate", "framework": "torch", "neutral": str(neutral)}, "torch",
+               f"re-estimating the BatchNorm statistics of {desc.variant}")
+    return neutral
+
+
+def request_of(loaded, desc, flavor: str, weights: Path | None, calibration_images: int, held_out: int) -> dict:
+    """What every worker step of one export is told."""
+    return {"spec": str(loaded.path), "variant": desc.variant, "flavor": flavor, "num_classes": desc.num_classes,
+            "resolution": list(desc.resolution), "weights": str(weights) if weights else None,
+            "calibration": calibration_images, "held_out": held_out}
+
+
 def export(loaded, desc, framework: str, path: Path, *, flavor: str, weights: Path | None = None,
            quantize: str = "none", calibration_images: int = calibration.CALIBRATION_IMAGES,
            held_out: int = calibration.HELD_OUT_IMAGES, bn_stats: str | None = None) -> LiteRTExport:
@@ -56,17 +73,12 @@ def export(loaded, desc, framework: str, path: Path, *, flavor: str, weights: Pa
     check_options(quantize, calibration_images, held_out, bn_stats)
     quantized = quantize != "none"
     bn_stats = (bn_stats or ("weights" if weights else "calibration")) if quantized else None
-    request = {"spec": str(loaded.path), "variant": desc.variant, "flavor": flavor, "num_classes": desc.num_classes,
-               "resolution": list(desc.resolution), "weights": str(weights) if weights else None,
-               "calibration": calibration_images}
+    request = request_of(loaded, desc, flavor, weights, calibration_images, held_out)
     with tempfile.TemporaryDirectory(prefix="mnforge-litert-") as tmp:
-        if bn_stats == "calibration":  # once, in PyTorch: every exporter loads the same file
-            calibrated = Path(tmp) / "calibrated.safetensors"
-            run_worker({**request, "op": "calibrate", "framework": "torch", "neutral": str(calibrated)}, "torch",
-                       f"re-estimating the BatchNorm statistics of {desc.variant}")
-            request["weights"] = str(calibrated)
+        if bn_stats == "calibration":
+            request["weights"] = str(calibrate(request, desc, Path(tmp) / "calibrated.safetensors"))
         result = run_worker({**request, "op": "litert", "framework": framework, "path": str(path),
-                             "quantize": quantize, "held_out": held_out},
+                             "quantize": quantize},
                             framework, f"exporting {desc.variant} from {framework} to LiteRT")
     report = QuantizationReport.from_json(result["report"]) if quantized else None
     return LiteRTExport(path=Path(path), quantize=quantize, bn_stats=bn_stats, seconds=result["seconds"],

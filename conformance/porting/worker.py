@@ -9,6 +9,7 @@ Operations (the request's "op"):
   onnx       export a generated model to ONNX and validate it
   litert     export a generated model to LiteRT (float or quantized), count its ops, compare it with the
              framework's own output (quantized: the report of conformance/quantization.py)
+  ort_int8   export to ONNX, quantize statically for ONNX Runtime (QDQ int8), report as `litert` does
   calibrate  (PyTorch) re-estimate the BatchNorm statistics on the calibration images and write the
              neutral file `neutral` (conformance/calibration.py)
 The worker writes `{"ok": true, ...}` or `{"error": "..."}` to the request's "result" path.
@@ -37,7 +38,7 @@ def main(argv: list[str]) -> int:
             from conformance.frameworks import set_up_process
 
             # KERAS_BACKEND, before any framework is imported
-            set_up_process(request["run"], onnx_export=request["op"] == "onnx")
+            set_up_process(request["run"], onnx_export=request["op"] in ("onnx", "ort_int8"))
         result = {"ok": True, **_dispatch(request)}
     except Exception as exc:  # reported to the caller, which prints it and writes nothing
         from conformance.weights import WeightError
@@ -86,6 +87,8 @@ def _dispatch(request: dict) -> dict:
         return _export_litert(request, loaded)
     if op == "calibrate":
         return _calibrate(request, loaded)
+    if op == "ort_int8":
+        return _ort_int8(request, loaded)
     raise ValueError(f"unknown operation {op!r}")
 
 
@@ -243,6 +246,44 @@ def _quantization_report(request: dict, desc, adapter, model, calibration_nhwc):
                                 mode=request["quantize"], against=f"{request['framework']} (float32)",
                                 calibration=0 if calibration_nhwc is None else len(calibration_nhwc),
                                 input_sqnr_db=input_sqnr)
+
+
+def _ort_int8(request: dict, loaded) -> dict:
+    """The generated model exported to ONNX (float), quantized statically to int8 QDQ at `path` on the
+    calibration images, and both run in ONNX Runtime on the held-out images: the report of the logits
+    (conformance/quantization.py; the export has no block outputs)."""
+    import tempfile
+    import time
+
+    from conformance import calibration, quantization
+    from conformance.onnx import export as onnx_export
+    from conformance.onnx import quantize as onnx_quantize
+    from generators.frameworks import framework as framework_entry
+
+    desc, _, model = _build_for_export(request, loaded)
+    native = (lambda nchw: nchw) if not framework_entry(request["framework"]).channels_last \
+        else (lambda nchw: nchw.transpose(0, 2, 3, 1))
+    images = calibration.images(request.get("calibration", calibration.CALIBRATION_IMAGES), desc.resolution,
+                                calibration.CALIBRATION_SEED)
+    held_out = native(calibration.images(request.get("held_out", calibration.HELD_OUT_IMAGES), desc.resolution,
+                                         calibration.HELD_OUT_SEED))
+    path = Path(request["path"])
+    with tempfile.TemporaryDirectory(prefix="mnforge-ort-") as tmp:
+        float_path = Path(tmp) / "float.onnx"
+        start = time.perf_counter()
+        onnx_export.export(request["framework"], model, desc.resolution, float_path)
+        onnx_quantize.quantize(float_path, path, native(images))
+        seconds = time.perf_counter() - start
+        reference = onnx_export.run_onnxruntime(float_path, held_out)
+    quantized = onnx_export.run_onnxruntime(path, held_out)
+    rounding = onnx_quantize.input_quantization(path)
+    input_sqnr = (quantization.sqnr_db(held_out, quantization.quantize_dequantize(held_out, *rounding))
+                  if rounding else float("inf"))
+    output = desc.output
+    report = quantization.compare({output: reference}, {output: quantized}, None if desc.encoder else output,
+                                  mode="int8 (ORT, QDQ)", against=f"ORT float32 ({request['framework']} export)",
+                                  calibration=len(images), input_sqnr_db=input_sqnr, every_block=False)
+    return {"seconds": seconds, "ops": onnx_quantize.ops(path), "report": report.to_json()}
 
 
 def _random_reference(request: dict, desc, ref) -> dict:
