@@ -197,3 +197,23 @@ def test_batch_norm_statistics_are_those_of_each_input_on_the_calibration_images
     assert found["names"] == [layer.name for layer in desc.layers if layer.kind == "batch_norm"]
     for mean, var in found["worst"]:
         assert mean < 1e-9 and var < 1e-9, (mean, var)
+
+
+def test_onnx_runtime_int8_is_qdq_and_reported_on_the_logits(tmp_path):
+    """ORT's static QDQ quantization of the Keras ONNX export, with the same re-estimated weights and images."""
+    from conformance.onnx.quantize import ops as onnx_ops
+    from conformance.porting.port import run_worker
+    from conformance.quantization import QuantizationReport
+
+    desc = describe(SPEC, VARIANT, "tf", RESOLUTION)
+    request = command.request_of(SPEC, desc, "tf", _weights(tmp_path / "w.safetensors", planted=False), 64, 32)
+    weights = command.calibrate(request, desc, tmp_path / "calibrated.safetensors")
+    result = run_worker({**request, "weights": str(weights), "op": "ort_int8", "framework": "keras",
+                         "path": str(tmp_path / "int8.onnx")}, "keras", "ORT int8")
+    histogram = onnx_ops(tmp_path / "int8.onnx")
+    assert histogram["QuantizeLinear"] > 50 and histogram["DequantizeLinear"] > 50, histogram
+    report = QuantizationReport.from_json(result["report"])
+    print("\n".join(report.lines()))
+    assert list(report.sqnr_db) == ["classifier"] and not report.loss_db and report.first_below is None
+    assert 38 < report.input_sqnr_db < 42 and report.top1_agreement is not None and report.mean_kl >= 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calibrated.safetensors", "int8.onnx", "w.safetensors"]

@@ -49,16 +49,24 @@ def quantize(float_path: Path, int8_path: Path, calibration_native: np.ndarray) 
 
 
 def input_quantization(path: Path) -> tuple[float, int] | None:
-    """(scale, zero point) of the QuantizeLinear that reads the graph's input, or None."""
+    """(scale, zero point) of the QuantizeLinear that reads the graph's input, through the layout ops an
+    exporter puts first (tf2onnx: a Transpose of NHWC to NCHW), or None."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
     constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "QuantizeLinear" and node.input[0] == INPUT:
-            return float(constants[node.input[1]]), int(constants[node.input[2]])
+    values = {INPUT}  # the input and its copies in another layout
+    for node in model.graph.node:  # topologically sorted
+        if node.input and node.input[0] in values:
+            if node.op_type == "QuantizeLinear":
+                return float(constants[node.input[1]]), int(constants[node.input[2]])
+            if node.op_type in LAYOUT_OPS:
+                values.update(node.output)
     return None
+
+
+LAYOUT_OPS = ("Transpose", "Identity", "Reshape")  # move values, do not change them
 
 
 def ops(path: Path) -> dict[str, int]:
