@@ -56,17 +56,19 @@ def table(rows: list[Int8Row]) -> str:
     def top1(report):
         return "-" if report.top1_agreement is None else f"{report.top1_agreement:.0%}"
 
-    lines = [("| variant | LiteRT top-1 | LiteRT KL | LiteRT logits SQNR | LiteRT worst block SQNR | LiteRT likely "
-              "cause | LiteRT export s | ORT top-1 | ORT KL | ORT logits SQNR | ORT export+quantize s |"),
-             "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+    lines = [("| variant | LiteRT top-1 | LiteRT KL | LiteRT logits SQNR | LiteRT worst block SQNR | LiteRT largest "
+              "loss | LiteRT likely cause | LiteRT export s | ORT top-1 | ORT KL | ORT logits SQNR | ORT export+"
+              "quantize s |"),
+             "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         worst, worst_db = r.litert.worst
         logits_litert = list(r.litert.sqnr_db.values())[-1]
+        lossy = max(r.litert.loss_db, key=r.litert.loss_db.get)
         logits_ort = list(r.ort.sqnr_db.values())[-1]
         kl = (f"{r.litert.mean_kl:.2e}" if r.litert.mean_kl is not None else "-",
               f"{r.ort.mean_kl:.2e}" if r.ort.mean_kl is not None else "-")
         lines.append(f"| {r.variant} | {top1(r.litert)} | {kl[0]} | {logits_litert:.1f} dB | {worst_db:.1f} dB "
-                     f"({worst}) | {r.litert.first_below or 'none'} | {r.litert_seconds:.1f} | {top1(r.ort)} | "
+                     f"({worst}) | {r.litert.loss_db[lossy]:.1f} dB ({lossy}) | {r.litert.first_below or 'none'} | {r.litert_seconds:.1f} | {top1(r.ort)} | "
                      f"{kl[1]} | {logits_ort:.1f} dB | {r.ort_seconds:.1f} |")
     return "\n".join(lines)
 
@@ -80,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=_resolution, default=(64, 48))
     parser.add_argument("--framework", default="keras")
     args = parser.parse_args(argv)
-    print(table(measure(load_spec(), args.variants, args.resolution, args.framework)))
+    rows = []
+    for variant in args.variants:  # a row as soon as it is measured
+        rows += measure(load_spec(), [variant], args.resolution, args.framework)
+        print(table(rows).splitlines()[-1] if len(rows) > 1 else table(rows), flush=True)
     return 0
 
 

@@ -217,3 +217,17 @@ def test_onnx_runtime_int8_is_qdq_and_reported_on_the_logits(tmp_path):
     assert list(report.sqnr_db) == ["classifier"] and not report.loss_db and report.first_below is None
     assert 38 < report.input_sqnr_db < 42 and report.top1_agreement is not None and report.mean_kl >= 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calibrated.safetensors", "int8.onnx", "w.safetensors"]
+
+
+def test_the_side_by_side_table_has_a_row_per_variant():
+    from conformance.int8_table import Int8Row, table
+
+    rng = np.random.default_rng(1)
+    x, logits = rng.normal(size=(4, 8, 3, 3)), rng.normal(size=(4, 10))
+    litert = compare({"stem": x, "classifier": logits}, {"stem": x + 0.01, "classifier": logits + 0.1}, "classifier",
+                     mode="int8", against="keras (float32)", calibration=64, input_sqnr_db=40.0)
+    ort = compare({"classifier": logits}, {"classifier": logits + 0.2}, "classifier", mode="int8 (ORT, QDQ)",
+                  against="ORT float32", calibration=64, input_sqnr_db=40.0, every_block=False)
+    lines = table([Int8Row("v", litert, 1.0, ort, 2.0)]).splitlines()
+    assert len(lines) == 3 and lines[2].startswith("| v | 100% |") and lines[2].count("|") == lines[0].count("|")
+    assert "18.2 dB (classifier)" in lines[2] and "| classifier | 1.0 |" in lines[2]  # +0.1 on the logits: named
