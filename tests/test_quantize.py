@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ import pytest
 from conformance import weights as neutral
 from conformance.cli import main as cli
 from conformance.litert import command
-from conformance.litert.export import FORBIDDEN, OUTPUT, ops, run
+from conformance.litert.export import FORBIDDEN, OUTPUT, float_ops, ops, run
 from conformance.quantization import BEST_INT8_DB, LOSS_THRESHOLD_DB, compare, quantize_dequantize, sqnr_db
 from spec import describe, load_spec
 
@@ -121,6 +122,7 @@ def test_int8_file_is_valid_and_runs_in_the_litert_interpreter(exports):
     histogram = ops(path)
     assert histogram["QUANTIZE"] == 1 and histogram["DEQUANTIZE"] == 1, histogram  # float32 input and output
     assert not [n for n in histogram if n in FORBIDDEN or n.startswith("Flex")], histogram
+    assert float_ops(path) == [] and not exports["clean"].problems  # every op int8
     interpreter = Interpreter(model_path=str(path), num_threads=1)
     interpreter.allocate_tensors()
     (image,), (logits,) = interpreter.get_input_details(), interpreter.get_output_details()
@@ -239,3 +241,33 @@ def test_the_side_by_side_table_has_a_row_per_variant():
     lines = table([Int8Row("v", litert, 1.0, ort, 2.0)]).splitlines()
     assert len(lines) == 3 and lines[2].startswith("| v | 100% |") and lines[2].count("|") == lines[0].count("|")
     assert "18.2 dB (classifier)" in lines[2] and "| classifier | 1.0 |" in lines[2]  # +0.1 on the logits: named
+
+
+FLOAT_ISLAND = """
+import sys
+from pathlib import Path
+import numpy as np
+import tensorflow as tf
+from conformance.litert.export import _convert, float_ops
+
+@tf.function(input_signature=[tf.TensorSpec((1, 8, 8, 3), tf.float32)])
+def forward(x):
+    return {"logits": tf.math.sin(tf.nn.conv2d(x, tf.ones((3, 3, 3, 4)), 1, "SAME")) + 1.0}
+
+holder = tf.Module()
+holder.forward = forward
+converter = tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], holder)
+images = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype(np.float32)
+Path(sys.argv[1]).write_bytes(_convert(converter, "int8", images))
+print(float_ops(Path(sys.argv[1])))
+"""
+
+
+def test_an_op_without_an_int8_kernel_is_named_as_running_in_float(tmp_path):
+    """SIN has no int8 kernel: the converter keeps it in float between a DEQUANTIZE and a QUANTIZE rather
+    than failing, so the int8 op rule reads the graph."""
+    proc = subprocess.run([sys.executable, "-c", FLOAT_ISLAND, str(tmp_path / "sin.tflite")], check=False,
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "['SIN']", proc.stdout

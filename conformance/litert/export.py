@@ -17,8 +17,9 @@ Quantization (`quantize`, QUANTIZE_MODES) sets the converter's options between `
   dynamic  dynamic-range: int8 weights (per output channel), float32 activations;
   int8     full-integer post-training quantization: int8 weights and activations, calibrated on
            representative images (conformance/calibration.py), builtin int8 kernels only
-           (TFLITE_BUILTINS_INT8: an op without one fails the export, naming it, instead of falling back to
-           float). Input and output stay float32: the converter puts a QUANTIZE after the input and a
+           (TFLITE_BUILTINS_INT8; the converter still leaves an op without an int8 kernel in float between
+           a DEQUANTIZE and a QUANTIZE: `float_ops` names it, an op rule of int8 graphs). Input and output
+           stay float32: the converter puts a QUANTIZE after the input and a
            DEQUANTIZE before each output, so the file takes the same images and gives outputs comparable
            with the float model's (every block's, dequantized, for the per-block SQNR); a deployment that
            wants int8 I/O sets `inference_input_type` / `inference_output_type` to tf.int8 and drops them.
@@ -194,6 +195,23 @@ def op_problems(histogram: dict[str, int], desc) -> list[str]:
     if found != expected:
         problems.append(f"{found} HARD_SWISH where the spec has {expected} hard-swish activations")
     return problems
+
+
+def float_ops(path: Path) -> list[str]:
+    """The ops of a full-integer (int8) graph that run in float: those reading a DEQUANTIZE's output. The
+    converter leaves an op without an int8 kernel in float between a DEQUANTIZE and a QUANTIZE instead of
+    failing (measured: SIN); a full-integer graph has one QUANTIZE after the input and one DEQUANTIZE
+    before each output, and nothing reads a DEQUANTIZE."""
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    model = fu.read_model(str(path))
+    found = []
+    for graph in model.subgraphs:
+        dequantized = {op.outputs[0] for op in graph.operators
+                       if fu.opcode_to_name(model, op.opcodeIndex) == "DEQUANTIZE"}
+        found += [fu.opcode_to_name(model, op.opcodeIndex) for op in graph.operators
+                  if dequantized.intersection(op.inputs)]
+    return list(dict.fromkeys(found))
 
 
 def input_quantization(path: Path) -> tuple[float, int] | None:

@@ -211,7 +211,10 @@ def _export_litert(request: dict, loaded) -> dict:
     histogram = litert_export.ops(path)
     lite = to_nchw(litert_export.run(path, images.transpose(0, 2, 3, 1))[litert_export.OUTPUT]).astype(np.float64)
     error = float(np.max(np.abs(lite - own)))
-    result = {"seconds": seconds, "ops": histogram, "problems": litert_export.op_problems(histogram, desc),
+    problems = litert_export.op_problems(histogram, desc)
+    if quantize == "int8":
+        problems += [f"{op} in float (no int8 kernel)" for op in litert_export.float_ops(path)]
+    result = {"seconds": seconds, "ops": histogram, "problems": problems,
               "abs_error": error, "rel_error": error / (float(np.max(np.abs(own))) or 1.0),
               "top1_same": None if desc.encoder else bool(np.array_equal(lite.argmax(-1), own.argmax(-1))),
               "shape": list(lite.shape)}
