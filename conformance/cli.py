@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", type=Path, default=None, help="weights to export (default: the model's own init)")
     p.add_argument("-o", "--output", type=Path, required=True)
 
-    p = commands.add_parser("litert", help="export a generated model to LiteRT (.tflite, float) and run it")
+    p = commands.add_parser("litert", help="export a generated model to LiteRT (.tflite; float, dynamic-range or "
+                                           "int8) and run it")
     p.add_argument("variant")
     p.add_argument("--framework", required=True, choices=tuple(FRAMEWORKS),
                    help="keras (TensorFlow backend) or flax; PyTorch's export is not in this build yet")
@@ -116,6 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--weights", type=Path, default=None, help="weights to export (default: the model's own init)")
     p.add_argument("-o", "--output", type=Path, required=True)
+    from conformance import calibration
+
+    p.add_argument("--quantize", default="none", metavar="none|dynamic|int8",
+                   help="none: float32; dynamic: int8 weights, float activations; int8: int8 weights and "
+                        "activations, float32 input and output (default none)")
+    p.add_argument("--calibration", type=int, default=calibration.CALIBRATION_IMAGES, metavar="N",
+                   help=f"int8: calibration images, standard normal, seed {calibration.CALIBRATION_SEED} "
+                        f"(default {calibration.CALIBRATION_IMAGES})")
+    p.add_argument("--held-out", type=int, default=calibration.HELD_OUT_IMAGES, metavar="M",
+                   help=f"quantized: images the report compares on, seed {calibration.HELD_OUT_SEED} "
+                        f"(default {calibration.HELD_OUT_IMAGES})")
+    p.add_argument("--bn-stats", default=None, metavar="calibration|weights",
+                   help="quantized: BatchNorm running statistics re-estimated on the calibration images, or "
+                        "the weights' own (default: calibration for the model's own init, weights with --weights)")
 
     args = parser.parse_args(argv)
     previous = os.environ.get(location.ENVIRONMENT)
@@ -268,33 +283,40 @@ def _onnx(loaded, args) -> int:
 
 
 def _litert(loaded, args) -> int:
-    """`mnforge litert`: exit 0 when written and within the float rules, 1 when the graph breaks them (the
-    file is written all the same, for a look at it), 2 on bad input or a failed export (nothing written)."""
+    """`mnforge litert`: exit 0 when written and within the float rules (quantized: the op rules; the report
+    says how far it is from the float model), 1 when the graph breaks them (the file is written all the
+    same, for a look at it), 2 on bad input or a failed export (nothing written)."""
     from conformance.checks import OUTPUT_TOLERANCE
-    from conformance.litert.export import check_exported
+    from conformance.litert import command
     from conformance.porting.formats import read_metadata
-    from conformance.porting.port import check_target, run_worker
+    from conformance.porting.port import check_target
 
-    check_exported(args.framework)
+    command.check_options(args.quantize, args.calibration, args.held_out, args.bn_stats)
     check_target(None, args.output, "-o")
     desc = describe(loaded, args.variant, args.flavor, args.resolution, args.num_classes)
     flavor = args.flavor or (read_metadata(args.weights).get("flavor") if args.weights else None) or desc.flavor
-    result = run_worker({"spec": str(loaded.path), "op": "litert", "variant": desc.variant, "flavor": flavor,
-                         "num_classes": desc.num_classes, "framework": args.framework,
-                         "resolution": list(desc.resolution), "path": str(args.output),
-                         "weights": str(args.weights) if args.weights else None},
-                        args.framework, f"exporting {desc.variant} from {args.framework} to LiteRT")
+    done = command.export(loaded, desc, args.framework, args.output, flavor=flavor, weights=args.weights,
+                          quantize=args.quantize, calibration_images=args.calibration, held_out=args.held_out,
+                          bn_stats=args.bn_stats)
     h, w = desc.resolution
-    ops = ", ".join(f"{name} {count}" for name, count in result["ops"].items())
-    top1 = "" if result["top1_same"] is None else f", top-1 {'same' if result['top1_same'] else 'DIFFERS'}"
-    ok = not result["problems"] and result["rel_error"] <= OUTPUT_TOLERANCE and result["top1_same"] is not False
-    print(f"wrote {args.output}: float32, input NHWC (1, {h}, {w}, 3), output `logits` {tuple(result['shape'][1:])} "
-          f"per image; exported in {result['seconds']:.1f} s\n"
-          f"ops ({sum(result['ops'].values())}): {ops}\n"
-          f"LiteRT vs {args.framework} on 2 random images: max abs error {result['abs_error']:.2e}, relative "
-          f"{result['rel_error']:.2e} (tolerance {OUTPUT_TOLERANCE:.0e}){top1}", file=sys.stderr)
-    if result["problems"]:
-        print(f"error: the graph breaks the float rules: {', '.join(result['problems'])}", file=sys.stderr)
+    ops = ", ".join(f"{name} {count}" for name, count in done.ops.items())
+    kind = {"none": "float32", "dynamic": "dynamic-range (int8 weights, float32 activations)",
+            "int8": "int8 weights and activations, float32 input and output"}[done.quantize]
+    print(f"wrote {args.output}: {kind}, input NHWC (1, {h}, {w}, 3), output `logits` {tuple(done.shape[1:])} "
+          f"per image; exported in {done.seconds:.1f} s\n"
+          f"ops ({sum(done.ops.values())}): {ops}", file=sys.stderr)
+    if done.report is None:
+        top1 = "" if done.top1_same is None else f", top-1 {'same' if done.top1_same else 'DIFFERS'}"
+        ok = not done.problems and done.rel_error <= OUTPUT_TOLERANCE and done.top1_same is not False
+        print(f"LiteRT vs {args.framework} on 2 random images: max abs error {done.abs_error:.2e}, relative "
+              f"{done.rel_error:.2e} (tolerance {OUTPUT_TOLERANCE:.0e}){top1}", file=sys.stderr)
+    else:  # how far a quantized model is from the float one is the report's to tell, not a tolerance's
+        ok = not done.problems
+        statistics = "re-estimated on the calibration images" if done.bn_stats == "calibration" else "the weights' own"
+        print(f"BatchNorm statistics: {statistics}\n" + "\n".join(done.report.lines()), file=sys.stderr)
+    if done.problems:
+        rules = "float rules" if done.report is None else "op rules"
+        print(f"error: the graph breaks the {rules}: {', '.join(done.problems)}", file=sys.stderr)
     return 0 if ok else 1
 
 

@@ -11,8 +11,18 @@ The exporter of framework KEY is `_converter_KEY` below. Files are run with `ai_
 interpreter (the pinned ai-edge-litert; `tf.lite.Interpreter` is deprecated), and their ops are read
 from the flatbuffer with `ai_edge_litert.tools.flatbuffer_utils`, without TensorFlow.
 
-Float only in this version: quantization would set the converter's options between `_converter_KEY`
-and `convert()` (in `_convert`).
+Quantization (`quantize`, QUANTIZE_MODES) sets the converter's options between `_converter_KEY` and
+`convert()`, in `_convert`:
+  none     float32 weights and activations;
+  dynamic  dynamic-range: int8 weights (per output channel), float32 activations;
+  int8     full-integer post-training quantization: int8 weights and activations, calibrated on
+           representative images (conformance/calibration.py), builtin int8 kernels only
+           (TFLITE_BUILTINS_INT8; the converter still leaves an op without an int8 kernel in float between
+           a DEQUANTIZE and a QUANTIZE: `float_ops` names it, an op rule of int8 graphs). Input and output
+           stay float32: the converter puts a QUANTIZE after the input and a
+           DEQUANTIZE before each output, so the file takes the same images and gives outputs comparable
+           with the float model's (every block's, dequantized, for the per-block SQNR); a deployment that
+           wants int8 I/O sets `inference_input_type` / `inference_output_type` to tf.int8 and drops them.
 """
 
 from __future__ import annotations
@@ -50,21 +60,43 @@ def cache_key(generated_file: Path, weights: Path, flavor: str, resolution: tupl
                        ["blocks" if blocks else OUTPUT, flavor, list(resolution)])
 
 
-def export(framework: str, model, desc, path: Path, blocks: bool = False) -> float:
-    """Write `model` (a generated model of `desc`, in eval mode) as a float LiteRT flatbuffer to `path`
-    (atomically: a failure leaves nothing there); returns the export's seconds."""
+def export(framework: str, model, desc, path: Path, blocks: bool = False, quantize: str = "none",
+           calibration: np.ndarray | None = None) -> float:
+    """Write `model` (a generated model of `desc`, in eval mode) as a LiteRT flatbuffer to `path`
+    (atomically: a failure leaves nothing there), quantized as `quantize` says (int8: calibrated on
+    `calibration`, NHWC float32 images); returns the export's seconds."""
+    check_quantize(quantize)
+    if quantize == "int8" and (calibration is None or not len(calibration)):
+        raise ValueError("int8 quantization needs calibration images")
     start = time.perf_counter()
     key = framework_entry(framework).key
     check_exported(key)
     converter, _keep = EXPORTERS[key](model, desc, blocks)  # _keep: what the converter's functions hold on to
-    atomic_write(Path(path), _convert(converter))
+    atomic_write(Path(path), _convert(converter, quantize, calibration))
     return time.perf_counter() - start
 
 
-def _convert(converter) -> bytes:
+QUANTIZE_MODES = ("none", "dynamic", "int8")
+
+
+def check_quantize(mode: str) -> None:
+    if mode not in QUANTIZE_MODES:
+        raise ValueError(f"--quantize {mode!r}: expected one of {', '.join(QUANTIZE_MODES)}")
+
+
+def _convert(converter, quantize: str = "none", calibration: np.ndarray | None = None) -> bytes:
     import tensorflow as tf
 
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops, no custom ops
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "int8":
+        def representative():  # one image per step: the graph's input has batch 1
+            for image in calibration:
+                yield [np.ascontiguousarray(image[None], dtype=np.float32)]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
         # Keras writes a SavedModel on the way and prints its signature: not this command's output
         with contextlib.redirect_stdout(io.StringIO()):
@@ -72,8 +104,8 @@ def _convert(converter) -> bytes:
     except Exception as exc:  # the converter's errors are pages of MLIR diagnostics: name the op
         unsupported = unsupported_ops(str(exc))
         if unsupported:
-            raise LiteRTError(f"LiteRT has no builtin op for {', '.join(unsupported)} (Flex ops are not allowed "
-                              "in the float export)") from None
+            raise LiteRTError(f"LiteRT has no builtin {'int8 ' if quantize == 'int8' else ''}op for "
+                              f"{', '.join(unsupported)} (Flex ops are not allowed in the export)") from None
         raise
 
 
@@ -163,6 +195,37 @@ def op_problems(histogram: dict[str, int], desc) -> list[str]:
     if found != expected:
         problems.append(f"{found} HARD_SWISH where the spec has {expected} hard-swish activations")
     return problems
+
+
+def float_ops(path: Path) -> list[str]:
+    """The ops of a full-integer (int8) graph that run in float: those reading a DEQUANTIZE's output. The
+    converter leaves an op without an int8 kernel in float between a DEQUANTIZE and a QUANTIZE instead of
+    failing (measured: SIN); a full-integer graph has one QUANTIZE after the input and one DEQUANTIZE
+    before each output, and nothing reads a DEQUANTIZE."""
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    model = fu.read_model(str(path))
+    found = []
+    for graph in model.subgraphs:
+        dequantized = {op.outputs[0] for op in graph.operators
+                       if fu.opcode_to_name(model, op.opcodeIndex) == "DEQUANTIZE"}
+        found += [fu.opcode_to_name(model, op.opcodeIndex) for op in graph.operators
+                  if dequantized.intersection(op.inputs)]
+    return list(dict.fromkeys(found))
+
+
+def input_quantization(path: Path) -> tuple[float, int] | None:
+    """(scale, zero point) of the QUANTIZE that reads the graph's float input, or None (a float graph, or
+    a dynamic-range one: its input is not quantized)."""
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    model = fu.read_model(str(path))
+    graph = model.subgraphs[0]
+    for op in graph.operators:
+        if fu.opcode_to_name(model, op.opcodeIndex) == "QUANTIZE" and op.inputs[0] == graph.inputs[0]:
+            quantization = graph.tensors[op.outputs[0]].quantization
+            return float(quantization.scale[0]), int(quantization.zeroPoint[0])
+    return None
 
 
 def run(path: Path, images_nhwc: np.ndarray) -> dict[str, np.ndarray]:
