@@ -212,6 +212,16 @@ def _markdown(report: dict, checks: list[Check]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _failed_export_row(c: Check, empty_cells: int) -> str:
+    """An export table's row for a failed export: its summary on one line, the other cells empty."""
+    detail = c.summary.replace("|", "/").replace("\n", " ")
+    return f"| {c.variant} | {c.subject} | FAILED: {detail} |" + " – |" * empty_cells
+
+
+def _export_cell(info: dict) -> str:
+    return "cached" if info["cached"] else f"{info['export_s']:.1f} s"
+
+
 def _onnx_section(checks: list[Check]) -> list[str]:
     rows = [c for c in checks if c.name == "onnx" and "~" not in c.subject]
     if not rows:
@@ -223,11 +233,10 @@ def _onnx_section(checks: list[Check]) -> list[str]:
     for c in rows:
         info = c.figures
         if "canonical" not in info:  # the export (or reading it) failed: the check's summary says why
-            detail = c.summary.replace("|", "/").replace("\n", " ")
-            lines.append(f"| {c.variant} | {c.subject} | FAILED: {detail} | – | – | – | – | – | – |")
+            lines.append(_failed_export_row(c, empty_cells=6))
             continue
         others = [ok for (variant, pair), ok in pairs.items() if variant == c.variant and c.subject in pair.split("~")]
-        export = "cached" if info["cached"] else f"{info['export_s']:.1f} s"
+        export = _export_cell(info)
         reference = info.get("reference_evaluator_rel_error")
         ops = ", ".join(f"{k} {v}" for k, v in info["canonical"]["ops"].items())
         lines.append(f"| {c.variant} | {c.subject} | {export} | ok | {info['ort_rel_error']:.2e} | "
@@ -249,10 +258,9 @@ def _litert_section(checks: list[Check], report: dict) -> list[str]:
     for c in rows:
         info = c.figures
         if "ops" not in info:  # the export (or its run) failed: the check's summary says why
-            detail = c.summary.replace("|", "/").replace("\n", " ")
-            lines.append(f"| {c.variant} | {c.subject} | FAILED: {detail} | – | – | – | – | – |")
+            lines.append(_failed_export_row(c, empty_cells=5))
             continue
-        export = "cached" if info["cached"] else f"{info['export_s']:.1f} s"
+        export = _export_cell(info)
         ops = ", ".join(f"{k} {v}" for k, v in info["ops"].items())
         own, ref = info.get(f"vs_{c.subject}"), info.get("vs_float64")
         ref_error = f"{ref['logits_rel']:.2e}" if ref else "–"

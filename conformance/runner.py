@@ -199,16 +199,18 @@ def phases(config: RunConfig) -> list[tuple[list[Worker], int]]:
     run's variants with `parallel` workers, then the HEAVY ones (if any) one worker at a time. A worker
     with variants in both phases is started once in each, for its variants there."""
     parallel = config.parallel or os.cpu_count() or 1
-    big = {v for v in config.variants if heavy(config.spec, v)}
-    split = [(lambda v: v not in big, parallel), (lambda v: v in big, 1)] if big and parallel > 1 else \
-        [(lambda v: True, parallel)]
+    big = tuple(v for v in config.variants if heavy(config.spec, v))
+    if not big or parallel <= 1:
+        split = [(config.variants, parallel)]
+    else:
+        split = [(tuple(v for v in config.variants if v not in big), parallel), (big, 1)]
     result = []
-    for wanted, at_once in split:
+    for variants, at_once in split:
         workers = []
         for w in config.workers:
-            variants = tuple(v for v in config.variants if w.runs(v, config.variants) and wanted(v))
-            if variants:
-                workers.append(replace(w, variants=variants) if len(split) > 1 else w)
+            ran = tuple(v for v in variants if w.runs(v, config.variants))
+            if ran:
+                workers.append(replace(w, variants=ran) if len(split) > 1 else w)
         # Most costly first (generators.frameworks: Run.start_cost), so that the last to start is a short one.
         workers.sort(key=lambda w: -RUNS[w.framework].start_cost)
         if config.options.train:  # every other run waits for the reference's training results: it starts first

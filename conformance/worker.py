@@ -101,8 +101,7 @@ def main(argv: list[str]) -> int:
                         result.onnx_error = f"{type(exc).__name__}: {exc}"
                         result.traceback = traceback.format_exc(limit=6)
                 else:
-                    exported = [f"{r.key} ({r.title})" for r in RUNS.values() if r.native and r.key in EXPORTERS]
-                    result.onnx_skipped = f"{framework}: ONNX export is checked from {', '.join(exported)}"
+                    result.onnx_skipped = f"{framework}: ONNX export is checked from {_exported_from(EXPORTERS)}"
                 timings["onnx"] = time.perf_counter() - t
             if job.get("litert") and blocks is not None:
                 t = time.perf_counter()
@@ -117,10 +116,8 @@ def main(argv: list[str]) -> int:
                         result.litert_error = f"{type(exc).__name__}: {exc}"
                         result.traceback = traceback.format_exc(limit=6)
                 else:
-                    exported = [f"{r.key} ({r.title})" for r in RUNS.values()
-                                if r.native and r.key in LITERT_EXPORTERS]
                     why = NOT_EXPORTED.get(RUNS[framework].framework.key, "LiteRT export is checked from native runs")
-                    result.litert_skipped = f"{framework}: {why}; exported from {', '.join(exported)}"
+                    result.litert_skipped = f"{framework}: {why}; exported from {_exported_from(LITERT_EXPORTERS)}"
                 timings["litert"] = time.perf_counter() - t
             if job.get("logits_at"):
                 t = time.perf_counter()
@@ -141,6 +138,13 @@ def main(argv: list[str]) -> int:
         _write_result(out, result)
         print(f"{framework} {job['variant']} done", flush=True)
     return 0
+
+
+def _exported_from(exporters: dict) -> str:
+    """The runs an exporter map exports from (a framework's native run), as a skipped export names them."""
+    from generators.frameworks import RUNS
+
+    return ", ".join(f"{r.key} ({r.title})" for r in RUNS.values() if r.native and r.key in exporters)
 
 
 def run_training(adapter, loaded, desc, job: dict, inputs, out: Path) -> dict:

@@ -51,23 +51,24 @@ def test_wrong_batch_norm_epsilon_names_the_first_diverging_block(tmp_path):
     assert check.figures["first_diverging"] == "stem", check.summary
 
 
-def test_crashing_worker_is_reported_with_its_stderr(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "WORKER_COMMAND",
-                        [sys.executable, "-c", "import sys; sys.stderr.write('worker exploded\\n'); sys.exit(3)"])
+def _run_failing_worker(tmp_path, monkeypatch, code: str):
+    """A flax run whose worker process is `python -c code`: (the run, its build checks)."""
+    monkeypatch.setattr(runner, "WORKER_COMMAND", [sys.executable, "-c", code])
     result = execute(RunConfig.for_frameworks(SPEC, [VARIANT], ["flax"], "tf", (224, 192), Options(outputs=False),
                                               work=tmp_path))
-    build = [c for c in evaluate(SPEC, result) if c.name == "build"]
+    return result, [c for c in evaluate(SPEC, result) if c.name == "build"]
+
+
+def test_crashing_worker_is_reported_with_its_stderr(tmp_path, monkeypatch):
+    _, build = _run_failing_worker(tmp_path, monkeypatch,
+                                   "import sys; sys.stderr.write('worker exploded\\n'); sys.exit(3)")
     assert build and not build[0].ok
     assert "exited with code 3" in build[0].summary and "worker exploded" in build[0].summary
 
 
 def test_a_worker_killed_by_the_system_is_named_as_likely_out_of_memory(tmp_path, monkeypatch):
     """The out-of-memory killer sends SIGKILL; the runner itself kills only a worker that timed out."""
-    monkeypatch.setattr(runner, "WORKER_COMMAND",
-                        [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
-    result = execute(RunConfig.for_frameworks(SPEC, [VARIANT], ["flax"], "tf", (224, 192), Options(outputs=False),
-                                              work=tmp_path))
-    build = [c for c in evaluate(SPEC, result) if c.name == "build"]
+    result, build = _run_failing_worker(tmp_path, monkeypatch, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
     assert not build[0].ok and not result.workers[0].timed_out
     assert "killed (SIGKILL), on Linux most often by the out-of-memory killer" in build[0].summary
 
