@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--onnx-cache", type=Path, default=Path(".cache/onnx"),
                    help="exports are kept here under a content hash, so a re-run does not re-export")
     p.add_argument("--litert", action="store_true",
-                   help="also export to LiteRT (float) from Keras and Flax: op inventory, every block in the "
+                   help="also export to LiteRT (float) from PyTorch, Keras and Flax: op inventory, every block in the "
                         "LiteRT interpreter vs each framework and the float64 reference")
     p.add_argument("--litert-cache", type=Path, default=Path(".cache/litert"),
                    help="LiteRT exports are kept here under a content hash, so a re-run does not re-export")
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                                            "int8) and run it")
     p.add_argument("variant")
     p.add_argument("--framework", required=True, choices=tuple(FRAMEWORKS),
-                   help="keras (TensorFlow backend) or flax; PyTorch's export is not in this build yet")
+                   help="keras (TensorFlow backend), flax (through jax2tf) or torch (litert-torch, in its own "
+                        "environment: README, LiteRT)")
     p.add_argument("--flavor", default=None)
     p.add_argument("--resolution", type=_resolution, default=None, help="R or HxW (default: 224 or the family's)")
     p.add_argument("--num-classes", type=int, default=1000)
@@ -291,7 +292,7 @@ def _litert(loaded, args) -> int:
     from conformance.porting.formats import read_metadata
     from conformance.porting.port import check_target
 
-    command.check_options(args.quantize, args.calibration, args.held_out, args.bn_stats)
+    command.check_options(args.quantize, args.calibration, args.held_out, args.bn_stats, args.framework)
     check_target(None, args.output, "-o")
     desc = describe(loaded, args.variant, args.flavor, args.resolution, args.num_classes)
     flavor = args.flavor or (read_metadata(args.weights).get("flavor") if args.weights else None) or desc.flavor

@@ -201,7 +201,7 @@ def _markdown(report: dict, checks: list[Check]) -> str:
     lines += ["", f"## Failures ({len(failed)})", ""]
     lines += [f"- `{c.variant}` {c.name} [{c.subject}]: {c.summary}" for c in failed] or ["None."]
     lines += _onnx_section(checks)
-    lines += _litert_section(checks, report)
+    lines += _litert_section(checks)
     lines += _training_section(checks)
     lines += ["", "## Output errors per block (relative to max |float64 reference|)", ""]
     for c in checks:
@@ -246,12 +246,10 @@ def _onnx_section(checks: list[Check]) -> list[str]:
     return lines
 
 
-def _litert_section(checks: list[Check], report: dict) -> list[str]:
+def _litert_section(checks: list[Check]) -> list[str]:
     rows = [c for c in checks if c.name == "litert"]
     if not rows:
         return []
-    from conformance.litert.export import NOT_EXPORTED
-
     lines = ["", "## LiteRT (float)", "",
              ("| variant | framework | export | ops | not allowed | logits rel. error vs framework | "
               "vs float64 | check |"), "|---|---|---:|---|---|---:|---:|---|"]
@@ -266,10 +264,6 @@ def _litert_section(checks: list[Check], report: dict) -> list[str]:
         ref_error = f"{ref['logits_rel']:.2e}" if ref else "–"
         lines.append(f"| {c.variant} | {c.subject} | {export} | {ops} | {', '.join(info['problems']) or 'none'} | "
                      f"{own['logits_rel']:.2e} | {ref_error} | {'ok' if c.ok else 'FAIL'} |")
-    skipped = [f"{key} ({why})" for key, why in NOT_EXPORTED.items()
-               if any(w.split(":")[0] == key for w in report["frameworks"])]
-    if skipped:
-        lines += ["", "Not exported: " + "; ".join(skipped) + "."]
     return lines
 
 

@@ -106,7 +106,6 @@ def main(argv: list[str]) -> int:
             if job.get("litert") and blocks is not None:
                 t = time.perf_counter()
                 from conformance.litert.export import EXPORTERS as LITERT_EXPORTERS
-                from conformance.litert.export import NOT_EXPORTED
 
                 if RUNS[framework].native and RUNS[framework].framework.key in LITERT_EXPORTERS:
                     # the model built and ran: a failed export fails the litert check
@@ -116,8 +115,8 @@ def main(argv: list[str]) -> int:
                         result.litert_error = f"{type(exc).__name__}: {exc}"
                         result.traceback = traceback.format_exc(limit=6)
                 else:
-                    why = NOT_EXPORTED.get(RUNS[framework].framework.key, "LiteRT export is checked from native runs")
-                    result.litert_skipped = f"{framework}: {why}; exported from {_exported_from(LITERT_EXPORTERS)}"
+                    result.litert_skipped = (f"{framework}: LiteRT export is checked from "
+                                             f"{_exported_from(LITERT_EXPORTERS)}")
                 timings["litert"] = time.perf_counter() - t
             if job.get("logits_at"):
                 t = time.perf_counter()
@@ -436,11 +435,20 @@ def _litert(base, model, desc, job: dict, images, out: Path, run_key: str):
     from generators.location import family_module
 
     generated = Path(family_module(base.key, desc.family).__file__)
-    path = Path(job["litert"]["dir"]) / f"{desc.variant}.{desc.flavor}.{base.key}.blocks.tflite"
-    key = litert_export.cache_key(generated, Path(job["weights"]), desc.flavor, desc.resolution, blocks=True)
-    cached, export_s = cached_export(
-        path, key, lambda: litert_export.export(base.key, model, desc, path, blocks=True))
-    histogram = litert_export.ops(path)
+
+    def exported(blocks: bool) -> tuple[Path, bool, float]:
+        path = Path(job["litert"]["dir"]) / (f"{desc.variant}.{desc.flavor}.{base.key}."
+                                             f"{'blocks' if blocks else litert_export.OUTPUT}.tflite")
+        key = litert_export.cache_key(generated, Path(job["weights"]), desc.flavor, desc.resolution, blocks=blocks)
+        return (path, *cached_export(path, key, lambda: litert_export.export(base.key, model, desc, path, blocks)))
+
+    path, cached, export_s = exported(blocks=True)
+    if base.key in litert_export.OP_RULES_ON_DEPLOYABLE:
+        deployable, deployable_cached, deployable_s = exported(blocks=False)
+        histogram = litert_export.ops(deployable)
+        cached, export_s = cached and deployable_cached, export_s + deployable_s
+    else:
+        histogram = litert_export.ops(path)
     t = time.perf_counter()
     outputs = litert_export.run(path, images.transpose(0, 2, 3, 1))
     run_s = time.perf_counter() - t

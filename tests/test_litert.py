@@ -1,10 +1,11 @@
-"""LiteRT, float (issue 15, first part): one small variant of each architecture family exported from Keras
-(TensorFlow backend) and Flax NNX with every block as an output, run in the LiteRT interpreter. Each graph
-has no TRANSPOSE, GATHER or Flex op, and one native HARD_SWISH per hard-swish of the spec; every block and
-the logits are within the outputs check's tolerance (relative to max |reference|, 1e-4, as ONNX Runtime)
-of the framework's own and of the float64 reference, with the same top-1. The PyTorch run is not exported
-and says why. `mnforge litert` writes a deployable graph (output `logits`); a converter error writes
-nothing and names the op; bad input is one line and exit code 2. Every other variant: the slow tier.
+"""LiteRT, float (issue 15): one small variant of each architecture family exported from PyTorch
+(litert-torch, in its own environment), Keras (TensorFlow backend) and Flax NNX with every block as an
+output, run in the LiteRT interpreter. Each graph has no TRANSPOSE, GATHER or Flex op, and one native
+HARD_SWISH per hard-swish of the spec (PyTorch's: its deployable graph, export.OP_RULES_ON_DEPLOYABLE);
+every block and the logits are within the outputs check's tolerance (relative to max |reference|, 1e-4,
+as ONNX Runtime) of the framework's own and of the float64 reference, with the same top-1.
+`mnforge litert` writes a deployable graph (output `logits`); a converter error writes nothing and names
+the op; bad input is one line and exit code 2. Every other variant: the slow tier.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pytest
 from conformance.checks import OUTPUT_TOLERANCE, evaluate
 from conformance.cli import main as cli
 from conformance.export_cache import cached_export, content_key
-from conformance.litert.export import FORBIDDEN, OUTPUT, ops, run
+from conformance.litert import torch_env
+from conformance.litert.export import FORBIDDEN, OP_RULES_ON_DEPLOYABLE, OUTPUT, ops, run
 from conformance.runner import HEAVY_PARAMS, Options, RunConfig, execute
 from spec import describe, load_spec
 
@@ -30,13 +32,13 @@ SPEC = load_spec()
 RESOLUTION = (64, 48)  # small and non-square: a swapped H and W shows as a wrong shape
 SMALL = ["mobilenet_v1_025", "mobilenet_v2_035", "mobilenet_v3_small_035", "mobilenet_v4_conv_small",
          "mobilenet_edgetpu_075"]
-EXPORTED = ["keras", "flax"]
+EXPORTED = ["torch", "keras", "flax"]
 
 
 def _litert_run(tmp_path_factory, variants, resolution):
     work = tmp_path_factory.mktemp("litert")
     options = Options(count_macs=False, litert=True, litert_dir=str(work / "cache"))
-    result = execute(RunConfig.for_frameworks(SPEC, variants, ["torch", *EXPORTED], "tf", resolution, options,
+    result = execute(RunConfig.for_frameworks(SPEC, variants, EXPORTED, "tf", resolution, options,
                                               work=work))
     return result, evaluate(SPEC, result)
 
@@ -85,13 +87,19 @@ def test_hard_swish_is_the_native_op_in_mobilenet_v3(small_run):
         assert check.figures["ops"]["HARD_SWISH"] == 19, check.figures["ops"]  # 19 hard-swish layers
 
 
-def test_pytorch_is_not_exported_and_says_why(small_run):
-    result, checks = small_run
-    assert not [c for c in checks if c.name == "litert" and c.subject == "torch"]
+def test_pytorch_op_rules_are_read_from_its_deployable_graph(small_run):
+    """litert-torch's graph with every block as an output keeps ops a one-output graph does not (an NCHW pad
+    between two TRANSPOSE): PyTorch's op rules are checked on the deployable graph, exported beside it and
+    cached the same way; Keras's and Flax's on the graph with every block."""
+    result, _ = small_run
     for variant in SMALL:
-        skipped = result.results[(variant, "torch")].litert_skipped
-        assert "not in this build yet" in skipped and "keras" in skipped and "flax" in skipped, skipped
-        assert result.results[(variant, "torch")].litert is None
+        for framework in EXPORTED:
+            litert = result.results[(variant, framework)].litert
+            files = sorted(p.name for p in Path(litert.path).parent.glob(f"{variant}.tf.{framework}.*.tflite"))
+            expected = ["blocks", OUTPUT] if framework in OP_RULES_ON_DEPLOYABLE else ["blocks"]
+            assert files == sorted(f"{variant}.tf.{framework}.{kind}.tflite" for kind in expected), files
+            deployable = Path(litert.path).with_name(f"{variant}.tf.{framework}.{OUTPUT}.tflite")
+            assert litert.ops == ops(deployable if framework in OP_RULES_ON_DEPLOYABLE else Path(litert.path))
 
 
 def test_exports_are_cached_by_content_hash(tmp_path):
@@ -170,7 +178,7 @@ def test_a_converter_error_names_the_op_and_writes_nothing(tmp_path):
             holder.forward = forward
             return tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], holder), holder
 
-        export.EXPORTERS["flax"] = determinant
+        export.EXPORTERS["flax"] = export._through_tensorflow(determinant)
         from conformance.porting.worker import main
         sys.exit(main([{str(tmp_path / "request.json")!r}]))
     """)
@@ -183,9 +191,70 @@ def test_a_converter_error_names_the_op_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["request.json", "result.json"]
 
 
+def test_cli_exports_from_pytorch_through_the_litert_torch_environment(tmp_path, capsys):
+    path = tmp_path / "v3.tflite"
+    assert cli(["litert", "mobilenet_v3_small_035", "--framework", "torch", "--flavor", "keras", "--resolution",
+                "64x48", "-o", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "LiteRT vs torch" in err and "top-1 same" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v3.tflite"]  # the other environment's folder is gone
+    histogram = ops(path)  # TF SAME pads (flavor keras) fold into the convolutions: no PAD, no TRANSPOSE
+    assert histogram["HARD_SWISH"] == 19 and not set(histogram) & {*FORBIDDEN, "PAD"}, histogram
+    outputs = run(path, np.random.default_rng(3).normal(size=(2, 64, 48, 3)).astype(np.float32))
+    assert list(outputs) == [OUTPUT] and outputs[OUTPUT].shape == (2, 1000)
+
+
+def test_pytorch_without_its_environment_says_how_to_make_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(torch_env.ENVIRONMENT, str(tmp_path / "no-such-python"))
+    assert cli(["litert", "mobilenet_v1_025", "--framework", "torch", "--resolution", "32", "-o",
+                str(tmp_path / "m.tflite")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "litert-torch environment" in lines[0] and "no-such-python" in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_pytorch_op_without_a_lowering_is_named_and_nothing_is_written(tmp_path):
+    """A generated module (file) whose network has an op litert-torch cannot lower (a matrix determinant),
+    through the litert-torch environment and the PyTorch exporter: one-line error naming the ATen op, no
+    file. Driven in a PyTorch process of its own, as the workers are."""
+    generated = tmp_path / "determinant.py"
+    generated.write_text(textwrap.dedent("""
+        import torch
+
+        class Determinant(torch.nn.Module):
+            def forward(self, x):
+                return torch.linalg.det(x[:, 0, :4, :4]).unsqueeze(-1)
+
+            def forward_intermediates(self, x):
+                return {"classifier": self(x)}
+
+        VARIANTS = {"determinant": lambda flavor: Determinant()}
+    """))
+    driver = textwrap.dedent(f"""
+        import types
+        from pathlib import Path
+        import torch
+        from conformance.litert import export
+        import generators.location
+
+        generators.location.family_module = lambda key, family: types.SimpleNamespace(__file__={str(generated)!r})
+        desc = types.SimpleNamespace(variant="determinant", flavor="tf", family="determinant", num_classes=None,
+                                     resolution=(8, 8))
+        try:
+            export.export("torch", torch.nn.Module(), desc, Path({str(tmp_path / "m.tflite")!r}))
+        except export.LiteRTError as exc:
+            print(exc)
+    """)
+    proc = subprocess.run([sys.executable, "-c", driver], check=False, capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "LiteRT has no builtin op for aten._linalg_det.default", proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["determinant.py"]
+
+
 @pytest.mark.parametrize("argv, named", [
     (["litert", "mobilenet_v9", "--framework", "keras"], "mobilenet_v9"),
-    (["litert", "mobilenet_v1_025", "--framework", "torch"], "not in this build yet"),
+    (["litert", "mobilenet_v1_025", "--framework", "torch", "--quantize", "int8"], "export int8 from keras or flax"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, argv, named):
     assert cli([*argv, "-o", str(tmp_path / "m.tflite")]) == 2

@@ -35,9 +35,10 @@ class LiteRTExport:
     report: QuantizationReport | None  # quantized only
 
 
-def check_options(quantize: str, calibration_images: int, held_out: int, bn_stats: str | None) -> None:
-    """Raise ValueError naming the option that is out of range."""
-    check_quantize(quantize)
+def check_options(quantize: str, calibration_images: int, held_out: int, bn_stats: str | None,
+                  framework: str | None = None) -> None:
+    """Raise ValueError naming the option that is out of range (or that `framework` does not export)."""
+    check_quantize(quantize, framework)
     for option, value in (("--calibration", calibration_images), ("--held-out", held_out)):
         if value < 1:
             raise ValueError(f"{option} {value}: expected at least 1 image")
@@ -70,7 +71,7 @@ def export(loaded, desc, framework: str, path: Path, *, flavor: str, weights: Pa
     from conformance.porting.port import run_worker
 
     check_exported(framework)
-    check_options(quantize, calibration_images, held_out, bn_stats)
+    check_options(quantize, calibration_images, held_out, bn_stats, framework)
     quantized = quantize != "none"
     bn_stats = (bn_stats or ("weights" if weights else "calibration")) if quantized else None
     request = request_of(loaded, desc, flavor, weights, calibration_images, held_out)

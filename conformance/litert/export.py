@@ -65,23 +65,32 @@ def export(framework: str, model, desc, path: Path, blocks: bool = False, quanti
     """Write `model` (a generated model of `desc`, in eval mode) as a LiteRT flatbuffer to `path`
     (atomically: a failure leaves nothing there), quantized as `quantize` says (int8: calibrated on
     `calibration`, NHWC float32 images); returns the export's seconds."""
-    check_quantize(quantize)
+    check_quantize(quantize, framework_entry(framework).key)
     if quantize == "int8" and (calibration is None or not len(calibration)):
         raise ValueError("int8 quantization needs calibration images")
     start = time.perf_counter()
     key = framework_entry(framework).key
     check_exported(key)
-    converter, _keep = EXPORTERS[key](model, desc, blocks)  # _keep: what the converter's functions hold on to
-    atomic_write(Path(path), _convert(converter, quantize, calibration))
+    atomic_write(Path(path), EXPORTERS[key](model, desc, blocks, quantize, calibration))
     return time.perf_counter() - start
 
 
 QUANTIZE_MODES = ("none", "dynamic", "int8")
 
 
-def check_quantize(mode: str) -> None:
+# (framework key, mode) -> why that framework's exporter does not quantize so (measured, litert-torch 0.10.0).
+NOT_QUANTIZED = {
+    ("torch", "int8"): "litert-torch 0.10's full-integer (PT2E static) export makes the graph's input and outputs "
+                       "int8 and leaves ops in float (MobileNetV3-Small 0.35: 32 QUANTIZE, 25 DEQUANTIZE, "
+                       "2 TRANSPOSE); export int8 from keras or flax",
+}
+
+
+def check_quantize(mode: str, framework_key: str | None = None) -> None:
     if mode not in QUANTIZE_MODES:
         raise ValueError(f"--quantize {mode!r}: expected one of {', '.join(QUANTIZE_MODES)}")
+    if (framework_key, mode) in NOT_QUANTIZED:
+        raise ValueError(f"--quantize {mode} --framework {framework_key}: {NOT_QUANTIZED[framework_key, mode]}")
 
 
 def _convert(converter, quantize: str = "none", calibration: np.ndarray | None = None) -> bytes:
@@ -149,23 +158,54 @@ def _converter_flax(model, desc, blocks: bool):
     return tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], holder), holder
 
 
-# Frameworks with no LiteRT export yet, and why (`mnforge litert` says so; `conform --litert` records it).
-NOT_EXPORTED = {
-    "torch": "PyTorch's LiteRT export is not in this build yet: litert-torch cannot be installed beside the "
-             "pinned packages (its dependency xdsl needs typing-extensions<4.13)",
-}
+def _export_torch(model, desc, blocks: bool, quantize: str, calibration: np.ndarray | None) -> bytes:
+    """litert-torch, in its own environment (conformance/litert/torch_env.py)."""
+    from conformance.frameworks.protocol import classifier_options
+    from conformance.litert import torch_env
+    from generators.location import family_module
 
-# framework key -> its exporter, `_converter_KEY`: (model, desc, blocks) -> (converter, object to keep
-# alive while converting). A framework without one is not exported (`mnforge litert` refuses it,
-# `conform --litert` skips it).
-EXPORTERS = {key: globals()[f"_converter_{key}"] for key in FRAMEWORKS if f"_converter_{key}" in globals()}
+    generated = Path(family_module("torch", desc.family).__file__)
+    try:
+        return torch_env.convert(model, desc, generated, classifier_options(desc.num_classes, None), blocks, OUTPUT,
+                                 quantize, calibration)
+    except RuntimeError as exc:
+        unsupported = unsupported_torch_ops(str(exc))
+        if unsupported:
+            raise LiteRTError(f"LiteRT has no builtin op for {', '.join(unsupported)}") from None
+        raise
+
+
+# Frameworks whose graph with every block as an output has ops its deployable graph (one output) does not:
+# litert-torch's layout pass keeps an op that has no NHWC form and feeds a block output (the stem's
+# explicit TF-SAME pad, the pool's mean) in NCHW, between two TRANSPOSE (MobileNetV3-Small 0.35, keras
+# flavor: 3; its one-output graph: none). Their op rules are checked on the deployable graph.
+OP_RULES_ON_DEPLOYABLE = ("torch",)
+
+
+def unsupported_torch_ops(message: str) -> list[str]:
+    """The PyTorch (ATen) ops a litert-torch error names as having no lowering, in order, once each."""
+    return list(dict.fromkeys(re.findall(r"Lowering not found: (aten\.[A-Za-z0-9_.]+)", message)))
+
+
+def _through_tensorflow(converter_of):
+    """An exporter from a `_converter_KEY`: (model, desc, blocks) -> (converter, object to keep alive while
+    converting), then `_convert`."""
+    def export_flatbuffer(model, desc, blocks: bool, quantize: str, calibration: np.ndarray | None) -> bytes:
+        converter, _keep = converter_of(model, desc, blocks)
+        return _convert(converter, quantize, calibration)
+    return export_flatbuffer
+
+
+# framework key -> its exporter: (model, desc, blocks, quantize, calibration) -> the flatbuffer's bytes;
+# `_converter_KEY` through TensorFlow's converter, or `_export_KEY`.
+EXPORTERS = {key: (_through_tensorflow(globals()[f"_converter_{key}"]) if f"_converter_{key}" in globals()
+                   else globals()[f"_export_{key}"]) for key in FRAMEWORKS}
 
 
 def check_exported(key: str) -> None:
-    """Raise ValueError, naming why, unless framework `key` has a LiteRT exporter."""
+    """Raise ValueError unless framework `key` has a LiteRT exporter."""
     if key not in EXPORTERS:
-        why = NOT_EXPORTED.get(key, f"no LiteRT export for {key!r}")
-        raise ValueError(f"{why}; exported are {', '.join(EXPORTERS)}")
+        raise ValueError(f"no LiteRT export for {key!r}; exported are {', '.join(EXPORTERS)}")
 
 
 def ops(path: Path) -> dict[str, int]:

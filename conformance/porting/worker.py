@@ -198,7 +198,7 @@ def _export_litert(request: dict, loaded) -> dict:
     framework = request["framework"]
     litert_export.check_exported(framework)
     quantize = request.get("quantize", "none")
-    litert_export.check_quantize(quantize)
+    litert_export.check_quantize(quantize, framework)
     desc, adapter, model = _build_for_export(request, loaded)
     images = np.random.default_rng(0).normal(0.0, 1.0, (2, 3, *desc.resolution)).astype(np.float32)
     own = np.asarray(adapter.logits(model, images), np.float64)  # Keras exports only a called model

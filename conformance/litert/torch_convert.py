@@ -1,0 +1,112 @@
+"""PyTorch to LiteRT with litert-torch, in its own environment (`.venv-litert-torch`; README: LiteRT).
+
+litert-torch cannot be installed beside the main environment's pins (its dependency xdsl needs
+typing-extensions<4.13, the main environment's anyio needs >=4.16), so the PyTorch export runs here, in a
+process of its own, started by the main environment's PyTorch process (conformance/litert/torch_env.py)
+with a request file, as every framework worker is: the weights as safetensors, the generated module's
+file, the options; it writes the flatbuffer and a JSON result (`seconds`, or `error`) where the request
+says. This module imports the standard library, numpy, torch, litert_torch and the generated module
+(by its file), nothing of this project and nothing of the main environment, and never TensorFlow: imported
+before litert_torch, TensorFlow crashes the process (SIGSEGV, through torchao).
+
+    python -m conformance.litert.torch_convert REQUEST.json
+
+The graph's interface is NHWC, as the Keras and Flax exports': the model is wrapped so that it takes an
+NHWC image and gives NHWC maps, and litert-torch's layout pass then runs the network in NHWC, with no
+TRANSPOSE where every op has an NHWC form. Quantization is PT2E (torch.export, then litert-torch's
+quantizer): `dynamic` int8 weights per output channel with float activations, `int8` int8 weights per
+output channel and int8 activations per tensor, calibrated on the request's images; input and output
+stay float32, as from the TensorFlow converter.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def _generated_module(path: str):
+    """The generated PyTorch module at `path` (self-contained: torch and the standard library only)."""
+    name = f"mnforge_litert_torch_{Path(path).stem}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # before running it: dataclasses look their module up by name
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def _channels_last(network, blocks: bool, output: str):
+    import torch
+
+    class ChannelsLast(torch.nn.Module):
+        """`network` with an NHWC input and NHWC feature-map outputs, by name: every block's, or `output`."""
+
+        def __init__(self):
+            super().__init__()
+            self.network = network
+
+        def forward(self, image):
+            x = image.permute(0, 3, 1, 2)
+            outputs = self.network.forward_intermediates(x) if blocks else {output: self.network(x)}
+            return {name: value.permute(0, 2, 3, 1) if value.ndim == 4 else value for name, value in outputs.items()}
+
+    return ChannelsLast().eval()
+
+
+def _quantized(model, sample, quantize: str, calibration):
+    """`model` through PT2E with litert-torch's quantizer, and the converter's quantization config."""
+    import torch
+    from litert_torch.quantize import pt2e_quantizer
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=quantize == "dynamic"))
+    prepared = quantize_pt2e.prepare_pt2e(torch.export.export(model, (sample,)).module(), quantizer)
+    with torch.no_grad():
+        # dynamic: one pass so that the per-channel observers see the weights; int8: the calibration images
+        for image in ([sample] if quantize == "dynamic" else (torch.from_numpy(i[None]) for i in calibration)):
+            prepared(image)
+    return quantize_pt2e.convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
+
+
+def convert(request: dict) -> float:
+    """Write the request's model as a LiteRT flatbuffer to request["output"]; returns the seconds."""
+    import numpy as np
+    import litert_torch
+    import torch
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    module = _generated_module(request["generated"])
+    network = module.VARIANTS[request["variant"]](flavor=request["flavor"], **request["options"]).eval()
+    network.load_state_dict(load_file(request["weights"]))
+    model = _channels_last(network, request["blocks"], request["output_name"])
+    sample = torch.zeros(1, *request["resolution"], 3)
+    quant_config = None
+    if request["quantize"] != "none":
+        calibration = np.load(request["calibration"]) if request.get("calibration") else None
+        model, quant_config = _quantized(model, sample, request["quantize"], calibration)
+    edge = litert_torch.convert(model, (sample,), quant_config=quant_config)
+    edge.export(request["output"])
+    return time.perf_counter() - start
+
+
+def main(argv: list[str]) -> int:
+    request = json.loads(Path(argv[0]).read_text())
+    try:
+        result = {"seconds": convert(request)}
+    except Exception as exc:  # the main process reports its first line; the trace goes to stderr
+        traceback.print_exc()
+        result = {"error": f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"}
+    Path(request["result"]).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
