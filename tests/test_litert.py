@@ -272,13 +272,6 @@ def test_unknown_framework_is_refused_by_the_parser(capsys, tmp_path):
 
 # The slow tier: every variant but MobileNetV5's (over HEAVY_PARAMS), at the conformance run's resolution.
 EVERY = [v for v in SPEC.spec.variants() if describe(SPEC, v).params <= HEAVY_PARAMS and v not in SMALL]
-# Measured: MobileNetV4-Hybrid's graphs keep 16 TRANSPOSE ops (two per Mobile MQA block: the heads split
-# and merged around the attention products) from Keras and Flax alike, with parity (rel. error ~1e-6, same
-# top-1). Removing them is the generated attention's job (a later part of issue 15); until then the check
-# fails, and says so.
-ATTENTION_TRANSPOSES = pytest.mark.xfail(strict=True, reason="Mobile MQA exports 2 TRANSPOSE per attention block")
-EVERY_PARAMS = [pytest.param(v, marks=ATTENTION_TRANSPOSES)
-                if any(layer.kind == "attention" for layer in describe(SPEC, v).layers) else v for v in EVERY]
 
 
 @pytest.fixture(scope="module")
@@ -288,6 +281,6 @@ def every_run(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("framework", EXPORTED)
-@pytest.mark.parametrize("variant", EVERY_PARAMS)
+@pytest.mark.parametrize("variant", EVERY)
 def test_every_variant_exports_float(every_run, variant, framework):
     _assert_float_export(every_run, variant, framework, (224, 192))

@@ -566,13 +566,16 @@ class MobileMQA(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, height, width, _ = x.shape
         y = self.bn(x)
-        q = self.query(y).reshape(batch, height * width, self.heads, self.key_dim)
+        # Every query head attends to the same keys, so the query is `heads` rows per position, one per
+        # (position, head) pair, a plain reshape of the head-major channels: both products are single batch
+        # matmuls (measured: no TRANSPOSE op in the LiteRT graph).
+        q = self.query(y).reshape(batch, height * width * self.heads, self.key_dim)
         k = self._positions(y, self.key_down, self.key)
         v = self._positions(y, self.value_down, self.value)
         # softmax(q k^T / sqrt(key_dim)) v, written out: jax.nn.dot_product_attention takes its softmax in
         # float32 whatever the input's dtype.
-        scores = jnp.einsum("bqhd,bkd->bhqk", q, k) * self.key_dim**-0.5
-        y = jnp.einsum("bhqk,bkd->bqhd", jax.nn.softmax(scores, axis=-1), v)
+        scores = jnp.einsum("bnd,bmd->bnm", q, k) * self.key_dim**-0.5
+        y = jnp.einsum("bnm,bmd->bnd", jax.nn.softmax(scores, axis=-1), v)  # (batch, rows, value_dim)
         y = self.output(y.reshape(batch, height, width, self.heads * self.value_dim))
         if self.layer_scale is not None:
             y = self.layer_scale(y)

@@ -617,15 +617,17 @@ class MultiQueryAttention(layers.Layer):
         self.heads = heads
 
     def call(self, inputs):
-        # Not keras.ops.dot_product_attention: on the TensorFlow backend (Keras 3.15) it fails for one shared
-        # key / value head (its einsum does not broadcast 1 head to `heads`; it repeats only 2 or more).
+        # Every query head attends to the same keys, so the query is `heads` rows per position, one per
+        # (position, head) pair, a plain reshape of the head-major channels: both products are single batch
+        # matmuls, and the LiteRT converter folds k's transpose into the first (measured: no TRANSPOSE op; an
+        # einsum there leaves a RESHAPE, keras.ops.dot_product_attention on the rows as one head a TRANSPOSE).
         q, k, v = inputs
         height, width, key_dim, value_dim = q.shape[1], q.shape[2], k.shape[-1], v.shape[-1]
-        q = ops.transpose(ops.reshape(q, (-1, height * width, self.heads, key_dim)), (0, 2, 1, 3))
-        k = ops.reshape(k, (-1, 1, k.shape[1] * k.shape[2], key_dim))
-        v = ops.reshape(v, (-1, 1, v.shape[1] * v.shape[2], value_dim))
-        weights = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * key_dim**-0.5, axis=-1)
-        y = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))  # (batch, positions, heads, value_dim)
+        q = ops.reshape(q, (-1, height * width * self.heads, key_dim))
+        k = ops.reshape(k, (-1, k.shape[1] * k.shape[2], key_dim))
+        v = ops.reshape(v, (-1, v.shape[1] * v.shape[2], value_dim))
+        weights = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 2, 1))) * key_dim**-0.5, axis=-1)
+        y = ops.matmul(weights, v)  # (batch, rows, value_dim)
         return ops.reshape(y, (-1, height, width, self.heads * value_dim))
 
     def get_config(self):
