@@ -274,13 +274,41 @@ def test_unknown_framework_is_refused_by_the_parser(capsys, tmp_path):
 EVERY = [v for v in SPEC.spec.variants() if describe(SPEC, v).params <= HEAVY_PARAMS and v not in SMALL]
 
 
+HYBRID = [v for v in EVERY if any(layer.kind == "attention" for layer in describe(SPEC, v).layers)]
+# Measured: in the tf flavor, PyTorch's Mobile MQA pads its input explicitly (TF SAME) before the key and
+# the value downsampling; litert-torch 0.10 has no NHWC form for a pad and keeps it NCHW between TRANSPOSE
+# ops, which it folds away only where one convolution reads the pad: here two do (MobileNetV4-Hybrid-
+# Medium: 12 TRANSPOSE, parity kept). In the timm flavor (symmetric padding, the hybrids' checkpoints'
+# own) there is none: test_pytorch_hybrids_export_without_transpose_in_the_timm_flavor.
+MQA_PAD_TRANSPOSES = pytest.mark.xfail(strict=True, reason="litert-torch keeps the MQA key / value TF-SAME pad "
+                                                           "in NCHW between TRANSPOSE ops")
+EVERY_CASES = [pytest.param(v, f, marks=MQA_PAD_TRANSPOSES) if f == "torch" and v in HYBRID else (v, f)
+               for v in EVERY for f in EXPORTED]
+
+
 @pytest.fixture(scope="module")
 def every_run(tmp_path_factory):
     return _litert_run(tmp_path_factory, EVERY, (224, 192))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("framework", EXPORTED)
-@pytest.mark.parametrize("variant", EVERY)
+@pytest.mark.parametrize("variant, framework", EVERY_CASES)
 def test_every_variant_exports_float(every_run, variant, framework):
     _assert_float_export(every_run, variant, framework, (224, 192))
+
+
+@pytest.fixture(scope="module")
+def hybrid_timm_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("litert-timm")
+    options = Options(count_macs=False, litert=True, litert_dir=str(work / "cache"))
+    result = execute(RunConfig.for_frameworks(SPEC, HYBRID, ["torch"], "timm", (224, 192), options, work=work))
+    return result, evaluate(SPEC, result)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", HYBRID)
+def test_pytorch_hybrids_export_without_transpose_in_the_timm_flavor(hybrid_timm_run, variant):
+    _, checks = hybrid_timm_run
+    (check,) = [c for c in checks if c.variant == variant and c.subject == "torch" and c.name == "litert"]
+    assert check.ok and "TRANSPOSE" not in check.figures["ops"], check.summary
+    assert check.figures["ops"]["BATCH_MATMUL"] > 0, check.figures["ops"]  # the attention, as matrix products
