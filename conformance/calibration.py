@@ -18,10 +18,13 @@ linears and layer scales are kept. An RMSNorm (MobileNetV5) has no running stati
 re-estimate, it is left as it is.
 
 The re-estimation runs once, in the PyTorch worker in float64 (`conformance/porting/worker.py`, op
-`calibrate`), and writes a neutral weight file that every framework's exporter then loads.
+`calibrate`: `write_reestimated`), and writes a neutral weight file that every framework's exporter then
+loads.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -65,3 +68,17 @@ def reestimate_batch_norm(model, images_nchw: np.ndarray) -> list[str]:
         for handle in handles:
             handle.remove()
     return done
+
+
+def write_reestimated(adapter, model, desc, count: int, path: Path) -> int:
+    """Re-estimate the BatchNorm statistics of a generated PyTorch `model` (float64) on `count` calibration
+    images and write its tensors, float32, as the neutral file `path`; returns the BatchNorms set."""
+    from conformance import weights as neutral
+    from conformance.porting.formats import classes_metadata
+
+    names = reestimate_batch_norm(model, images(count, desc.resolution, CALIBRATION_SEED))
+    tensors = {name: value.astype(np.float32) for name, value in adapter.tensors(model).items()}
+    neutral.save(Path(path), tensors, {"variant": desc.variant, "flavor": desc.flavor, **classes_metadata(desc),
+                                       "source": f"BatchNorm statistics re-estimated on {count} calibration images"})
+    return len(names)
+

@@ -60,6 +60,11 @@ class QuantizationReport:
         name = min(self.sqnr_db, key=self.sqnr_db.get)
         return name, self.sqnr_db[name]
 
+    @property
+    def cause(self) -> str:
+        """The likely cause in a few words: the first block below the threshold and what it loses, or none."""
+        return f"{self.first_below} (loses {self.loss_db[self.first_below]:.1f} dB)" if self.first_below else "none"
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -81,8 +86,7 @@ class QuantizationReport:
         if not self.loss_db:
             return [*head[:-1], "outputs compared: " + ", ".join(f"{name} {db:.1f} dB SQNR"
                                                                  for name, db in self.sqnr_db.items())]
-        head.append(f"first block below the threshold, the likely cause: {self.first_below} (loses "
-                    f"{self.loss_db[self.first_below]:.1f} dB)" if self.first_below
+        head.append(f"first block below the threshold, the likely cause: {self.cause}" if self.first_below
                     else "no block below the threshold")
         head.append(f"  {'block':<24} {'SQNR':>8} {'loss':>8}")
         return head + [f"  {name:<24} {db:5.1f} dB {self.loss_db[name]:5.1f} dB"
@@ -116,6 +120,12 @@ def quantize_dequantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndar
     back to float."""
     q = np.clip(np.round(np.asarray(x, np.float64) / scale) + zero_point, -128, 127)
     return (q - zero_point) * scale
+
+
+def input_sqnr_db(images: np.ndarray, rounding: tuple[float, int] | None) -> float:
+    """The SQNR of `images` as a quantized graph's first QUANTIZE rounds them (`rounding`: its scale and zero
+    point); inf for a graph that does not round its input."""
+    return float(sqnr_db(images, quantize_dequantize(images, *rounding))) if rounding else float("inf")
 
 
 def compare(reference: dict[str, np.ndarray], quantized: dict[str, np.ndarray], logits: str | None, *, mode: str,
