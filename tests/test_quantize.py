@@ -166,6 +166,29 @@ def test_report_arithmetic():
     assert capped.top1_agreement is None and capped.first_below is None
 
 
+def test_a_block_after_the_pool_is_measured_from_the_lowest_sqnr_before_it():
+    """The global pool averages the noise over every position and keeps each channel's mean, so its SQNR
+    rises; a BatchNorm after it (MobileNetV4's fc) takes the mean out and falls back (in float64, without
+    quantization: 11.5 dB, MobileNetV4-Conv-Small at 224x192). Measured from the lowest SQNR before it, that
+    fall is no loss; a head that falls 10 dB below the last conv is named."""
+    rng = np.random.default_rng(4)
+    conv = rng.normal(size=(16, 8, 7, 6))
+    conv_int8 = conv + 0.1 * rng.normal(size=conv.shape)  # 20 dB
+    pool, pool_int8 = conv.mean(axis=(2, 3)) + 3.0, conv_int8.mean(axis=(2, 3)) + 3.0  # a mean over the images
+    mean = pool.mean(axis=0)
+    fc, fc_int8 = pool - mean, pool_int8 - mean  # the BatchNorm's centring: the noise stays, the mean goes
+
+    def report(fc_quantized):
+        return compare({"last_conv": conv, "pool": pool, "fc": fc}, {"last_conv": conv_int8, "pool": pool_int8,
+                       "fc": fc_quantized}, None, mode="int8", against="test", calibration=1, input_sqnr_db=25.0)
+
+    clean = report(fc_int8)
+    assert clean.sqnr_db["pool"] - clean.sqnr_db["fc"] > LOSS_THRESHOLD_DB  # what the previous block's rule named
+    assert clean.first_below is None and clean.loss_db["fc"] < 3.0, clean.loss_db
+    broken = report(fc + 30 * (fc_int8 - fc))  # 29.5 dB more noise than it received
+    assert broken.first_below == "fc" and broken.loss_db["fc"] > LOSS_THRESHOLD_DB, broken.loss_db
+
+
 RE_ESTIMATE = """
 import json, sys
 import numpy as np
