@@ -19,7 +19,7 @@ re-estimate, it is left as it is.
 
 The re-estimation runs once, in the PyTorch worker in float64 (`conformance/porting/worker.py`, op
 `calibrate`: `write_reestimated`), and writes a neutral weight file that every framework's exporter then
-loads.
+loads; `conform --litert` keeps that file under `cache_key`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from conformance.export_cache import content_key
 
 CALIBRATION_SEED = 1001
 HELD_OUT_SEED = 1002
@@ -82,3 +84,9 @@ def write_reestimated(adapter, model, desc, count: int, path: Path) -> int:
                                        "source": f"BatchNorm statistics re-estimated on {count} calibration images"})
     return len(names)
 
+
+def cache_key(generated_torch: Path, weights: Path, count: int, flavor: str, resolution: tuple[int, int]) -> str:
+    """Content hash of what `write_reestimated`'s file depends on (conformance/export_cache.py): the PyTorch
+    code, the weights, this module (the images and the rule), the images' count and seed, flavor and size."""
+    return content_key([generated_torch, weights, Path(__file__)],
+                       ["reestimated", count, CALIBRATION_SEED, flavor, list(resolution)])

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from conformance import calibration, quantization
+from conformance.export_cache import content_key
 from conformance.onnx.export import INPUT
 from spec.files import atomic_write
 
@@ -47,6 +48,13 @@ def quantize(float_path: Path, int8_path: Path, calibration_native: np.ndarray) 
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
         atomic_write(Path(int8_path), out.read_bytes())
+
+
+def cache_key(float_path: Path, calibration_images: int) -> str:
+    """Content hash of what `quantize`'s file depends on (conformance/export_cache.py): the float export, this
+    module (the settings), and the calibration images: their count, their seed and the module that draws them."""
+    return content_key([float_path, Path(__file__), Path(calibration.__file__)],
+                       ["int8", calibration_images, calibration.CALIBRATION_SEED])
 
 
 def native_images(framework: str, count: int, resolution: tuple[int, int], seed: int) -> np.ndarray:
