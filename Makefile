@@ -31,8 +31,10 @@ test: check-generated
 test-all: check-generated
 	$(PY) -m pytest -m "slow or not slow"
 
+# --litert: every variant in float, int8 for one variant per architecture (README: LiteRT); int8 for every
+# variant is in `make test-all`.
 conformance: $(STAMP)
-	$(VENV)/bin/mnforge conform --all --onnx --train --report reports/
+	$(VENV)/bin/mnforge conform --all --onnx --train --litert --report reports/
 
 conformance-quick: $(STAMP)
 	$(VENV)/bin/mnforge conform --quick
