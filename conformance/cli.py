@@ -343,7 +343,7 @@ def _port_or_run(loaded, args) -> int:
 def _conform(loaded, args) -> int:
     from conformance.checks import evaluate
     from conformance.report import print_summary, write_reports
-    from conformance.runner import HEAVY_PARAMS, Options, RunConfig, RunResult, execute
+    from conformance.runner import HEAVY_PARAMS, LITERT_INT8_RUNS, Options, RunConfig, RunResult, execute
 
     variants = selection = _select(loaded, args)
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
@@ -371,6 +371,9 @@ def _conform(loaded, args) -> int:
     if too_large:
         print(f"--litert: int8 leaves out {', '.join(too_large)} (over {HEAVY_PARAMS // 10**6} M parameters; "
               "README: LiteRT)", file=sys.stderr)
+    if int8 and not set(frameworks) & set(LITERT_INT8_RUNS):
+        print(f"--litert: int8 is exported from {', '.join(LITERT_INT8_RUNS)} only, which --frameworks leaves out",
+              file=sys.stderr)
     options = Options(onnx=args.onnx, onnx_dir=str(args.onnx_cache.resolve()), litert=args.litert,
                       litert_dir=str(args.litert_cache.resolve()), litert_int8=tuple(v for v in int8 if v in variants),
                       device=args.device, train=args.train)

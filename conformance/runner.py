@@ -215,8 +215,9 @@ def reestimate(config: RunConfig) -> dict[str, dict]:
     """Each variant chosen for int8 (Options.litert_int8), before the workers: the run's weights with their
     BatchNorm statistics re-estimated on the calibration images, once, by `mnforge litert`'s PyTorch
     worker (conformance/litert/command.py: calibrate; conformance/calibration.py), kept in `litert_dir`
-    under a content hash (a warm cache starts no worker), `parallel` at a time. Returns, per variant, its
-    int8 job: the weights to export from and the image counts, or the error that ended the re-estimation."""
+    under a content hash (a warm cache starts no worker), `parallel` at a time; none without a run of
+    LITERT_INT8_RUNS. Returns, per variant, its int8 job: the weights to export from and the image counts,
+    or the error that ended the re-estimation."""
     from concurrent.futures import ThreadPoolExecutor
 
     from conformance import calibration
@@ -225,7 +226,8 @@ def reestimate(config: RunConfig) -> dict[str, dict]:
     from generators.frameworks import framework
 
     options = config.options
-    variants = [v for v in config.variants if v in options.litert_int8] if options.litert else []
+    exported = any(w.framework in LITERT_INT8_RUNS and w.dtype == "float32" for w in config.workers)
+    variants = [v for v in config.variants if v in options.litert_int8] if options.litert and exported else []
     counts = {"calibration": calibration.CALIBRATION_IMAGES, "held_out": calibration.HELD_OUT_IMAGES}
 
     def one(variant: str) -> dict:

@@ -198,6 +198,18 @@ def test_a_bad_litert_int8_choice_is_one_line_and_exit_code_2(capsys, argv, name
     assert lines == [f"error: {named}"], lines
 
 
+def test_nothing_is_reestimated_without_a_run_that_exports_int8(tmp_path, monkeypatch):
+    from conformance.runner import reestimate
+
+    def calibrate(*args):
+        raise AssertionError("re-estimated for no int8 export")
+
+    monkeypatch.setattr(command, "calibrate", calibrate)
+    options = Options(litert=True, litert_int8=("mobilenet_v1_025",))
+    assert reestimate(RunConfig.for_frameworks(SPEC, ["mobilenet_v1_025"], ["torch", "flax"], "tf", RESOLUTION,
+                                               options, work=tmp_path)) == {}
+
+
 def test_the_int8_cache_key_covers_the_quantize_mode_and_the_calibration(tmp_path):
     """A quantized export depends on its mode, the BatchNorm statistics' origin and, in int8, the calibration
     images; a float key is what it was before int8 (its cached exports stay valid)."""
