@@ -230,7 +230,7 @@ def _litert_int8_checks(variant: str, run: RunResult, keys: list[str]) -> list[C
     (one that loses more than LOSS_THRESHOLD_DB of the SQNR it receives: no clean variant has one, README:
     LiteRT), and on a failed step (the re-estimation, the export, ORT's int8 with --onnx). Top-1, KL and SQNR
     are figures, not gates: on random weights they measure the float network's own chaos as much as the
-    quantizer. `figures["poorly"]`: the rules the export breaks, in a few words each (the report's verdict)."""
+    quantizer. `figures["poorly"]`: what fails, each to be read after the variant's name (the report's verdict)."""
     from conformance.quantization import LOSS_THRESHOLD_DB
 
     checks = []
@@ -242,9 +242,10 @@ def _litert_int8_checks(variant: str, run: RunResult, keys: list[str]) -> list[C
         if info is None:
             continue
         report = info.report
-        poorly = [f"op rules broken: {', '.join(info.problems)}"] if info.problems else []
+        poorly = [f"breaks the int8 op rules: {', '.join(info.problems)}"] if info.problems else []
         if report.first_below:
-            poorly.append(f"likely cause {report.cause}, over the {LOSS_THRESHOLD_DB:.0f} dB threshold")
+            poorly.append(f"quantizes poorly at {report.first_below}: it loses {report.loss_db[report.first_below]:.1f} "
+                          f"dB, over the {LOSS_THRESHOLD_DB:.0f} dB threshold")
         worst, worst_db = report.worst
         how = "cached" if info.cached else f"exported in {info.export_s:.1f} s"
         rules = f"NOT ALLOWED: {', '.join(info.problems)}" if info.problems else "every op int8"
@@ -256,7 +257,7 @@ def _litert_int8_checks(variant: str, run: RunResult, keys: list[str]) -> list[C
         if info.ort_error:
             summary += f"; ORT int8 FAILED: {info.ort_error}"
         if poorly:
-            summary += "; QUANTIZES POORLY: " + "; ".join(poorly)
+            summary += "; FAIL: " + "; ".join(poorly)
         checks.append(Check(variant, "litert_int8", key, not poorly and not info.ort_error, summary,
                             {**info.to_json(), "poorly": poorly}))
     return checks

@@ -284,9 +284,10 @@ INT8_TITLE = "int8: LiteRT vs ONNX Runtime"
 INT8_INTRO = ("Full-integer LiteRT exports (`conform --litert`, README: LiteRT) of the variants chosen for int8, "
               "every block an output, from the run's weights with their BatchNorm statistics re-estimated on the "
               "calibration images, against the same framework's float32 model on the held-out images; ONNX "
-              "Runtime's static QDQ int8 of the same weights (with --onnx) beside it, its logits only. A variant "
-              "quantizes poorly when its graph breaks an int8 op rule or a block loses more than "
-              f"{LOSS_THRESHOLD_DB:.0f} dB of the SQNR it receives (the likely cause). cached: reused export.")
+              "Runtime's static QDQ int8 of the same weights (with --onnx) beside it, its logits only. The check "
+              "fails a variant whose graph breaks an int8 op rule, or that quantizes poorly: a block loses more "
+              f"than {LOSS_THRESHOLD_DB:.0f} dB of the SQNR it receives (the likely cause). cached: a reused "
+              "export.")
 
 
 def int8_summary(checks: list[Check]) -> tuple[list[str], list[list[str]], list[str]] | None:
@@ -313,12 +314,12 @@ def int8_summary(checks: list[Check]) -> tuple[list[str], list[list[str]], list[
                                   QuantizationReport.from_json(ort["report"]) if ort else None,
                                   None if not ort or ort["cached"] else ort["seconds"])))
         if info["poorly"]:
-            verdict.append(f"{label} quantizes poorly: {'; '.join(info['poorly'])}.")
+            verdict.append(f"{label} {' and '.join(info['poorly'])}.")
         if info.get("ort_error"):
             verdict.append(f"{label}: ORT int8 failed: {info['ort_error']}")
     if not any(c.figures.get("poorly") for c in int8):
-        verdict.insert(0, f"No variant quantizes poorly: every int8 graph measured is all int8 ops and no block "
-                          f"loses more than {LOSS_THRESHOLD_DB:.0f} dB.")
+        verdict.insert(0, f"No variant quantizes poorly: every int8 graph keeps the op rules and no block loses "
+                          f"more than {LOSS_THRESHOLD_DB:.0f} dB.")
     return HEADER, rows, verdict
 
 

@@ -329,10 +329,10 @@ def test_a_named_likely_cause_or_an_op_in_float_fails_the_int8_check_and_the_rep
     checks = [c for v in exports for c in _litert_int8_checks(v, SimpleNamespace(results=results), ["keras"])]
     assert [c.ok for c in checks] == [False, False, True], [c.summary for c in checks]
     loss = planted.loss_db["blocks.1"]
-    assert f"likely cause: blocks.1 (loses {loss:.1f} dB); QUANTIZES POORLY" in checks[0].summary
+    assert f"likely cause: blocks.1 (loses {loss:.1f} dB); FAIL: quantizes poorly at blocks.1" in checks[0].summary
     header, rows, verdict = int8_summary([check_from_json(json.loads(json.dumps(c.to_json()))) for c in checks])
-    assert verdict == [f"a quantizes poorly: likely cause blocks.1 (loses {loss:.1f} dB), over the 10 dB threshold.",
-                       "b quantizes poorly: op rules broken: SIN in float (no int8 kernel)."]
+    assert verdict == [f"a quantizes poorly at blocks.1: it loses {loss:.1f} dB, over the 10 dB threshold.",
+                       "b breaks the int8 op rules: SIN in float (no int8 kernel)."]
     assert [row[0] for row in rows] == ["a", "b", "c"] and all(len(row) == len(header) for row in rows)
     assert rows[0][6] == "blocks.1" and rows[0][7] == "2.5" and rows[1][7] == "cached" and rows[0][8:] == ["–"] * 4
 
@@ -357,4 +357,4 @@ def test_conform_names_the_planted_outlier_and_says_the_variant_quantizes_poorly
     assert float_check.ok, float_check.summary
     assert not int8.ok and int8.figures["report"]["first_below"] == "blocks.1", int8.summary
     write_reports(tmp_path / "report", SPEC, result, checks)
-    assert f"- {VARIANT} quantizes poorly: likely cause blocks.1 (loses" in (tmp_path / "report" / "report.md").read_text()
+    assert f"- {VARIANT} quantizes poorly at blocks.1: it loses" in (tmp_path / "report" / "report.md").read_text()
