@@ -57,10 +57,12 @@ class LiteRTError(ValueError):
 def cache_key(generated_file: Path, weights: Path, flavor: str, resolution: tuple[int, int], blocks: bool,
               quantize: str = "none", calibration_images: int | None = None, bn_stats: str | None = None) -> str:
     """Content hash of what an export depends on (conformance/export_cache.py): the generated code, the
-    weights, this module, the flavor, size and outputs; quantized, also the mode and where the weights'
-    BatchNorm statistics came from (conformance/litert/command.py: BN_STATS); int8, also the calibration
-    images: their count, their seed and the module that draws them. A float key is what it always was."""
-    files = [generated_file, weights, Path(__file__)]
+    weights, this module and PyTorch's converter's two (torch_env, torch_convert), the flavor, size and
+    outputs; quantized, also the mode and where the weights' BatchNorm statistics came from
+    (conformance/litert/command.py: BN_STATS); int8, also the calibration images: their count, their seed
+    and the module that draws them."""
+    here = Path(__file__)
+    files = [generated_file, weights, here, here.with_name("torch_env.py"), here.with_name("torch_convert.py")]
     settings = ["blocks" if blocks else OUTPUT, flavor, list(resolution)]
     if quantize != "none":
         settings += [quantize, bn_stats]

@@ -13,8 +13,8 @@ before litert_torch, TensorFlow crashes the process (SIGSEGV, through torchao).
 
 The graph's interface is NHWC, as the Keras and Flax exports': the model is wrapped so that it takes an
 NHWC image and gives NHWC maps, and litert-torch's layout pass then runs the network in NHWC, with no
-TRANSPOSE where every op has an NHWC form. Quantization is PT2E (torch.export, then litert-torch's
-quantizer), `dynamic` only: int8 weights per output channel; full-integer int8 is refused
+TRANSPOSE where every op has an NHWC form (a zero pad gets one here: _constant_pad_in_nhwc).
+Quantization is PT2E (torch.export, then litert-torch's quantizer), `dynamic` only: int8 weights per output channel; full-integer int8 is refused
 (export.NOT_QUANTIZED: measured, its graph's input and outputs become int8).
 """
 
@@ -56,6 +56,30 @@ def _channels_last(network, blocks: bool, output: str):
     return ChannelsLast().eval()
 
 
+def _constant_pad_in_nhwc() -> None:
+    """Teach litert-torch's layout pass (0.10) a zero pad in NHWC, which it lacks (it has the reflect and
+    replicate pads): without it, a pad stays NCHW, and where the padded map is also read elsewhere (Mobile
+    MQA's TF-SAME pad before its key and value downsampling; the query reads the same map), TRANSPOSE ops
+    around it survive (MobileNetV4-Hybrid-Medium, tf flavor: 12). The same pad with its amounts moved to
+    NHWC's axes; the converter then folds it into the convolution that reads it, as elsewhere."""
+    import torch
+    from litert_torch._convert.fx_passes.optimize_layout_transposes_pass import layout_rewrite
+
+    pad_nd = torch.ops.aten.constant_pad_nd.default
+    if pad_nd in layout_rewrite.rewriters:
+        return  # a litert-torch that has its own
+
+    def constant_pad_nhwc(x, pad, value=0.0):
+        # F.pad's amounts come in (before, after) pairs from NCHW's last axis: W, H, C, N
+        pairs = [list(pad[i:i + 2]) for i in range(0, len(pad), 2)] + [[0, 0]] * (4 - len(pad) // 2)
+        width, height, channels, batch = pairs
+        return torch.nn.functional.pad(x, [*channels, *width, *height, *batch], value=value)
+
+    @layout_rewrite.rewriters.register(pad_nd)
+    def _rewrite(node):
+        node.target = constant_pad_nhwc
+
+
 def _dynamic_range(model, sample):
     """`model` through PT2E with litert-torch's dynamic quantizer (int8 weights per output channel), and the
     converter's quantization config. Full-integer int8 is refused before this process starts
@@ -80,6 +104,7 @@ def convert(request: dict) -> float:
     from safetensors.torch import load_file
 
     torch.set_num_threads(1)
+    _constant_pad_in_nhwc()
     start = time.perf_counter()
     module = _generated_module(request["generated"])
     network = module.VARIANTS[request["variant"]](flavor=request["flavor"], **request["options"]).eval()
