@@ -584,11 +584,11 @@ class MobileMQA(nn.Module):
         self.layer_scale = LayerScale(block.out, block.layer_scale) if block.layer_scale else None
 
     def _positions(self, x: torch.Tensor, down: nn.Module | None, projection: nn.Module) -> torch.Tensor:
-        """(batch, positions, dim), positions row-major: the one head every query head shares."""
+        """(batch, 1, positions, dim), positions row-major: the one head every query head shares."""
         x = projection(down(x) if down is not None else x)
         # contiguous, like the query: the CPU attention kernel takes another path (and rounds differently) on
         # strided inputs
-        return x.permute(0, 2, 3, 1).flatten(1, 2).contiguous()
+        return x.permute(0, 2, 3, 1).flatten(1, 2).unsqueeze(1).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
@@ -596,12 +596,13 @@ class MobileMQA(nn.Module):
         # The query's channels are head-major, so channels last they are (position, head) rows of key_dim,
         # each attending to the shared key / value head: softmax(q k^T / sqrt(key_dim)) v is one attention
         # over rows. Bit for bit timm's heads-as-batch form (measured, float32 and float64); channels last,
-        # a LiteRT graph needs no TRANSPOSE around it.
-        q = self.query(y).permute(0, 2, 3, 1).reshape(batch, height * width * self.heads, self.key_dim)
+        # a LiteRT graph needs no TRANSPOSE around it. One head axis of size 1: torch.onnx exports 4-D
+        # attention only.
+        q = self.query(y).permute(0, 2, 3, 1).reshape(batch, 1, height * width * self.heads, self.key_dim)
         k = self._positions(y, self.key_down, self.key)
         v = self._positions(y, self.value_down, self.value)
-        y = F.scaled_dot_product_attention(q, k, v)  # (batch, positions * heads, value_dim)
-        # contiguous NCHW again: a channels-last input takes another convolution kernel, which rounds differently
+        y = F.scaled_dot_product_attention(q, k, v)  # (batch, 1, positions * heads, value_dim)
+        # contiguous NCHW again: a channels-last input takes another convolution kernel (other rounding)
         y = y.reshape(batch, height, width, self.heads * self.value_dim).permute(0, 3, 1, 2).contiguous()
         y = self.output(y)
         if self.layer_scale is not None:
