@@ -41,8 +41,10 @@ test: check-generated $(LITERT_TORCH_STAMP)
 test-all: check-generated $(LITERT_TORCH_STAMP)
 	$(PY) -m pytest -m "slow or not slow"
 
+# --litert: every variant in float, int8 for one variant per architecture (README: LiteRT); int8 for every
+# variant is in `make test-all`.
 conformance: $(STAMP) $(LITERT_TORCH_STAMP)
-	$(VENV)/bin/mnforge conform --all --onnx --train --report reports/
+	$(VENV)/bin/mnforge conform --all --onnx --train --litert --report reports/
 
 conformance-quick: $(STAMP) $(LITERT_TORCH_STAMP)
 	$(VENV)/bin/mnforge conform --quick

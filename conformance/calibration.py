@@ -18,12 +18,17 @@ linears and layer scales are kept. An RMSNorm (MobileNetV5) has no running stati
 re-estimate, it is left as it is.
 
 The re-estimation runs once, in the PyTorch worker in float64 (`conformance/porting/worker.py`, op
-`calibrate`), and writes a neutral weight file that every framework's exporter then loads.
+`calibrate`: `write_reestimated`), and writes a neutral weight file that every framework's exporter then
+loads; `conform --litert` keeps that file under `cache_key`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from conformance.export_cache import content_key
 
 CALIBRATION_SEED = 1001
 HELD_OUT_SEED = 1002
@@ -65,3 +70,23 @@ def reestimate_batch_norm(model, images_nchw: np.ndarray) -> list[str]:
         for handle in handles:
             handle.remove()
     return done
+
+
+def write_reestimated(adapter, model, desc, count: int, path: Path) -> int:
+    """Re-estimate the BatchNorm statistics of a generated PyTorch `model` (float64) on `count` calibration
+    images and write its tensors, float32, as the neutral file `path`; returns the BatchNorms set."""
+    from conformance import weights as neutral
+    from conformance.porting.formats import classes_metadata
+
+    names = reestimate_batch_norm(model, images(count, desc.resolution, CALIBRATION_SEED))
+    tensors = {name: value.astype(np.float32) for name, value in adapter.tensors(model).items()}
+    neutral.save(Path(path), tensors, {"variant": desc.variant, "flavor": desc.flavor, **classes_metadata(desc),
+                                       "source": f"BatchNorm statistics re-estimated on {count} calibration images"})
+    return len(names)
+
+
+def cache_key(generated_torch: Path, weights: Path, count: int, flavor: str, resolution: tuple[int, int]) -> str:
+    """Content hash of what `write_reestimated`'s file depends on (conformance/export_cache.py): the PyTorch
+    code, the weights, this module (the images and the rule), the images' count and seed, flavor and size."""
+    return content_key([generated_torch, weights, Path(__file__)],
+                       ["reestimated", count, CALIBRATION_SEED, flavor, list(resolution)])

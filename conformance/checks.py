@@ -64,6 +64,7 @@ def evaluate(loaded: LoadedSpec, run: RunResult) -> list[Check]:
         checks += _logits_shape_checks(variant, run, usable, loaded)
         checks += _onnx_checks(variant, run, usable, desc)
         checks += _litert_checks(variant, run, usable, desc)
+        checks += _litert_int8_checks(variant, run, usable)
         if any(key == REFERENCE_KEY for key in keys):
             checks += _output_checks(variant, run, usable, desc)
         checks += _train_checks(variant, run, usable, desc.output)
@@ -221,6 +222,53 @@ def _litert_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[
         figures = {**info.to_json(), **{f"vs_{name}": c.figures for name, c in compared.items()}}
         checks.append(Check(variant, "litert", key, ok, summary, figures))
     return checks
+
+
+def _litert_int8_checks(variant: str, run: RunResult, keys: list[str]) -> list[Check]:
+    """Per run exported in int8 (a variant chosen for int8; conformance/litert/quantized.py): fails on a
+    broken int8 op rule (the float rules, and no op left in float), on a block named as the likely cause
+    (one that loses more than LOSS_THRESHOLD_DB of the SQNR it receives: no clean variant has one, README:
+    LiteRT), and on a failed step (the re-estimation, the export, ORT's int8 with --onnx). Top-1, KL and SQNR
+    are figures, not gates: on random weights they measure the float network's own chaos as much as the
+    quantizer. `figures["poorly"]`: what fails, each to be read after the variant's name (the report's verdict)."""
+    from conformance.quantization import LOSS_THRESHOLD_DB
+
+    checks = []
+    for key in keys:
+        result = run.results[(variant, key)]
+        if result.litert_int8_error is not None:
+            checks.append(Check(variant, "litert_int8", key, False, f"int8 failed: {result.litert_int8_error}"))
+        info = result.litert_int8
+        if info is None:
+            continue
+        report = info.report
+        poorly = [f"breaks the int8 op rules: {', '.join(info.problems)}"] if info.problems else []
+        if report.first_below:
+            poorly.append(f"quantizes poorly at {report.first_below}: it loses {report.loss_db[report.first_below]:.1f} "
+                          f"dB, over the {LOSS_THRESHOLD_DB:.0f} dB threshold")
+        worst, worst_db = report.worst
+        how = "cached" if info.cached else f"exported in {info.export_s:.1f} s"
+        rules = f"NOT ALLOWED: {', '.join(info.problems)}" if info.problems else "every op int8"
+        summary = (f"{how}, {sum(info.ops.values())} ops, {rules}; "
+                   f"vs {key} float32 on {report.held_out} held-out images: {_int8_figures(report)}, worst block "
+                   f"{worst} {worst_db:.1f} dB; likely cause: {report.cause}")
+        if info.ort is not None:
+            summary += f"; ORT int8: {_int8_figures(info.ort.report)}"
+        if info.ort_error:
+            summary += f"; ORT int8 FAILED: {info.ort_error}"
+        if poorly:
+            summary += "; FAIL: " + "; ".join(poorly)
+        checks.append(Check(variant, "litert_int8", key, not poorly and not info.ort_error, summary,
+                            {**info.to_json(), "poorly": poorly}))
+    return checks
+
+
+def _int8_figures(report) -> str:
+    """A quantization report's headline: top-1 agreement and KL (a classifier), and its output's SQNR."""
+    output, db = list(report.sqnr_db.items())[-1]
+    top1 = "" if report.top1_agreement is None else (f"top-1 agreement {report.top1_agreement:.0%}, "
+                                                     f"mean KL {report.mean_kl:.2e}, ")
+    return f"{top1}{output} SQNR {db:.1f} dB"
 
 
 def _output_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[Check]:

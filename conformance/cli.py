@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                         "LiteRT interpreter vs each framework and the float64 reference")
     p.add_argument("--litert-cache", type=Path, default=Path(".cache/litert"),
                    help="LiteRT exports are kept here under a content hash, so a re-run does not re-export")
+    p.add_argument("--litert-int8", default=None, metavar="|".join(LITERT_INT8),
+                   help="with --litert, the variants also exported in int8 (BatchNorm statistics re-estimated, "
+                        "the per-block report, ORT int8 beside it with --onnx): one per architecture of the "
+                        "selection (default), all, or none; never those over 50 M parameters (MobileNetV5)")
     p.add_argument("--train", action="store_true",
                    help="also training-mode parity: batch-statistics forward, gradients, running statistics, "
                         "SGD and AdamW steps, dropout (README: Training parity)")
@@ -340,7 +344,7 @@ def _port_or_run(loaded, args) -> int:
 def _conform(loaded, args) -> int:
     from conformance.checks import evaluate
     from conformance.report import print_summary, write_reports
-    from conformance.runner import Options, RunConfig, RunResult, execute
+    from conformance.runner import HEAVY_PARAMS, LITERT_INT8_RUNS, Options, RunConfig, RunResult, execute
 
     variants = selection = _select(loaded, args)
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
@@ -364,8 +368,16 @@ def _conform(loaded, args) -> int:
     console_ = console(stderr=True)
     start = time.perf_counter()
     total = len(variants) * (len(frameworks) + 1)
+    int8, too_large = int8_variants(loaded, selection, args.litert_int8, args.litert)
+    if too_large:
+        print(f"--litert: int8 leaves out {', '.join(too_large)} (over {HEAVY_PARAMS // 10**6} M parameters; "
+              "README: LiteRT)", file=sys.stderr)
+    if int8 and not set(frameworks) & set(LITERT_INT8_RUNS):
+        print(f"--litert: int8 is exported from {', '.join(LITERT_INT8_RUNS)} only, which --frameworks leaves out",
+              file=sys.stderr)
     options = Options(onnx=args.onnx, onnx_dir=str(args.onnx_cache.resolve()), litert=args.litert,
-                      litert_dir=str(args.litert_cache.resolve()), device=args.device, train=args.train)
+                      litert_dir=str(args.litert_cache.resolve()), litert_int8=tuple(v for v in int8 if v in variants),
+                      device=args.device, train=args.train)
     if args.train:
         from conformance.training import FLOAT64_MAX_PARAMS, float64_variants
 
@@ -417,14 +429,36 @@ def _report_merge(args) -> int:
     return 1 if merged["failed"] else 0
 
 
-def quick_variants(spec) -> list[str]:
-    """One variant per architecture: its width-1.0 variant (the published default), else its first."""
+def quick_variants(spec, among: list[str] | None = None) -> list[str]:
+    """One variant per architecture: its width-1.0 variant (the published default), else its first;
+    `among`: of those variants only (an architecture with none of them has none)."""
     chosen: dict[str, str] = {}
     for family in spec.families.values():
         for arch_name, arch in family.architectures.items():
-            names = [n for n, v in arch.variants.items() if v.width == 1.0 and not v.minimalistic]
-            chosen[arch_name] = (names or list(arch.variants))[0]
+            variants = {n: v for n, v in arch.variants.items() if among is None or n in among}
+            names = [n for n, v in variants.items() if v.width == 1.0 and not v.minimalistic]
+            if variants:
+                chosen[arch_name] = (names or list(variants))[0]
     return list(chosen.values())
+
+
+LITERT_INT8 = ("none", "architectures", "all")
+
+
+def int8_variants(loaded, selection: list[str], choice: str | None, litert: bool) -> tuple[list[str], list[str]]:
+    """The variants of `selection` that `conform --litert` also exports in int8 (`--litert-int8`, default
+    architectures: one per architecture, as --quick chooses), and those it would choose but leaves out: over
+    runner.HEAVY_PARAMS (MobileNetV5: 28.5 G MACs an image at 224x192, not measured in int8; README: LiteRT)."""
+    from conformance.runner import heavy
+
+    if choice is not None and choice not in LITERT_INT8:
+        raise ValueError(f"--litert-int8 {choice!r}: expected one of {', '.join(LITERT_INT8)}")
+    if choice not in (None, "none") and not litert:
+        raise ValueError(f"--litert-int8 {choice}: int8 is part of the LiteRT check; add --litert")
+    if not litert or choice == "none":
+        return [], []
+    chosen = selection if choice == "all" else quick_variants(loaded.spec, among=selection)
+    return [v for v in chosen if not heavy(loaded, v)], [v for v in chosen if heavy(loaded, v)]
 
 
 def _select(loaded, args) -> list[str]:

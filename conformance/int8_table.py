@@ -1,7 +1,8 @@
 """LiteRT int8 beside ONNX Runtime int8, per variant: the same weights (BatchNorm statistics re-estimated
-once, conformance/calibration.py, from the conformance run's random weights), the same calibration images, the same held-out images, one framework's
-exports (Keras by default: it exports to both). `python -m conformance.int8_table VARIANT... [--resolution
-HxW]` prints the table (markdown).
+once, conformance/calibration.py, from the conformance run's random weights), the same calibration images,
+the same held-out images, one framework's exports (Keras by default: it exports to both).
+`python -m conformance.int8_table VARIANT... [--resolution HxW]` prints the table (markdown); `conform
+--litert`'s report shows the same table (`cells`) from its int8 checks (conformance/report.py).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from conformance.quantization import QuantizationReport
 class Int8Row:
     variant: str
     litert: QuantizationReport
-    litert_seconds: float
-    ort: QuantizationReport
-    ort_seconds: float
+    litert_seconds: float | None  # None: the export was reused from the cache
+    ort: QuantizationReport | None  # None: not measured (`conform --litert` without --onnx)
+    ort_seconds: float | None
 
 
 def measure(loaded, variants: list[str], resolution: tuple[int, int], framework: str = "keras",
@@ -52,25 +53,39 @@ def measure(loaded, variants: list[str], resolution: tuple[int, int], framework:
     return rows
 
 
-def table(rows: list[Int8Row]) -> str:
+HEADER = ["variant", "LiteRT top-1", "LiteRT KL", "LiteRT logits SQNR", "LiteRT worst block SQNR",
+          "LiteRT largest loss", "LiteRT likely cause", "LiteRT export s", "ORT top-1", "ORT KL", "ORT logits SQNR",
+          "ORT export+quantize s"]
+
+
+def cells(row: Int8Row) -> list[str]:
+    """A row of the side-by-side table: LiteRT's report (every block), then ORT's (the logits only)."""
     def top1(report):
         return "-" if report.top1_agreement is None else f"{report.top1_agreement:.0%}"
 
-    lines = [("| variant | LiteRT top-1 | LiteRT KL | LiteRT logits SQNR | LiteRT worst block SQNR | LiteRT largest "
-              "loss | LiteRT likely cause | LiteRT export s | ORT top-1 | ORT KL | ORT logits SQNR | ORT export+"
-              "quantize s |"),
-             "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        worst, worst_db = r.litert.worst
-        logits_litert = list(r.litert.sqnr_db.values())[-1]
-        lossy = max(r.litert.loss_db, key=r.litert.loss_db.get)
-        logits_ort = list(r.ort.sqnr_db.values())[-1]
-        kl = (f"{r.litert.mean_kl:.2e}" if r.litert.mean_kl is not None else "-",
-              f"{r.ort.mean_kl:.2e}" if r.ort.mean_kl is not None else "-")
-        lines.append(f"| {r.variant} | {top1(r.litert)} | {kl[0]} | {logits_litert:.1f} dB | {worst_db:.1f} dB "
-                     f"({worst}) | {r.litert.loss_db[lossy]:.1f} dB ({lossy}) | {r.litert.first_below or 'none'} | {r.litert_seconds:.1f} | {top1(r.ort)} | "
-                     f"{kl[1]} | {logits_ort:.1f} dB | {r.ort_seconds:.1f} |")
-    return "\n".join(lines)
+    def kl(report):
+        return "-" if report.mean_kl is None else f"{report.mean_kl:.2e}"
+
+    def seconds(value):
+        return "cached" if value is None else f"{value:.1f}"
+
+    def output_sqnr(report):  # the logits, or an encoder's output
+        return f"{list(report.sqnr_db.values())[-1]:.1f} dB"
+
+    litert = row.litert
+    worst, worst_db = litert.worst
+    lossy = max(litert.loss_db, key=litert.loss_db.get)
+    ort = ([top1(row.ort), kl(row.ort), output_sqnr(row.ort), seconds(row.ort_seconds)] if row.ort is not None
+           else ["–"] * 4)
+    return [row.variant, top1(litert), kl(litert), output_sqnr(litert), f"{worst_db:.1f} dB ({worst})",
+            f"{litert.loss_db[lossy]:.1f} dB ({lossy})", litert.first_below or "none", seconds(row.litert_seconds),
+            *ort]
+
+
+def table(rows: list[Int8Row]) -> str:
+    """The side-by-side table, markdown."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|"]
+    return "\n".join(lines + ["| " + " | ".join(cells(row)) + " |" for row in rows])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,13 +16,15 @@ from xml.sax.saxutils import escape, quoteattr
 
 from conformance.checks import Check
 from conformance.console import console
+from conformance.quantization import LOSS_THRESHOLD_DB
 from conformance.report_html import html_report
 from conformance.runner import RunResult
 from conformance.training import TRAIN_STEPS, block_of, tolerance
 from spec import describe
 from spec.files import atomic_write
 
-CHECKS = ("build", "structure", "params", "round_trip", "shapes", "macs", "resolutions", "outputs", "onnx", "litert")
+CHECKS = ("build", "structure", "params", "round_trip", "shapes", "macs", "resolutions", "outputs", "onnx", "litert",
+          "litert_int8")
 REPORT_FORMAT = 2  # 2: spec, frameworks, options, selection and shard recorded (what `report merge` needs)
 SAME_RUN = ("flavor", "resolution", "num_classes", "frameworks", "options")  # and the spec's sha256
 
@@ -63,6 +65,8 @@ def time_split(run: RunResult) -> dict[str, float]:
                 split[phase] += seconds
         split["worker wall"] += run_.seconds
     split["prepare (spec, weights)"] = run.spec_seconds
+    if "reestimate_seconds" in run.extra:
+        split["re-estimate BatchNorm (int8)"] = run.extra["reestimate_seconds"]
     split["checks"] = run.extra.get("check_seconds", 0.0)
     split["total wall"] = run.seconds
     return dict(split)
@@ -147,11 +151,13 @@ def write_report_files(folder: Path, report: dict) -> None:
     checks = [check_from_json(c) for c in report["checks"]]
     atomic_write(folder / "report.json", json.dumps(report, indent=1, default=str))
     atomic_write(folder / "report.md", _markdown(report, checks))
+    int8 = int8_summary(checks)
     atomic_write(folder / "report.html", html_report(
         "MobileNet Forge conformance", report["variants"], checks, CHECKS,
         f"{_settings(report)}; {sum(c.ok for c in checks)}/{len(checks)} checks passed in "
         f"{report['seconds']:.0f} s." + "".join(f" {line}" for line in _provenance(report)),
-        {variant: training_table(runs) for variant, runs in training_summary(checks).items()}))
+        {variant: training_table(runs) for variant, runs in training_summary(checks).items()},
+        [(INT8_TITLE, [INT8_INTRO, *int8[2]], int8[0], int8[1])] if int8 else []))
     atomic_write(folder / "junit.xml", _junit(checks))
 
 
@@ -202,6 +208,7 @@ def _markdown(report: dict, checks: list[Check]) -> str:
     lines += [f"- `{c.variant}` {c.name} [{c.subject}]: {c.summary}" for c in failed] or ["None."]
     lines += _onnx_section(checks)
     lines += _litert_section(checks)
+    lines += _int8_section(checks)
     lines += _training_section(checks)
     lines += ["", "## Output errors per block (relative to max |float64 reference|)", ""]
     for c in checks:
@@ -265,6 +272,58 @@ def _litert_section(checks: list[Check]) -> list[str]:
         lines.append(f"| {c.variant} | {c.subject} | {export} | {ops} | {', '.join(info['problems']) or 'none'} | "
                      f"{own['logits_rel']:.2e} | {ref_error} | {'ok' if c.ok else 'FAIL'} |")
     return lines
+
+
+INT8_TITLE = "int8: LiteRT vs ONNX Runtime"
+INT8_INTRO = ("Full-integer LiteRT exports (`conform --litert`, README: LiteRT) of the variants chosen for int8, "
+              "every block an output, from the run's weights with their BatchNorm statistics re-estimated on the "
+              "calibration images, against the same framework's float32 model on the held-out images; ONNX "
+              "Runtime's static QDQ int8 of the same weights (with --onnx) beside it, its logits only. The check "
+              "fails a variant whose graph breaks an int8 op rule, or that quantizes poorly: a block loses more "
+              f"than {LOSS_THRESHOLD_DB:.0f} dB of the SQNR it receives (the likely cause). cached: a reused "
+              "export.")
+
+
+def int8_summary(checks: list[Check]) -> tuple[list[str], list[list[str]], list[str]] | None:
+    """The int8 checks as the side-by-side table of conformance/int8_table.py, a row per variant (and run,
+    where more than one is exported), and the verdict: which variants quantize poorly and where, and which
+    failed to export. (header, rows, verdict sentences), or None without int8 checks."""
+    from conformance.int8_table import HEADER, Int8Row, cells
+    from conformance.quantization import QuantizationReport
+
+    int8 = [c for c in checks if c.name == "litert_int8"]
+    if not int8:
+        return None
+    several = len({c.subject for c in int8}) > 1
+    rows, verdict = [], []
+    for c in int8:
+        label = f"{c.variant} ({c.subject})" if several else c.variant
+        info = c.figures
+        if "report" not in info:  # re-estimation or export failed: the check's summary says why
+            verdict.append(f"{label}: {c.summary}")
+            continue
+        ort = info.get("ort")
+        rows.append(cells(Int8Row(label, QuantizationReport.from_json(info["report"]),
+                                  None if info["cached"] else info["export_s"],
+                                  QuantizationReport.from_json(ort["report"]) if ort else None,
+                                  None if not ort or ort["cached"] else ort["seconds"])))
+        if info["poorly"]:
+            verdict.append(f"{label} {' and '.join(info['poorly'])}.")
+        if info.get("ort_error"):
+            verdict.append(f"{label}: ORT int8 failed: {info['ort_error']}")
+    if not any(c.figures.get("poorly") for c in int8):
+        verdict.insert(0, f"No variant quantizes poorly: every int8 graph keeps the op rules and no block loses "
+                          f"more than {LOSS_THRESHOLD_DB:.0f} dB.")
+    return HEADER, rows, verdict
+
+
+def _int8_section(checks: list[Check]) -> list[str]:
+    int8 = int8_summary(checks)
+    if int8 is None:
+        return []
+    header, rows, verdict = int8
+    return ["", f"## {INT8_TITLE}", "", INT8_INTRO, "", *[f"- {line}" for line in verdict], "",
+            *_markdown_table(header, rows)]
 
 
 TRAINING_CHECKS = ("train", "train_forward", "running_stats", "gradients", "sgd", "adamw", "dropout")

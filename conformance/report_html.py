@@ -65,9 +65,11 @@ def log_plot(series: dict[str, dict[str, float]], lo: int, hi: int, gate: float,
 
 
 def html_report(title: str, rows: list[dict], checks: list[Check], columns: tuple[str, ...], intro: str,
-                training: dict[str, tuple[list[str], list[list[str]]]] | None = None) -> str:
+                training: dict[str, tuple[list[str], list[list[str]]]] | None = None,
+                sections: list[tuple[str, list[str], list[str], list[list[str]]]] = ()) -> str:
     """`training`: per variant, the training parity table (header, rows of cells) to show with its gradient
-    plot (conformance/report.py: training_table)."""
+    plot (conformance/report.py: training_table). `sections`: tables of the whole run after the main one,
+    each (title, paragraphs, header, rows of cells)."""
     by_variant: dict[str, list[Check]] = {}
     for c in checks:
         by_variant.setdefault(c.variant, []).append(c)
@@ -82,6 +84,9 @@ def html_report(title: str, rows: list[dict], checks: list[Check], columns: tupl
         out.append(f"<tr><td><a href='#{row['variant']}'>{row['variant']}</a></td><td>{row['params']:,}</td>"
                    f"<td>{row['state']:,}</td><td>{row['macs']:,}</td>{cells}<td>{row['worst_logits_rel']:.2e}</td></tr>")
     out.append("</table>")
+    for heading, paragraphs, header, table in sections:
+        out.append(f"<h2>{escape(heading)}</h2>" + "".join(f"<p>{escape(text)}</p>" for text in paragraphs))
+        out += _table_html(header, table)
     for row in rows:
         variant = row["variant"]
         out.append(f"<h2 id='{variant}'>{variant}</h2>"
@@ -97,11 +102,16 @@ def html_report(title: str, rows: list[dict], checks: list[Check], columns: tupl
     return "\n".join(out)
 
 
-def _training_html(header: list[str], table: list[list[str]], plot: str) -> list[str]:
-    out = ["<h3>Training parity</h3><table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"]
+def _table_html(header: list[str], table: list[list[str]]) -> list[str]:
+    """A table of cells; a cell that says FAIL in red."""
+    out = ["<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"]
     out += ["<tr>" + "".join(f"<td{' class=FAIL' if 'FAIL' in cell else ''}>{escape(cell)}</td>" for cell in row)
             + "</tr>" for row in table]
-    out.append("</table>")
+    return out + ["</table>"]
+
+
+def _training_html(header: list[str], table: list[list[str]], plot: str) -> list[str]:
+    out = ["<h3>Training parity</h3>", *_table_html(header, table)]
     if plot:
         out.append(f"<p>Gradient error per block against the float64 reference: its worst tensor, relative to "
                    f"the reference's gradient (log scale; dashed: the {tolerance('float64'):.0e} tolerance).</p>")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.frameworks.protocol import MacCount
+from conformance.quantization import QuantizationReport
 
 
 def result_path(out: Path, variant: str, run_key: str, dtype: str) -> Path:
@@ -85,6 +86,43 @@ class LiteRTResult:
         return _to_json(self)
 
 
+@dataclass(frozen=True)
+class OrtInt8Result:
+    """ONNX Runtime's static int8 (QDQ) of the same framework's ONNX export, from the same weights and
+    calibration images as the LiteRT int8 export beside it (conformance/onnx/quantize.py)."""
+
+    path: str
+    cached: bool  # reused the float export and its quantization under the same content hashes
+    seconds: float  # export and quantization; 0 when cached
+    report: QuantizationReport  # the logits only: the export has one output
+
+
+@dataclass(frozen=True)
+class LiteRTInt8Result:
+    """A full-integer LiteRT export of one framework's model, every block an output, from the run's weights
+    with their BatchNorm statistics re-estimated on the calibration images (conformance/calibration.py),
+    and its report against the framework's own float32 model (conformance/litert/quantized.py)."""
+
+    path: str
+    cached: bool  # reused an export under the same content hash
+    export_s: float
+    ops: dict[str, int]  # op histogram of the flatbuffer
+    problems: list[str]  # the int8 op rules it breaks (conformance.litert.quantized.problems)
+    report: QuantizationReport
+    ort: OrtInt8Result | None = None  # with --onnx
+    ort_error: str | None = None  # the exception that ended ORT's int8 export, quantization or run
+
+    def to_json(self) -> dict:
+        return _to_json(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> LiteRTInt8Result:
+        ort = data.get("ort")
+        if ort is not None:
+            ort = OrtInt8Result(**{**ort, "report": QuantizationReport.from_json(ort["report"])})
+        return cls(**{**data, "report": QuantizationReport.from_json(data["report"]), "ort": ort})
+
+
 @dataclass
 class WorkerResult:
     """One variant in one worker (a run of generators.frameworks.RUNS, in one dtype)."""
@@ -107,6 +145,8 @@ class WorkerResult:
     litert: LiteRTResult | None = None
     litert_skipped: str | None = None  # why this run exports no LiteRT
     litert_error: str | None = None  # the exception that ended the LiteRT export or its run
+    litert_int8: LiteRTInt8Result | None = None  # conform --litert on a variant chosen for int8
+    litert_int8_error: str | None = None  # the exception that ended the int8 export or its report
     logits_shapes: dict[str, list[int]] | None = None  # "HxW" -> logits shape
     train: dict | None = None  # training-mode parity figures (conformance/training.py; worker.run_training)
     error: str | None = None  # the exception that ended this variant's job
@@ -126,4 +166,6 @@ class WorkerResult:
                            ("litert", LiteRTResult)):
             if data.get(name) is not None:
                 data[name] = kind(**data[name])
+        if data.get("litert_int8") is not None:
+            data["litert_int8"] = LiteRTInt8Result.from_json(data["litert_int8"])
         return cls(**data)

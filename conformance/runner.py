@@ -37,6 +37,11 @@ from spec.loader import LoadedSpec
 WORKER_COMMAND = [sys.executable, "-m", "conformance.worker"]
 REFERENCE = (REFERENCE_RUN, "float64")
 TIMEOUT_BASE = 120.0  # seconds for a worker's imports, on top of `timeout_per_variant` per variant
+# The runs a variant chosen for int8 is exported from. Keras only: measured cold at 224x192 (MobileNetV2 1.0,
+# V3-Large 1.0, V4-Conv-Small; both workers side by side on 2 cores), Flax's int8 step took 80 s to Keras'
+# 90 s, and it gave the same report: every block's SQNR within 0.1 dB of Keras' (the same converter,
+# weights and images). The graphs' differences (the head's ops) are what the float LiteRT check covers.
+LITERT_INT8_RUNS = ("keras",)
 # A variant over this many parameters (MobileNetV5's, 83M to 296M; the next largest has 11M) runs with no
 # other worker beside it: one process needs up to 20 GB for it (a Keras ONNX export of the 300M encoder;
 # README: MobileNetV5 needs memory), two at once were killed for memory on a 23 GB machine.
@@ -88,6 +93,9 @@ class Options:
     # the framework's own outputs and the float64 reference's (conformance/litert)
     litert: bool = False
     litert_dir: str | None = None  # where exports are cached (content-hashed); default: the run's folder
+    # with litert, these variants also in full-integer int8 from LITERT_INT8_RUNS, their BatchNorm statistics
+    # re-estimated first (`reestimate`); the CLI chooses them (README: LiteRT) and leaves out HEAVY_PARAMS
+    litert_int8: tuple[str, ...] = ()
     device: str = "cpu"  # "gpu": every worker runs on the GPU with TF32 off (conformance/worker.py)
     train: bool = False  # training-mode parity (conformance/training.py); needs the float64 reference
 
@@ -183,7 +191,10 @@ def execute(config: RunConfig) -> RunResult:
         prepare(config.spec, list(config.variants), config.flavor, config.resolution, config.num_classes,
                 config.work)
     spec_seconds = time.perf_counter() - start
-    runs = _run_workers(config)
+    t = time.perf_counter()
+    int8 = reestimate(config)
+    reestimate_seconds = time.perf_counter() - t
+    runs = _run_workers(config, int8)
     out = config.work / "out"
     results = {}
     for w in config.workers:
@@ -191,7 +202,59 @@ def execute(config: RunConfig) -> RunResult:
             path = result_path(out, variant, w.framework, w.dtype)
             if path.exists():
                 results[(variant, w.key)] = WorkerResult.from_json(path.read_text())
-    return RunResult(config, runs, results, out, time.perf_counter() - start, spec_seconds)
+    return RunResult(config, runs, results, out, time.perf_counter() - start, spec_seconds,
+                     {"reestimate_seconds": reestimate_seconds} if int8 else {})
+
+
+def litert_dir(config: RunConfig) -> Path:
+    """Where LiteRT exports, and the weights their int8 exports start from, are kept (content-hashed)."""
+    return Path(config.options.litert_dir or Path(config.work) / "litert")
+
+
+def reestimate(config: RunConfig) -> dict[str, dict]:
+    """Each variant chosen for int8 (Options.litert_int8), before the workers: the run's weights with their
+    BatchNorm statistics re-estimated on the calibration images, once, by `mnforge litert`'s PyTorch
+    worker (conformance/litert/command.py: calibrate; conformance/calibration.py), kept in `litert_dir`
+    under a content hash (a warm cache starts no worker), `parallel` at a time; none without a run of
+    LITERT_INT8_RUNS. Returns, per variant, its int8 job: the weights to export from and the image counts,
+    or the error that ended the re-estimation."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conformance import calibration
+    from conformance.export_cache import cached_export
+    from conformance.litert import command
+    from generators.frameworks import framework
+
+    options = config.options
+    exported = any(w.framework in LITERT_INT8_RUNS and w.dtype == "float32" for w in config.workers)
+    variants = [v for v in config.variants if v in options.litert_int8] if options.litert and exported else []
+    counts = {"calibration": calibration.CALIBRATION_IMAGES, "held_out": calibration.HELD_OUT_IMAGES}
+
+    def one(variant: str) -> dict:
+        desc = describe(config.spec, variant, config.flavor, config.resolution, config.num_classes)
+        weights = Path(config.work) / "weights" / f"{variant}.safetensors"
+        path = litert_dir(config) / f"{variant}.{config.flavor}.reestimated.safetensors"
+        generated = Path(config.generated) / framework("torch").package / f"{desc.family}.py"
+        key = calibration.cache_key(generated, weights, counts["calibration"], config.flavor, config.resolution)
+        request = command.request_of(config.spec, desc, config.flavor, weights, counts["calibration"],
+                                     counts["held_out"])
+
+        def calibrate() -> float:
+            t = time.perf_counter()
+            command.calibrate(request, desc, path)
+            return time.perf_counter() - t
+
+        try:  # a failure fails this variant's int8 check, with its message
+            cached_export(path, key, calibrate)
+        except Exception as exc:  # noqa: BLE001
+            return {"error": f"re-estimating the BatchNorm statistics failed: {exc}"}
+        return {"weights": str(path), **counts}
+
+    if not variants:
+        return {}
+    litert_dir(config).mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=config.parallel or os.cpu_count() or 1) as pool:
+        return dict(zip(variants, pool.map(one, variants)))
 
 
 def phases(config: RunConfig) -> list[tuple[list[Worker], int]]:
@@ -220,15 +283,17 @@ def phases(config: RunConfig) -> list[tuple[list[Worker], int]]:
     return result
 
 
-def _run_workers(config: RunConfig) -> list[WorkerRun]:
+def _run_workers(config: RunConfig, int8: dict[str, dict]) -> list[WorkerRun]:
     done: list[WorkerRun] = []
     for index, (workers, at_once) in enumerate(phases(config)):
-        done += _run_phase(config, workers, at_once, f".{index}" if index else "")
+        done += _run_phase(config, workers, at_once, f".{index}" if index else "", int8)
     return done
 
 
-def _run_phase(config: RunConfig, pending: list[Worker], parallel: int, suffix: str) -> list[WorkerRun]:
-    """`suffix`: of the request and stderr files of a phase after the first (a worker may be in both)."""
+def _run_phase(config: RunConfig, pending: list[Worker], parallel: int, suffix: str,
+               int8: dict[str, dict]) -> list[WorkerRun]:
+    """`suffix`: of the request and stderr files of a phase after the first (a worker may be in both);
+    `int8`: the int8 jobs of `reestimate`."""
     work, options = config.work, config.options
     pending = list(pending)
     running: list[tuple[WorkerRun, subprocess.Popen, float, object]] = []
@@ -258,7 +323,7 @@ def _run_phase(config: RunConfig, pending: list[Worker], parallel: int, suffix: 
             worker = pending.pop(0)
             stem = worker.key.replace(":", "-") + suffix
             request = work / f"request.{stem}.json"
-            request.write_text(json.dumps(_request(config, worker)))
+            request.write_text(json.dumps(_request(config, worker, int8)))
             stderr = open(work / f"stderr.{stem}.log", "w+")
             proc = subprocess.Popen([*WORKER_COMMAND, str(request)],
                                     stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
@@ -289,9 +354,11 @@ def _run_phase(config: RunConfig, pending: list[Worker], parallel: int, suffix: 
     return done
 
 
-def _request(config: RunConfig, worker: Worker) -> dict:
-    """What one worker process is asked to do (conformance/worker.py reads it)."""
+def _request(config: RunConfig, worker: Worker, int8: dict[str, dict] | None = None) -> dict:
+    """What one worker process is asked to do (conformance/worker.py reads it); `int8`: per variant, the
+    int8 job of `reestimate`, for the runs of LITERT_INT8_RUNS."""
     work, options, full = config.work, config.options, worker.dtype == "float32"
+    int8 = (int8 or {}) if worker.framework in LITERT_INT8_RUNS else {}
     timeout = worker_timeout(config)
     # the first variant of this run's worker in the whole run, not in its phase (phases)
     first = next((v for v in config.variants for w in config.workers if w.key == worker.key
@@ -308,7 +375,8 @@ def _request(config: RunConfig, worker: Worker) -> dict:
                   "onnx": {"dir": options.onnx_dir or str(work / "onnx"),
                            "reference_evaluator": v in options.onnx_reference_evaluator}
                   if options.onnx and full else None,
-                  "litert": {"dir": options.litert_dir or str(work / "litert")} if options.litert and full else None,
+                  "litert": {"dir": str(litert_dir(config)), "int8": int8.get(v)} if options.litert and full
+                  else None,
                   "train": _train_job(worker, timeout, first=v == first) if options.train else None}
                  for v in config.variants if worker.runs(v, config.variants)],
     }

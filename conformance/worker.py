@@ -118,6 +118,18 @@ def main(argv: list[str]) -> int:
                     result.litert_skipped = (f"{framework}: LiteRT export is checked from "
                                              f"{_exported_from(LITERT_EXPORTERS)}")
                 timings["litert"] = time.perf_counter() - t
+            int8 = (job.get("litert") or {}).get("int8")  # a variant chosen for int8, in a run that exports it
+            if int8 and blocks is not None:
+                t = time.perf_counter()
+                if "error" in int8:  # the re-estimation of its BatchNorm statistics (runner.reestimate)
+                    result.litert_int8_error = int8["error"]
+                else:
+                    try:
+                        result.litert_int8 = _litert_int8(RUNS[framework].framework, adapter, desc, job)
+                    except Exception as exc:  # noqa: BLE001
+                        result.litert_int8_error = f"{type(exc).__name__}: {exc}"
+                        result.traceback = traceback.format_exc(limit=6)
+                timings["litert_int8"] = time.perf_counter() - t
             if job.get("logits_at"):
                 t = time.perf_counter()
                 result.logits_shapes = {
@@ -456,6 +468,68 @@ def _litert(base, model, desc, job: dict, images, out: Path, run_key: str):
     _save_npz(target, {name: to_nchw(value) for name, value in outputs.items()})
     return LiteRTResult(path=str(path), cached=cached, export_s=export_s, ops=histogram,
                         problems=litert_export.op_problems(histogram, desc), outputs=str(target), run_s=run_s)
+
+
+def _litert_int8(base, adapter, desc, job: dict):
+    """A variant's int8 job (runner.reestimate): from its re-estimated weights, a full-integer LiteRT export
+    with every block an output (or the one cached under the same content hash), its op rules and its report
+    against this framework's float32 model of the same weights (conformance/litert/quantized.py); with
+    --onnx, ONNX Runtime's int8 of the same weights beside it. `base`: the framework of a native run."""
+    from conformance import weights as neutral
+    from conformance.export_cache import cached_export
+    from conformance.litert import export as litert_export
+    from conformance.litert import quantized
+    from conformance.results import LiteRTInt8Result
+    from generators.location import family_module
+
+    int8 = job["litert"]["int8"]
+    weights, count = Path(int8["weights"]), int8["calibration"]
+    model = adapter.build(desc.family, desc.variant, desc.flavor, desc.num_classes, desc.resolution, abstract=True)
+    adapter.load(model, neutral.load(weights)[0])
+    generated = Path(family_module(base.key, desc.family).__file__)
+    path = Path(job["litert"]["dir"]) / f"{desc.variant}.{desc.flavor}.{base.key}.int8.blocks.tflite"
+    key = litert_export.cache_key(generated, weights, desc.flavor, desc.resolution, blocks=True, quantize="int8",
+                                  calibration_images=count, bn_stats="calibration")
+    cached, export_s = cached_export(path, key, lambda: litert_export.export(
+        base.key, model, desc, path, blocks=True, quantize="int8",
+        calibration=quantized.calibration_images_nhwc(count, desc.resolution)))
+    report = quantized.report(base.key, adapter, model, desc, path, "int8", count, int8["held_out"])
+    ort = ort_error = None
+    if job.get("onnx"):
+        try:
+            ort = _ort_int8(base, model, desc, Path(job["onnx"]["dir"]), generated, weights, count, int8["held_out"])
+        except Exception as exc:  # noqa: BLE001
+            ort_error = f"{type(exc).__name__}: {exc}"  # LiteRT's figures stand; the check fails with this
+    return LiteRTInt8Result(path=str(path), cached=cached, export_s=export_s, ops=litert_export.ops(path),
+                            problems=quantized.problems(path, desc, "int8"), report=report, ort=ort,
+                            ort_error=ort_error)
+
+
+def _ort_int8(base, model, desc, folder: Path, generated: Path, weights: Path, count: int, held_out: int):
+    """ONNX Runtime's static int8 (QDQ) of this framework's ONNX export of `weights` (the re-estimated ones),
+    on `count` calibration images, and its report on `held_out` held-out images
+    (conformance/onnx/quantize.py); the float export and the quantized file each kept in the ONNX cache
+    under a content hash."""
+    from conformance.export_cache import cached_export
+    from conformance.onnx import export as onnx_export
+    from conformance.onnx import quantize as onnx_quantize
+    from conformance.results import OrtInt8Result
+
+    stem = f"{desc.variant}.{desc.flavor}.{base.key}.reestimated"
+    float_path, int8_path = folder / f"{stem}.onnx", folder / f"{stem}.int8.onnx"
+    float_cached, float_s = cached_export(
+        float_path, onnx_export.cache_key(generated, weights, desc.flavor, desc.resolution),
+        lambda: onnx_export.export(base.key, model, desc.resolution, float_path))
+
+    def quantize() -> float:
+        t = time.perf_counter()
+        onnx_quantize.quantize(float_path, int8_path,
+                               onnx_quantize.calibration_images_native(base.key, count, desc.resolution))
+        return time.perf_counter() - t
+
+    int8_cached, int8_s = cached_export(int8_path, onnx_quantize.cache_key(float_path, count), quantize)
+    return OrtInt8Result(path=str(int8_path), cached=float_cached and int8_cached, seconds=float_s + int8_s,
+                         report=onnx_quantize.report(float_path, int8_path, desc, base.key, count, held_out))
 
 
 def _error_text(check, *args) -> str | None:

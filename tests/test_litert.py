@@ -6,6 +6,12 @@ every block and the logits are within the outputs check's tolerance (relative to
 as ONNX Runtime) of the framework's own and of the float64 reference, with the same top-1.
 `mnforge litert` writes a deployable graph (output `logits`); a converter error writes nothing and names
 the op; bad input is one line and exit code 2. Every other variant: the slow tier.
+
+int8 in conform (issue 15): the same run also exports each small variant (one per family) in int8 from
+Keras, from its weights with the BatchNorm statistics re-estimated; its check passes (every op int8, no
+block named as the likely cause) and the report has the LiteRT-int8-vs-ORT-int8 table; a second run
+reuses the re-estimated weights and the export (content hash: the key covers the quantize mode and the
+calibration) and adds ORT's int8 with --onnx. A planted defect failing the check: tests/test_quantize.py.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conformance import weights as neutral
 from conformance.checks import OUTPUT_TOLERANCE, evaluate
 from conformance.cli import main as cli
 from conformance.export_cache import cached_export, content_key
-from conformance.litert import torch_env
-from conformance.litert.export import FORBIDDEN, OP_RULES_ON_DEPLOYABLE, OUTPUT, ops, run
+from conformance.litert import command, torch_env
+from conformance.litert.export import FORBIDDEN, OP_RULES_ON_DEPLOYABLE, OUTPUT, float_ops, ops, run
+from conformance.quantization import LOSS_THRESHOLD_DB
 from conformance.runner import HEAVY_PARAMS, Options, RunConfig, execute
 from spec import describe, load_spec
 
@@ -35,9 +43,9 @@ SMALL = ["mobilenet_v1_025", "mobilenet_v2_035", "mobilenet_v3_small_035", "mobi
 EXPORTED = ["torch", "keras", "flax"]
 
 
-def _litert_run(tmp_path_factory, variants, resolution):
+def _litert_run(tmp_path_factory, variants, resolution, int8=()):
     work = tmp_path_factory.mktemp("litert")
-    options = Options(count_macs=False, litert=True, litert_dir=str(work / "cache"))
+    options = Options(count_macs=False, litert=True, litert_dir=str(work / "cache"), litert_int8=tuple(int8))
     result = execute(RunConfig.for_frameworks(SPEC, variants, EXPORTED, "tf", resolution, options,
                                               work=work))
     return result, evaluate(SPEC, result)
@@ -45,7 +53,8 @@ def _litert_run(tmp_path_factory, variants, resolution):
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
-    return _litert_run(tmp_path_factory, SMALL, RESOLUTION)
+    """Every small variant in float, and each also in int8 (one variant per family)."""
+    return _litert_run(tmp_path_factory, SMALL, RESOLUTION, int8=SMALL)
 
 
 def _assert_float_export(run_and_checks, variant, framework, resolution):
@@ -100,6 +109,137 @@ def test_pytorch_op_rules_are_read_from_its_deployable_graph(small_run):
             assert files == sorted(f"{variant}.tf.{framework}.{kind}.tflite" for kind in expected), files
             deployable = Path(litert.path).with_name(f"{variant}.tf.{framework}.{OUTPUT}.tflite")
             assert litert.ops == ops(deployable if framework in OP_RULES_ON_DEPLOYABLE else Path(litert.path))
+
+
+@pytest.mark.parametrize("variant", SMALL)
+def test_int8_in_conform_reports_every_block_from_reestimated_weights(small_run, variant):
+    """conform --litert on a variant chosen for int8: the Keras run (runner.LITERT_INT8_RUNS) exports it in
+    full-integer int8, every block an output, from the run's weights with BatchNorm re-estimated; the check
+    passes: every op int8, no block loses more than the threshold (README: LiteRT)."""
+    result, checks = small_run
+    (check,) = [c for c in checks if c.variant == variant and c.name == "litert_int8"]
+    print(check.summary)
+    assert check.subject == "keras" and check.ok, check.summary
+    assert all(result.results[(variant, run)].litert_int8 is None for run in ("torch", "flax"))
+    info = result.results[(variant, "keras")].litert_int8
+    desc = describe(SPEC, variant, "tf", RESOLUTION)
+    report = info.report
+    assert list(report.sqnr_db) == list(desc.block_shapes)  # every block, in network order
+    assert report.first_below is None and max(report.loss_db.values()) <= LOSS_THRESHOLD_DB, report.loss_db
+    assert report.mode == "int8" and report.calibration == 64 and report.held_out == 32
+    assert 38 < report.input_sqnr_db < 42  # the graph rounds its float32 input once
+    # float32 in, every block out: one QUANTIZE, a DEQUANTIZE per output, nothing else in float
+    assert info.ops["QUANTIZE"] == 1 and info.ops["DEQUANTIZE"] == len(desc.block_shapes), info.ops
+    assert float_ops(Path(info.path)) == [] and not info.problems
+    # the weights it was exported from: the run's, with only the BatchNorm statistics re-estimated
+    run_weights, _ = neutral.load(result.config.work / "weights" / f"{variant}.safetensors")
+    reestimated, _ = neutral.load(Path(result.config.options.litert_dir) / f"{variant}.tf.reestimated.safetensors")
+    changed = sorted(name for name in run_weights if not np.array_equal(run_weights[name], reestimated[name]))
+    assert changed == sorted(name for name in run_weights if name.endswith(("running_mean", "running_var")))
+
+
+def test_a_second_run_reuses_the_int8_export_and_puts_ort_int8_beside_it(small_run, tmp_path, monkeypatch):
+    """The same variant, weights and size again: the re-estimated weights and the int8 export are reused
+    (a re-estimation would fail here), and its report is the first run's; with --onnx, ONNX Runtime's int8
+    of the same weights beside it, reported on the logits."""
+    first, _ = small_run
+    variant = "mobilenet_v3_small_035"
+
+    def calibrate(*args):
+        raise AssertionError("the re-estimated weights were not reused")
+
+    monkeypatch.setattr(command, "calibrate", calibrate)
+    options = Options(outputs=False, count_macs=False, litert=True, litert_dir=first.config.options.litert_dir,
+                      litert_int8=(variant,), onnx=True, onnx_dir=str(tmp_path / "onnx"))
+    again = execute(RunConfig.for_frameworks(SPEC, [variant], ["keras"], "tf", RESOLUTION, options,
+                                             work=tmp_path / "work"))
+    (check,) = [c for c in evaluate(SPEC, again) if c.name == "litert_int8"]
+    print(check.summary)
+    assert check.ok and check.summary.startswith("cached"), check.summary
+    int8, before = again.results[(variant, "keras")].litert_int8, first.results[(variant, "keras")].litert_int8
+    assert int8.cached and int8.export_s == 0.0 and int8.path == before.path
+    assert int8.report == before.report  # the same file on the same held-out images
+    assert int8.ort is not None and not int8.ort.cached and int8.ort_error is None
+    ort = int8.ort.report
+    assert list(ort.sqnr_db) == ["classifier"] and ort.calibration == 64 and 38 < ort.input_sqnr_db < 42
+    assert "ORT int8: top-1 agreement" in check.summary
+
+
+def test_the_report_has_the_int8_table_and_says_which_variants_quantize_poorly(small_run, tmp_path):
+    from conformance.int8_table import HEADER
+    from conformance.report import INT8_TITLE, write_reports
+
+    result, checks = small_run
+    write_reports(tmp_path, SPEC, result, checks)
+    markdown, html = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    section = markdown.split(f"## {INT8_TITLE}\n")[1].split("\n## ")[0]
+    assert "- No variant quantizes poorly" in section, section
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| mobilenet_")]
+    assert [row[0].lstrip("| ") for row in rows] == SMALL and all(len(row) == len(HEADER) for row in rows)
+    assert all(row[6] == "none" and row[-4:] == ["–", "–", "–", "– |"] for row in rows), rows  # no --onnx: no ORT
+    assert f"<h2>{INT8_TITLE}</h2>" in html and all(f"<td>{variant}</td>" in html for variant in SMALL)
+
+
+def test_int8_is_one_variant_per_architecture_of_the_selection_by_default():
+    from conformance.cli import int8_variants, quick_variants
+
+    every = list(SPEC.spec.variants())
+    chosen, too_large = int8_variants(SPEC, every, None, litert=True)
+    assert chosen + too_large == quick_variants(SPEC.spec)  # MobileNetV5's three come last
+    assert too_large == ["mobilenet_v5_300m_encoder", "mobilenet_v5_300m", "mobilenet_v5_base"]
+    # of a smaller selection: per architecture its width-1.0 variant, else its first in the spec
+    assert int8_variants(SPEC, [*SMALL, "mobilenet_v1_050", "mobilenet_v3_large_075"], "architectures", True)[0] == [
+        "mobilenet_v1_050", "mobilenet_v2_035", "mobilenet_v3_large_075", "mobilenet_v3_small_035",
+        "mobilenet_v4_conv_small", "mobilenet_edgetpu_075"]
+    assert int8_variants(SPEC, every, "all", True) == ([v for v in every if v not in too_large], too_large)
+    assert int8_variants(SPEC, every, "none", True) == ([], []) == int8_variants(SPEC, every, None, False)
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--litert", "--litert-int8", "some"], "--litert-int8 'some': expected one of none, architectures, all"),
+    (["--litert-int8", "all"], "--litert-int8 all: int8 is part of the LiteRT check; add --litert"),
+])
+def test_a_bad_litert_int8_choice_is_one_line_and_exit_code_2(capsys, argv, named):
+    assert cli(["conform", "mobilenet_v1_025", *argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"error: {named}"], lines
+
+
+def test_nothing_is_reestimated_without_a_run_that_exports_int8(tmp_path, monkeypatch):
+    from conformance.runner import reestimate
+
+    def calibrate(*args):
+        raise AssertionError("re-estimated for no int8 export")
+
+    monkeypatch.setattr(command, "calibrate", calibrate)
+    options = Options(litert=True, litert_int8=("mobilenet_v1_025",))
+    assert reestimate(RunConfig.for_frameworks(SPEC, ["mobilenet_v1_025"], ["torch", "flax"], "tf", RESOLUTION,
+                                               options, work=tmp_path)) == {}
+
+
+def test_the_int8_cache_key_covers_the_quantize_mode_and_the_calibration(tmp_path):
+    """A quantized export depends on its mode, the BatchNorm statistics' origin and, in int8, the calibration
+    images; a float key is what it was before int8 (its cached exports stay valid)."""
+    from conformance import calibration
+    from conformance.litert import export
+
+    generated, weights = tmp_path / "generated.py", tmp_path / "w.safetensors"
+    generated.write_text("a")
+    weights.write_bytes(b"w")
+
+    def key(**quantized):
+        return export.cache_key(generated, weights, "tf", (64, 48), blocks=True, **quantized)
+
+    assert key() == content_key([generated, weights, Path(export.__file__)], ["blocks", "tf", [64, 48]])
+    int8 = key(quantize="int8", calibration_images=64, bn_stats="calibration")
+    assert int8 == key(quantize="int8", calibration_images=64, bn_stats="calibration")
+    others = [key(), key(quantize="dynamic", bn_stats="calibration"),
+              key(quantize="int8", calibration_images=32, bn_stats="calibration"),
+              key(quantize="int8", calibration_images=64, bn_stats="weights")]
+    assert len({int8, *others}) == 5
+    # the re-estimated weights it starts from: their own key, with the number of calibration images
+    assert calibration.cache_key(generated, weights, 64, "tf", (64, 48)) != \
+        calibration.cache_key(generated, weights, 32, "tf", (64, 48))
 
 
 def test_exports_are_cached_by_content_hash(tmp_path):
@@ -273,17 +413,56 @@ def test_unknown_framework_is_refused_by_the_parser(capsys, tmp_path):
 # The slow tier: every variant but MobileNetV5's (over HEAVY_PARAMS), at the conformance run's resolution.
 EVERY = [v for v in SPEC.spec.variants() if describe(SPEC, v).params <= HEAVY_PARAMS and v not in SMALL]
 
+HYBRID = [v for v in EVERY if any(layer.kind == "attention" for layer in describe(SPEC, v).layers)]
+# Measured: in the tf flavor, PyTorch's Mobile MQA pads its input explicitly (TF SAME) before the key and
+# the value downsampling; litert-torch 0.10 has no NHWC form for a pad and keeps it NCHW between TRANSPOSE
+# ops, which it folds away only where one convolution reads the pad: here two do (MobileNetV4-Hybrid-
+# Medium: 12 TRANSPOSE, parity kept). In the timm flavor (symmetric padding, the hybrids' checkpoints'
+# own) there is none: test_pytorch_hybrids_export_without_transpose_in_the_timm_flavor.
+MQA_PAD_TRANSPOSES = pytest.mark.xfail(strict=True, reason="litert-torch keeps the MQA key / value TF-SAME pad "
+                                                           "in NCHW between TRANSPOSE ops")
+EVERY_CASES = [pytest.param(v, f, marks=MQA_PAD_TRANSPOSES) if f == "torch" and v in HYBRID else (v, f)
+               for v in EVERY for f in EXPORTED]
+
 
 @pytest.fixture(scope="module")
 def every_run(tmp_path_factory):
-    return _litert_run(tmp_path_factory, EVERY, (224, 192))
+    """Every other variant in float, and in int8 too: `make conformance` quantizes one per architecture."""
+    return _litert_run(tmp_path_factory, EVERY, (224, 192), int8=EVERY)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("framework", EXPORTED)
-@pytest.mark.parametrize("variant", EVERY)
+@pytest.mark.parametrize("variant, framework", EVERY_CASES)
 def test_every_variant_exports_float(every_run, variant, framework):
     _assert_float_export(every_run, variant, framework, (224, 192))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", EVERY)
+def test_every_variant_quantizes_to_int8_with_no_block_named(every_run, variant):
+    result, checks = every_run
+    (check,) = [c for c in checks if c.variant == variant and c.name == "litert_int8"]
+    print(check.summary)
+    assert check.subject == "keras" and check.ok, check.summary
+    report = result.results[(variant, "keras")].litert_int8.report
+    assert list(report.sqnr_db) == list(describe(SPEC, variant, "tf", (224, 192)).block_shapes)
+
+
+@pytest.fixture(scope="module")
+def hybrid_timm_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("litert-timm")
+    options = Options(count_macs=False, litert=True, litert_dir=str(work / "cache"))
+    result = execute(RunConfig.for_frameworks(SPEC, HYBRID, ["torch"], "timm", (224, 192), options, work=work))
+    return result, evaluate(SPEC, result)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", HYBRID)
+def test_pytorch_hybrids_export_without_transpose_in_the_timm_flavor(hybrid_timm_run, variant):
+    _, checks = hybrid_timm_run
+    (check,) = [c for c in checks if c.variant == variant and c.subject == "torch" and c.name == "litert"]
+    assert check.ok and "TRANSPOSE" not in check.figures["ops"], check.summary
+    assert check.figures["ops"]["BATCH_MATMUL"] > 0, check.figures["ops"]  # the attention, as matrix products
 
 
 # MobileNetV5's fusion neck, small (tests/data/fusion_neck.yaml): Keras and Flax resample as products with a

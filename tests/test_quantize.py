@@ -166,6 +166,29 @@ def test_report_arithmetic():
     assert capped.top1_agreement is None and capped.first_below is None
 
 
+def test_a_block_after_the_pool_is_measured_from_the_lowest_sqnr_before_it():
+    """The global pool averages the noise over every position and keeps each channel's mean, so its SQNR
+    rises; a BatchNorm after it (MobileNetV4's fc) takes the mean out and falls back (in float64, without
+    quantization: 11.5 dB, MobileNetV4-Conv-Small at 224x192). Measured from the lowest SQNR before it, that
+    fall is no loss; a head that falls 10 dB below the last conv is named."""
+    rng = np.random.default_rng(4)
+    conv = rng.normal(size=(16, 8, 7, 6))
+    conv_int8 = conv + 0.1 * rng.normal(size=conv.shape)  # 20 dB
+    pool, pool_int8 = conv.mean(axis=(2, 3)) + 3.0, conv_int8.mean(axis=(2, 3)) + 3.0  # a mean over the images
+    mean = pool.mean(axis=0)
+    fc, fc_int8 = pool - mean, pool_int8 - mean  # the BatchNorm's centring: the noise stays, the mean goes
+
+    def report(fc_quantized):
+        return compare({"last_conv": conv, "pool": pool, "fc": fc}, {"last_conv": conv_int8, "pool": pool_int8,
+                       "fc": fc_quantized}, None, mode="int8", against="test", calibration=1, input_sqnr_db=25.0)
+
+    clean = report(fc_int8)
+    assert clean.sqnr_db["pool"] - clean.sqnr_db["fc"] > LOSS_THRESHOLD_DB  # what the previous block's rule named
+    assert clean.first_below is None and clean.loss_db["fc"] < 3.0, clean.loss_db
+    broken = report(fc + 30 * (fc_int8 - fc))  # 29.5 dB more noise than it received
+    assert broken.first_below == "fc" and broken.loss_db["fc"] > LOSS_THRESHOLD_DB, broken.loss_db
+
+
 RE_ESTIMATE = """
 import json, sys
 import numpy as np
@@ -271,3 +294,67 @@ def test_an_op_without_an_int8_kernel_is_named_as_running_in_float(tmp_path):
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "['SIN']", proc.stdout
+
+
+def test_a_named_likely_cause_or_an_op_in_float_fails_the_int8_check_and_the_report_says_where():
+    """conform's int8 check (checks._litert_int8_checks) on three results as the Keras worker writes them
+    (through JSON, as the runner reads them): a block that loses more than the threshold and an op left in
+    float each fail it; the report's verdict names the variant and where, its table has every row."""
+    from types import SimpleNamespace
+
+    from conformance.checks import _litert_int8_checks
+    from conformance.report import check_from_json, int8_summary
+    from conformance.results import LiteRTInt8Result, WorkerResult
+
+    rng = np.random.default_rng(2)
+    x, logits = rng.normal(size=(4, 8, 3, 3)), rng.normal(size=(4, 10))
+    small, large = 0.01 * rng.normal(size=x.shape), 0.5 * rng.normal(size=x.shape)
+
+    def report(blocks_1_noise):
+        return compare({"blocks.0": x, "blocks.1": x, "classifier": logits},
+                       {"blocks.0": x + small, "blocks.1": x + blocks_1_noise, "classifier": logits + 0.01}, "classifier",
+                       mode="int8", against="keras (float32)", calibration=64, input_sqnr_db=40.0)
+
+    planted, clean = report(large), report(small)
+    assert planted.first_below == "blocks.1" and clean.first_below is None
+    exports = {"a": LiteRTInt8Result("a.tflite", False, 2.5, {"CONV_2D": 3}, [], planted),
+               "b": LiteRTInt8Result("b.tflite", True, 0.0, {"CONV_2D": 3, "SIN": 1}, ["SIN in float (no int8 kernel)"],
+                                     clean),
+               "c": LiteRTInt8Result("c.tflite", True, 0.0, {"CONV_2D": 3}, [], clean)}
+    results = {}
+    for variant, export in exports.items():
+        written = WorkerResult("keras", variant, litert_int8=export).to_json()
+        results[(variant, "keras")] = WorkerResult.from_json(written)
+        assert results[(variant, "keras")].litert_int8 == export
+    checks = [c for v in exports for c in _litert_int8_checks(v, SimpleNamespace(results=results), ["keras"])]
+    assert [c.ok for c in checks] == [False, False, True], [c.summary for c in checks]
+    loss = planted.loss_db["blocks.1"]
+    assert f"likely cause: blocks.1 (loses {loss:.1f} dB); FAIL: quantizes poorly at blocks.1" in checks[0].summary
+    header, rows, verdict = int8_summary([check_from_json(json.loads(json.dumps(c.to_json()))) for c in checks])
+    assert verdict == [f"a quantizes poorly at blocks.1: it loses {loss:.1f} dB, over the 10 dB threshold.",
+                       "b breaks the int8 op rules: SIN in float (no int8 kernel)."]
+    assert [row[0] for row in rows] == ["a", "b", "c"] and all(len(row) == len(header) for row in rows)
+    assert rows[0][6] == "blocks.1" and rows[0][7] == "2.5" and rows[1][7] == "cached" and rows[0][8:] == ["–"] * 4
+
+
+@pytest.mark.slow
+def test_conform_names_the_planted_outlier_and_says_the_variant_quantizes_poorly(tmp_path):
+    """The planted defect through `conform --litert` (Keras alone, no float64 reference): the float LiteRT
+    check passes (the float function is unchanged), the int8 check fails naming blocks.1, and the report
+    says so."""
+    from conformance.checks import evaluate
+    from conformance.report import write_reports
+    from conformance.runner import Options, RunConfig, execute, prepare
+
+    prepare(SPEC, [VARIANT], "tf", RESOLUTION, 1000, tmp_path)
+    _weights(tmp_path / "weights" / f"{VARIANT}.safetensors", planted=True)  # in place of the run's own
+    options = Options(outputs=False, count_macs=False, litert=True, litert_int8=(VARIANT,))
+    result = execute(RunConfig.for_frameworks(SPEC, [VARIANT], ["keras"], "tf", RESOLUTION, options, work=tmp_path))
+    checks = evaluate(SPEC, result)
+    (float_check,) = [c for c in checks if c.name == "litert"]
+    (int8,) = [c for c in checks if c.name == "litert_int8"]
+    print(int8.summary)
+    assert float_check.ok, float_check.summary
+    assert not int8.ok and int8.figures["report"]["first_below"] == "blocks.1", int8.summary
+    write_reports(tmp_path / "report", SPEC, result, checks)
+    assert f"- {VARIANT} quantizes poorly at blocks.1: it loses" in (tmp_path / "report" / "report.md").read_text()

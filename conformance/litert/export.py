@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conformance import calibration as calibration_set
 from conformance.export_cache import content_key
 from generators.frameworks import FRAMEWORKS
 from generators.frameworks import framework as framework_entry
@@ -53,11 +54,20 @@ class LiteRTError(ValueError):
     """A model LiteRT cannot express with builtin ops; the message names the op."""
 
 
-def cache_key(generated_file: Path, weights: Path, flavor: str, resolution: tuple[int, int], blocks: bool) -> str:
+def cache_key(generated_file: Path, weights: Path, flavor: str, resolution: tuple[int, int], blocks: bool,
+              quantize: str = "none", calibration_images: int | None = None, bn_stats: str | None = None) -> str:
     """Content hash of what an export depends on (conformance/export_cache.py): the generated code, the
-    weights, this module, the flavor, size and outputs."""
-    return content_key([generated_file, weights, Path(__file__)],
-                       ["blocks" if blocks else OUTPUT, flavor, list(resolution)])
+    weights, this module, the flavor, size and outputs; quantized, also the mode and where the weights'
+    BatchNorm statistics came from (conformance/litert/command.py: BN_STATS); int8, also the calibration
+    images: their count, their seed and the module that draws them. A float key is what it always was."""
+    files = [generated_file, weights, Path(__file__)]
+    settings = ["blocks" if blocks else OUTPUT, flavor, list(resolution)]
+    if quantize != "none":
+        settings += [quantize, bn_stats]
+    if quantize == "int8":
+        files.append(Path(calibration_set.__file__))
+        settings += [calibration_images, calibration_set.CALIBRATION_SEED]
+    return content_key(files, settings)
 
 
 def export(framework: str, model, desc, path: Path, blocks: bool = False, quantize: str = "none",

@@ -76,8 +76,8 @@ def _quantized(model, sample, quantize: str, calibration):
 
 def convert(request: dict) -> float:
     """Write the request's model as a LiteRT flatbuffer to request["output"]; returns the seconds."""
-    import numpy as np
     import litert_torch
+    import numpy as np
     import torch
     from safetensors.torch import load_file
 
@@ -101,7 +101,7 @@ def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[0]).read_text())
     try:
         result = {"seconds": convert(request)}
-    except Exception as exc:  # the main process reports its first line; the trace goes to stderr
+    except Exception as exc:  # noqa: BLE001  the main process reports its first line; the trace goes to stderr
         traceback.print_exc()
         result = {"error": f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"}
     Path(request["result"]).write_text(json.dumps(result))

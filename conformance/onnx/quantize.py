@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from conformance import calibration, quantization
+from conformance.export_cache import content_key
 from conformance.onnx.export import INPUT
 from spec.files import atomic_write
 
@@ -46,6 +48,41 @@ def quantize(float_path: Path, int8_path: Path, calibration_native: np.ndarray) 
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
         atomic_write(Path(int8_path), out.read_bytes())
+
+
+def cache_key(float_path: Path, calibration_images: int) -> str:
+    """Content hash of what `quantize`'s file depends on (conformance/export_cache.py): the float export, this
+    module (the settings), and the calibration images: their count, their seed and the module that draws them."""
+    return content_key([float_path, Path(__file__), Path(calibration.__file__)],
+                       ["int8", calibration_images, calibration.CALIBRATION_SEED])
+
+
+def native_images(framework: str, count: int, resolution: tuple[int, int], seed: int) -> np.ndarray:
+    """`count` images of conformance/calibration.py from `seed`, in the input layout of `framework`'s export."""
+    from generators.frameworks import framework as framework_entry
+
+    images = calibration.images(count, resolution, seed)
+    return images.transpose(0, 2, 3, 1) if framework_entry(framework).channels_last else images
+
+
+def calibration_images_native(framework: str, count: int, resolution: tuple[int, int]) -> np.ndarray:
+    return native_images(framework, count, resolution, calibration.CALIBRATION_SEED)
+
+
+def report(float_path: Path, int8_path: Path, desc, framework: str, calibration_images: int,
+           held_out: int) -> quantization.QuantizationReport:
+    """The int8 model at `int8_path` against its float model at `float_path`, both in ONNX Runtime, on
+    `held_out` held-out images: the logits only (the export has no block outputs, so no block is named)."""
+    from conformance.onnx.export import run_onnxruntime
+
+    images = native_images(framework, held_out, desc.resolution, calibration.HELD_OUT_SEED)
+    output = desc.output
+    return quantization.compare({output: run_onnxruntime(float_path, images)},
+                                {output: run_onnxruntime(int8_path, images)}, None if desc.encoder else output,
+                                mode="int8 (ORT, QDQ)", against=f"ORT float32 ({framework} export)",
+                                calibration=calibration_images,
+                                input_sqnr_db=quantization.input_sqnr_db(images, input_quantization(int8_path)),
+                                every_block=False)
 
 
 def input_quantization(path: Path) -> tuple[float, int] | None:

@@ -167,20 +167,11 @@ def _build_for_export(request: dict, loaded):
 def _calibrate(request: dict, loaded) -> dict:
     """PyTorch, float64: the model with its BatchNorm statistics re-estimated on the calibration images,
     written as a neutral file (float32)."""
-    import numpy as np
-
     from conformance import calibration
-    from conformance import weights as neutral
-    from conformance.porting import formats
 
     desc, adapter, model = _build_for_export({**request, "dtype": "float64"}, loaded)
-    images = calibration.images(request["calibration"], desc.resolution, calibration.CALIBRATION_SEED)
-    names = calibration.reestimate_batch_norm(model, images)
-    tensors = {name: value.astype(np.float32) for name, value in adapter.tensors(model).items()}
-    neutral.save(Path(request["neutral"]), tensors,
-                 {"variant": desc.variant, "flavor": desc.flavor, **formats.classes_metadata(desc),
-                  "source": f"BatchNorm statistics re-estimated on {len(images)} calibration images"})
-    return {"batch_norms": len(names)}
+    return {"batch_norms": calibration.write_reestimated(adapter, model, desc, request["calibration"],
+                                                         Path(request["neutral"]))}
 
 
 def _export_litert(request: dict, loaded) -> dict:
@@ -189,11 +180,14 @@ def _export_litert(request: dict, loaded) -> dict:
     with the framework's own on a fixed random input (2 images, seed 0). Quantized: also the report of
     conformance/quantization.py, from a second export of the same model with every block as an output,
     on the held-out images, against the framework's own float32 model."""
+    import tempfile
+
     import numpy as np
 
     from conformance import calibration
     from conformance.frameworks.protocol import to_nchw
     from conformance.litert import export as litert_export
+    from conformance.litert import quantized
 
     framework = request["framework"]
     litert_export.check_exported(framework)
@@ -203,52 +197,24 @@ def _export_litert(request: dict, loaded) -> dict:
     images = np.random.default_rng(0).normal(0.0, 1.0, (2, 3, *desc.resolution)).astype(np.float32)
     own = np.asarray(adapter.logits(model, images), np.float64)  # Keras exports only a called model
     path = Path(request["path"])
-    nhwc = None  # calibration images, NHWC: int8 only (dynamic range quantizes the weights alone)
-    if quantize == "int8":
-        count = request.get("calibration", calibration.CALIBRATION_IMAGES)
-        nhwc = calibration.images(count, desc.resolution, calibration.CALIBRATION_SEED).transpose(0, 2, 3, 1)
+    # calibration images: int8 only (dynamic range quantizes the weights alone)
+    count = request.get("calibration", calibration.CALIBRATION_IMAGES) if quantize == "int8" else 0
+    nhwc = quantized.calibration_images_nhwc(count, desc.resolution) if count else None
     seconds = litert_export.export(framework, model, desc, path, quantize=quantize, calibration=nhwc)
-    histogram = litert_export.ops(path)
     lite = to_nchw(litert_export.run(path, images.transpose(0, 2, 3, 1))[litert_export.OUTPUT]).astype(np.float64)
     error = float(np.max(np.abs(lite - own)))
-    problems = litert_export.op_problems(histogram, desc)
-    if quantize == "int8":
-        problems += [f"{op} in float (no int8 kernel)" for op in litert_export.float_ops(path)]
-    result = {"seconds": seconds, "ops": histogram, "problems": problems,
+    result = {"seconds": seconds, "ops": litert_export.ops(path), "problems": quantized.problems(path, desc, quantize),
               "abs_error": error, "rel_error": error / (float(np.max(np.abs(own))) or 1.0),
               "top1_same": None if desc.encoder else bool(np.array_equal(lite.argmax(-1), own.argmax(-1))),
               "shape": list(lite.shape)}
     if quantize != "none":
-        result["report"] = _quantization_report(request, desc, adapter, model, nhwc).to_json()
+        with tempfile.TemporaryDirectory(prefix="mnforge-litert-") as tmp:
+            blocks_path = Path(tmp) / "blocks.tflite"
+            litert_export.export(framework, model, desc, blocks_path, blocks=True, quantize=quantize, calibration=nhwc)
+            result["report"] = quantized.report(
+                framework, adapter, model, desc, blocks_path, quantize, count,
+                request.get("held_out", calibration.HELD_OUT_IMAGES)).to_json()
     return result
-
-
-def _quantization_report(request: dict, desc, adapter, model, calibration_nhwc):
-    """The quantized model, every block an output, against the framework's own float32 model on the held-out
-    images (conformance/quantization.py)."""
-    import tempfile
-
-    from conformance import calibration, quantization
-    from conformance.frameworks.protocol import to_nchw
-    from conformance.litert import export as litert_export
-
-    held_out = calibration.images(request.get("held_out", calibration.HELD_OUT_IMAGES), desc.resolution,
-                                  calibration.HELD_OUT_SEED)
-    own = adapter.forward_blocks(model, held_out)
-    reference = {name: own[name] for name in desc.block_shapes}  # network order (Flax returns its dict sorted)
-    with tempfile.TemporaryDirectory(prefix="mnforge-litert-") as tmp:
-        blocks_path = Path(tmp) / "blocks.tflite"
-        litert_export.export(request["framework"], model, desc, blocks_path, blocks=True,
-                             quantize=request["quantize"], calibration=calibration_nhwc)
-        quantized = {name: to_nchw(value)
-                     for name, value in litert_export.run(blocks_path, held_out.transpose(0, 2, 3, 1)).items()}
-        rounding = litert_export.input_quantization(blocks_path)
-    input_sqnr = (quantization.sqnr_db(held_out, quantization.quantize_dequantize(held_out, *rounding))
-                  if rounding else float("inf"))
-    return quantization.compare(reference, quantized, None if desc.encoder else list(reference)[-1],
-                                mode=request["quantize"], against=f"{request['framework']} (float32)",
-                                calibration=0 if calibration_nhwc is None else len(calibration_nhwc),
-                                input_sqnr_db=input_sqnr)
 
 
 def _ort_int8(request: dict, loaded) -> dict:
@@ -258,34 +224,22 @@ def _ort_int8(request: dict, loaded) -> dict:
     import tempfile
     import time
 
-    from conformance import calibration, quantization
+    from conformance import calibration
     from conformance.onnx import export as onnx_export
     from conformance.onnx import quantize as onnx_quantize
-    from generators.frameworks import framework as framework_entry
 
+    framework = request["framework"]
     desc, _, model = _build_for_export(request, loaded)
-    native = (lambda nchw: nchw) if not framework_entry(request["framework"]).channels_last \
-        else (lambda nchw: nchw.transpose(0, 2, 3, 1))
-    images = calibration.images(request.get("calibration", calibration.CALIBRATION_IMAGES), desc.resolution,
-                                calibration.CALIBRATION_SEED)
-    held_out = native(calibration.images(request.get("held_out", calibration.HELD_OUT_IMAGES), desc.resolution,
-                                         calibration.HELD_OUT_SEED))
+    count = request.get("calibration", calibration.CALIBRATION_IMAGES)
     path = Path(request["path"])
     with tempfile.TemporaryDirectory(prefix="mnforge-ort-") as tmp:
         float_path = Path(tmp) / "float.onnx"
         start = time.perf_counter()
-        onnx_export.export(request["framework"], model, desc.resolution, float_path)
-        onnx_quantize.quantize(float_path, path, native(images))
+        onnx_export.export(framework, model, desc.resolution, float_path)
+        onnx_quantize.quantize(float_path, path, onnx_quantize.calibration_images_native(framework, count, desc.resolution))
         seconds = time.perf_counter() - start
-        reference = onnx_export.run_onnxruntime(float_path, held_out)
-    quantized = onnx_export.run_onnxruntime(path, held_out)
-    rounding = onnx_quantize.input_quantization(path)
-    input_sqnr = (quantization.sqnr_db(held_out, quantization.quantize_dequantize(held_out, *rounding))
-                  if rounding else float("inf"))
-    output = desc.output
-    report = quantization.compare({output: reference}, {output: quantized}, None if desc.encoder else output,
-                                  mode="int8 (ORT, QDQ)", against=f"ORT float32 ({request['framework']} export)",
-                                  calibration=len(images), input_sqnr_db=input_sqnr, every_block=False)
+        report = onnx_quantize.report(float_path, path, desc, framework, count,
+                                      request.get("held_out", calibration.HELD_OUT_IMAGES))
     return {"seconds": seconds, "ops": onnx_quantize.ops(path), "report": report.to_json()}
 
 
