@@ -75,11 +75,11 @@ def export(framework: str, model, desc, path: Path, blocks: bool = False, quanti
     """Write `model` (a generated model of `desc`, in eval mode) as a LiteRT flatbuffer to `path`
     (atomically: a failure leaves nothing there), quantized as `quantize` says (int8: calibrated on
     `calibration`, NHWC float32 images); returns the export's seconds."""
-    check_quantize(quantize, framework_entry(framework).key)
+    key = framework_entry(framework).key
+    check_quantize(quantize, key)
     if quantize == "int8" and (calibration is None or not len(calibration)):
         raise ValueError("int8 quantization needs calibration images")
     start = time.perf_counter()
-    key = framework_entry(framework).key
     check_exported(key)
     atomic_write(Path(path), EXPORTERS[key](model, desc, blocks, quantize, calibration))
     return time.perf_counter() - start
@@ -169,7 +169,8 @@ def _converter_flax(model, desc, blocks: bool):
 
 
 def _export_torch(model, desc, blocks: bool, quantize: str, calibration: np.ndarray | None) -> bytes:
-    """litert-torch, in its own environment (conformance/litert/torch_env.py)."""
+    """litert-torch, in its own environment (conformance/litert/torch_env.py); float or dynamic-range
+    (int8 is refused before: NOT_QUANTIZED), so `calibration` is never needed."""
     from conformance.frameworks.protocol import classifier_options
     from conformance.litert import torch_env
     from generators.location import family_module
@@ -177,7 +178,7 @@ def _export_torch(model, desc, blocks: bool, quantize: str, calibration: np.ndar
     generated = Path(family_module("torch", desc.family).__file__)
     try:
         return torch_env.convert(model, desc, generated, classifier_options(desc.num_classes, None), blocks, OUTPUT,
-                                 quantize, calibration)
+                                 quantize)
     except RuntimeError as exc:
         unsupported = unsupported_torch_ops(str(exc))
         if unsupported:

@@ -5,7 +5,7 @@ typing-extensions<4.13, the main environment's anyio needs >=4.16), so the PyTor
 process of its own, started by the main environment's PyTorch process (conformance/litert/torch_env.py)
 with a request file, as every framework worker is: the weights as safetensors, the generated module's
 file, the options; it writes the flatbuffer and a JSON result (`seconds`, or `error`) where the request
-says. This module imports the standard library, numpy, torch, litert_torch and the generated module
+says. This module imports the standard library, torch, litert_torch and the generated module
 (by its file), nothing of this project and nothing of the main environment, and never TensorFlow: imported
 before litert_torch, TensorFlow crashes the process (SIGSEGV, through torchao).
 
@@ -14,9 +14,8 @@ before litert_torch, TensorFlow crashes the process (SIGSEGV, through torchao).
 The graph's interface is NHWC, as the Keras and Flax exports': the model is wrapped so that it takes an
 NHWC image and gives NHWC maps, and litert-torch's layout pass then runs the network in NHWC, with no
 TRANSPOSE where every op has an NHWC form. Quantization is PT2E (torch.export, then litert-torch's
-quantizer): `dynamic` int8 weights per output channel with float activations, `int8` int8 weights per
-output channel and int8 activations per tensor, calibrated on the request's images; input and output
-stay float32, as from the TensorFlow converter.
+quantizer), `dynamic` only: int8 weights per output channel; full-integer int8 is refused
+(export.NOT_QUANTIZED: measured, its graph's input and outputs become int8).
 """
 
 from __future__ import annotations
@@ -57,27 +56,26 @@ def _channels_last(network, blocks: bool, output: str):
     return ChannelsLast().eval()
 
 
-def _quantized(model, sample, quantize: str, calibration):
-    """`model` through PT2E with litert-torch's quantizer, and the converter's quantization config."""
+def _dynamic_range(model, sample):
+    """`model` through PT2E with litert-torch's dynamic quantizer (int8 weights per output channel), and the
+    converter's quantization config. Full-integer int8 is refused before this process starts
+    (export.NOT_QUANTIZED)."""
     import torch
     from litert_torch.quantize import pt2e_quantizer
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import quantize_pt2e
 
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=quantize == "dynamic"))
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
     prepared = quantize_pt2e.prepare_pt2e(torch.export.export(model, (sample,)).module(), quantizer)
     with torch.no_grad():
-        # dynamic: one pass so that the per-channel observers see the weights; int8: the calibration images
-        for image in ([sample] if quantize == "dynamic" else (torch.from_numpy(i[None]) for i in calibration)):
-            prepared(image)
+        prepared(sample)  # one pass, so that the per-channel observers see the weights
     return quantize_pt2e.convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
 
 
 def convert(request: dict) -> float:
     """Write the request's model as a LiteRT flatbuffer to request["output"]; returns the seconds."""
     import litert_torch
-    import numpy as np
     import torch
     from safetensors.torch import load_file
 
@@ -89,9 +87,8 @@ def convert(request: dict) -> float:
     model = _channels_last(network, request["blocks"], request["output_name"])
     sample = torch.zeros(1, *request["resolution"], 3)
     quant_config = None
-    if request["quantize"] != "none":
-        calibration = np.load(request["calibration"]) if request.get("calibration") else None
-        model, quant_config = _quantized(model, sample, request["quantize"], calibration)
+    if request["quantize"] == "dynamic":
+        model, quant_config = _dynamic_range(model, sample)
     edge = litert_torch.convert(model, (sample,), quant_config=quant_config)
     edge.export(request["output"])
     return time.perf_counter() - start

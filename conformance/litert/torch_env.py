@@ -17,8 +17,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 ENVIRONMENT = "MNFORGE_LITERT_TORCH_PYTHON"
 VENV = ".venv-litert-torch"
 ROOT = Path(__file__).resolve().parents[2]  # the project: its `conformance` package is what runs there
@@ -40,8 +38,7 @@ def python() -> Path:
     return path
 
 
-def convert(model, desc, generated: Path, options: dict, blocks: bool, output: str, quantize: str,
-            calibration: np.ndarray | None) -> bytes:
+def convert(model, desc, generated: Path, options: dict, blocks: bool, output: str, quantize: str) -> bytes:
     """The flatbuffer of `model` (the generated PyTorch model of `desc` from file `generated`, built with
     `options`) from litert-torch; raises RuntimeError with the converter's message."""
     from safetensors.torch import save_file
@@ -55,9 +52,6 @@ def convert(model, desc, generated: Path, options: dict, blocks: bool, output: s
                    "options": options, "resolution": list(desc.resolution), "blocks": blocks, "output_name": output,
                    "quantize": quantize, "weights": str(folder / "weights.safetensors"),
                    "output": str(folder / "model.tflite"), "result": str(folder / "result.json")}
-        if calibration is not None:
-            np.save(folder / "calibration.npy", np.ascontiguousarray(calibration, dtype=np.float32))
-            request["calibration"] = str(folder / "calibration.npy")
         (folder / "request.json").write_text(json.dumps(request))
         try:
             proc = subprocess.run([str(interpreter), "-m", "conformance.litert.torch_convert", str(folder / "request.json")],

@@ -568,13 +568,13 @@ class MobileMQA(nn.Module):
         # The query's channels are head-major, so channels last they are (position, head) rows of key_dim,
         # each attending to the shared key / value head: softmax(q k^T / sqrt(key_dim)) v is one attention
         # over rows. Bit for bit timm's heads-as-batch form (measured, float32 and float64); channels last,
-        # a LiteRT graph needs no TRANSPOSE around it. One head axis of size 1: torch.onnx exports 4-D
-        # attention only.
+        # a LiteRT graph needs no TRANSPOSE around it.
         q = self.query(y).permute(0, 2, 3, 1).reshape(batch, 1, height * width * self.heads, self.key_dim)
         k = self._positions(y, self.key_down, self.key)
         v = self._positions(y, self.value_down, self.value)
+        # one attention head of rows (4-D: the ONNX exporter takes attention with a heads axis only)
         y = F.scaled_dot_product_attention(q, k, v)  # (batch, 1, positions * heads, value_dim)
-        # contiguous NCHW again: a channels-last input takes another convolution kernel (other rounding)
+        # contiguous NCHW again: a channels-last input takes another convolution kernel (rounds differently)
         y = y.reshape(batch, height, width, self.heads * self.value_dim).permute(0, 3, 1, 2).contiguous()
         y = self.output(y)
         if self.layer_scale is not None:
