@@ -28,6 +28,7 @@ from spec.resolve import (
     nearest_sources,
     neck_resize,
     padding_amounts,
+    resampling_matrix,
     resolve_architecture,
 )
 
@@ -194,7 +195,7 @@ def family_context(loaded: LoadedSpec, family_name: str, framework: str) -> dict
         "neck": _agreement([bool(a.neck) for a in archs]),
         "neck_tuple": block_tuple_source(FusionNeck),
         "resampling_source": "\n\n\n".join(inspect.getsource(f).strip() for f in (
-            (neck_resize,) if framework == "torch" else (neck_resize, nearest_sources, bilinear_taps))),
+            (neck_resize,) if framework == "torch" else (neck_resize, nearest_sources, bilinear_taps, resampling_matrix))),
         # encoders (`head.classifier: false`) end at their feature map: "all", "some" or "none"
         "encoder": _agreement([not a.classifier for a in archs]),
         "activations": activations,

@@ -66,7 +66,7 @@ GENERATED_FUNCTION_NAMES = frozenset({
     "conv_init", "depthwise_separable", "fixed_padding", "forward_intermediates", "fully_connected", "functools",
     "fused_inverted_bottleneck", "fusion_neck", "inverted_residual", "jax", "jnp", "keras", "layers", "linear_init", "load_state",
     "math", "mobile_mqa", "nearest_sources", "neck_resize", "nn", "nnx", "np", "ops", "padding_amounts",
-    "resample", "residual", "rms_norm", "save_state",
+    "resample", "resampling_matrix", "residual", "rms_norm", "save_state",
     "serialization",
     "squeeze_excite", "torch", "universal_inverted_bottleneck",
 })

@@ -531,6 +531,21 @@ def bilinear_taps(in_size: int, out_size: int) -> list[tuple[int, int, float]]:
     return taps
 
 
+def resampling_matrix(in_size: int, out_size: int, mode: str) -> list[list[float]]:
+    """PyTorch's `nearest` or `bilinear` resize along one axis as an (out_size, in_size) matrix: row i holds
+    what output index i takes of each input index, a 1 at nearest_sources' index, or 1 - w and w at
+    bilinear_taps' two (their sum where the two are one index)."""
+    matrix = [[0.0] * in_size for _ in range(out_size)]
+    if mode == "nearest":
+        for row, source in zip(matrix, nearest_sources(in_size, out_size)):
+            row[source] = 1.0
+        return matrix
+    for row, (lower, upper, weight) in zip(matrix, bilinear_taps(in_size, out_size)):
+        row[lower] += 1.0 - weight
+        row[upper] += weight
+    return matrix
+
+
 def conv_output_size(size: int, kernel: int, stride: int, padding: Padding) -> int:
     before, after = padding_amounts(size, kernel, stride, padding)
     return (size + before + after - kernel) // stride + 1

@@ -462,3 +462,24 @@ def test_pytorch_hybrids_export_without_transpose_in_the_timm_flavor(hybrid_timm
     (check,) = [c for c in checks if c.variant == variant and c.subject == "torch" and c.name == "litert"]
     assert check.ok and "TRANSPOSE" not in check.figures["ops"], check.summary
     assert check.figures["ops"]["BATCH_MATMUL"] > 0, check.figures["ops"]  # the attention, as matrix products
+
+
+# MobileNetV5's fusion neck, small (tests/data/fusion_neck.yaml): Keras and Flax resample as products with a
+# constant matrix per axis, so their graphs have no gather (GATHER_ND included: an index lookup too) and no
+# TRANSPOSE. At 72x40 the coarser map is upsampled by odd factors and the fused map resized bilinearly.
+NECK_SPEC = load_spec(Path(__file__).parent / "data" / "fusion_neck.yaml")
+
+
+def test_the_fusion_neck_resamples_without_gathers_or_transposes(tmp_path):
+    from generators import location
+
+    options = Options(count_macs=False, litert=True, litert_dir=str(tmp_path / "cache"))
+    generated = location.generated_dir(NECK_SPEC, override=tmp_path / "generated")
+    result = execute(RunConfig.for_frameworks(NECK_SPEC, ["fusion_encoder"], ["keras", "flax"], "tf", (72, 40),
+                                              options, work=tmp_path, generated=generated))
+    checks = [c for c in evaluate(NECK_SPEC, result) if c.name == "litert"]
+    assert sorted(c.subject for c in checks) == ["flax", "keras"]
+    for check in checks:
+        assert check.ok, check.summary
+        histogram = check.figures["ops"]
+        assert not [name for name in histogram if name.startswith(FORBIDDEN)], histogram

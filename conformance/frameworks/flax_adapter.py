@@ -166,7 +166,8 @@ class Adapter:
     def count_macs(self, model, resolution: tuple[int, int]) -> MacCount:
         """The multiply-accumulates of the traced forward pass (jax.make_jaxpr): its conv_general_dilated and
         dot_general equations (the attention's two products included), each counted from its own operand
-        and result shapes, biases and BatchNorm being other equations.
+        and result shapes, biases and BatchNorm being other equations. A product with a constant of the
+        trace (the fusion neck's resampling matrices) is a resize, which the spec counts as no MACs.
 
         Not XLA's cost_analysis: that is a cost model, not a count. It skips kernel taps in a convolution's
         padding and counts degenerate products (one tap or one output per product) its own way; the fuzzer
@@ -176,8 +177,7 @@ class Adapter:
         graph, state = nnx.split(model)
         image = jax.ShapeDtypeStruct((1, *resolution, 3), np.float32)
         traced = jax.make_jaxpr(lambda s, x: nnx.merge(graph, s)(x))(state, image)
-        macs = sum(_equation_macs(e) for e in _equations(traced.jaxpr)
-                   if e.primitive.name in ("conv_general_dilated", "dot_general"))
+        macs = sum(_equation_macs(e) for e in _products(traced.jaxpr, traced.jaxpr.constvars))
         counter = "conv_general_dilated / dot_general of the traced forward (output elements x contracted size)"
         return MacCount(counter, macs)
 
@@ -205,15 +205,26 @@ def _equation_macs(equation) -> int:
     return outputs * int(np.prod([lhs[d] for d in contracting]))
 
 
-def _equations(jaxpr):
-    """Every equation of a jaxpr, those of its sub-jaxprs (jit, custom_vjp, ...) included."""
+def _products(jaxpr, constants):
+    """The conv_general_dilated and dot_general equations of a jaxpr and of its sub-jaxprs (jit,
+    custom_vjp, ...) whose operands are both computed from the input or parameters: not those with an
+    operand computed from `constants` (variables of the jaxpr) and literals alone."""
+    from jax.extend.core import Literal
+
+    constant = set(constants)
     for equation in jaxpr.eqns:
-        yield equation
+        fixed = [isinstance(v, Literal) or v in constant for v in equation.invars]
+        if all(fixed):
+            constant.update(equation.outvars)
+        if equation.primitive.name in ("conv_general_dilated", "dot_general") and not any(fixed[:2]):
+            yield equation
         for value in equation.params.values():
             for sub in value if isinstance(value, (list, tuple)) else (value,):
                 inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    yield from _equations(inner)
+                if hasattr(inner, "eqns"):  # a call's parameters are its operands, in order (jit's)
+                    aligned = len(inner.invars) == len(fixed)
+                    yield from _products(inner, [*getattr(inner, "constvars", ()),
+                                                 *(v for v, f in zip(inner.invars, fixed) if f and aligned)])
 
 
 def _kernel_to_neutral(value: np.ndarray) -> np.ndarray:

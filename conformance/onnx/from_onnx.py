@@ -11,6 +11,9 @@ Canonicalisation, in order:
   1. inline local functions, fold every node whose inputs are all constants;
   2. follow each tensor's axis order through Transposes, so a Pad's amounts land on H and W, and treat
      Transpose, Reshape, Flatten, (Un)Squeeze, Identity, Dropout, Cast, Expand and Tile as transparent;
+  2b. Keras' and Flax's resizing (PyTorch's rules): a constant (out, in) matrix times a feature map
+     reshaped so that its H or W axis is the next-to-last one, once per axis, then reshaped back, is a
+     canonical `resize` (nearest or bilinear by its matrices), as PyTorch's Resize node is;
   3. BatchNormalization and per-channel constant Mul/Add/Sub/Div are canonical `affine` ops (a per-channel
      scale and shift), folded (canonical.fold_affines, the spec's rule too) into the convolution, linear
      or affine op that produces their input when nothing else reads that op's output (what BatchNorm
@@ -48,7 +51,7 @@ import numpy as np
 
 from conformance.onnx.canonical import Canonical, Op, finalize, fold_affines, total_macs, total_params
 from spec.activations import ACTIVATIONS
-from spec.resolve import bilinear_taps, nearest_sources, padding_amounts
+from spec.resolve import padding_amounts, resampling_matrix
 
 TRANSPARENT = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast", "Expand",
                "Tile"}  # Expand and Tile: a key / value head repeated for every query head (a broadcast)
@@ -74,9 +77,12 @@ class _Value:
     # A per-position statistic of `source`'s output: the mean over its `statistic` channels of its square, then
     # `fn` (an RMSNorm's 1 / sqrt(. + eps), until the product with that output makes it an `rms_norm`).
     statistic: int | None = None
-    # A pending resampling of `source`'s output (Keras' and Flax's resize: gathers of rows and columns by
-    # constant indices, blended by constant weights): per spatial axis ("H", "W"), the (out, in) matrix.
+    # A pending resampling of `source`'s output (Keras' and Flax's resize: products with constant matrices
+    # along H and W): per spatial axis ("H", "W"), the (out, in) matrix.
     spatial: dict | None = None
+    # A feature map reshaped (its layout lost): the (layout, shape) of the 4-D map whose elements, in the
+    # same order, this tensor holds
+    flat: tuple | None = None
 
 
 def canonicalize(model, input_layout: str) -> Canonical:
@@ -130,7 +136,7 @@ class _Reader:
 
     def _materialise(self, value: _Value) -> int | None:
         source = value.source
-        if value.spatial:  # gathered from a materialised tensor (Reader._gather): fn and scale come after
+        if value.spatial:  # resampled from a materialised tensor (Reader._resample): fn and scale come after
             attrs = _resize_attrs(value.spatial)
             key = (source, "resize", tuple(sorted((axis, m.tobytes()) for axis, m in value.spatial.items())))
             if key not in self.act_cache:
@@ -190,21 +196,25 @@ class _Reader:
         if self._constant(node, op, attrs, ins, outs):
             return
         live = [i for i in ins if i in self.values]
-        if op == "Shape" or (op in SHAPE_OPS and not live) or (not live and any(i in self.shape_values for i in ins)):
-            self.shape_values.update(outs)  # shape arithmetic (the dynamic batch), not data
-            return
         if op == "Expand" and ins[0] in self.constants:
             self.constants[outs[0]] = self.constants[ins[0]]  # a constant broadcast to the batch: that constant
             return
+        if op == "Shape" or (op in SHAPE_OPS and not live) or (not live and any(i in self.shape_values for i in ins)):
+            self.shape_values.update(outs)  # shape arithmetic (the dynamic batch), not data
+            return
         if op in TRANSPARENT:
             value = self._transparent(op, attrs, self.values[live[0]])
-            if op == "Reshape" and value.layout is None:
-                value.layout = _moved_ones(self.values[live[0]].layout, self.shapes.get(live[0]), self.shapes.get(outs[0]))
+            if op == "Reshape":
+                self._reshape(value, self.values[live[0]], self.shapes.get(live[0]), self.shapes.get(outs[0]))
             self.values[outs[0]] = value
-        elif op == "Gather" and live == ins[:1] and ins[1] in self.constants:
-            self.values[outs[0]] = self._gather(node, attrs, ins, live[0])
-        elif op in ("Mul", "Add") and any(self.values[i].spatial for i in live):
-            self.values[outs[0]] = self._blend(node, op, ins, live)
+        elif op == "MatMul" and live == ins[1:] and ins[0] in self.constants:
+            self.values[outs[0]] = self._resample(node, self.constants[ins[0]], live[0])
+        elif any(self.values[i].spatial for i in live):  # anything else reads the resampled tensor itself
+            for name in live:
+                value = self.values[name]
+                if value.spatial:
+                    self.values[name] = _Value(self.materialise(name), (), value.layout, value.pads)
+            self.read(node)
         elif op == "Resize":
             self.values[outs[0]] = self._resize(node, attrs, live[0], outs[0])
         elif op == "AveragePool":
@@ -253,7 +263,20 @@ class _Reader:
             layout = tuple(layout[p] for p in attrs["perm"])
         elif op != "Transpose":
             layout = layout if op in ("Identity", "Dropout", "Cast", "Expand", "Tile") else None
-        return _Value(value.source, value.fn, layout, value.pads, value.scale, value.statistic, value.spatial)
+        flat = value.flat if op in ("Identity", "Dropout", "Cast") else None
+        return _Value(value.source, value.fn, layout, value.pads, value.scale, value.statistic, value.spatial, flat)
+
+    def _reshape(self, value: _Value, before: _Value, in_shape, out_shape) -> None:
+        """Step 2: the layout of a Reshape's output `value`, from its input's: the 4-D map's again where a
+        reshaped map gets its shape back; a moved axis of size 1 (_moved_ones); else none, the map it holds
+        kept in `flat`."""
+        if before.flat and out_shape and tuple(out_shape) == before.flat[1]:
+            value.layout = before.flat[0]
+            return
+        value.layout = _moved_ones(before.layout, in_shape, out_shape)
+        if value.layout is None:
+            value.flat = before.flat or ((before.layout, tuple(in_shape))
+                                         if before.layout and in_shape and len(in_shape) == 4 else None)
 
     @staticmethod
     def _pad(value: _Value, amounts: list[int]) -> _Value:
@@ -307,50 +330,23 @@ class _Reader:
         in_f, out_f = (weight.shape[1], weight.shape[0]) if transposed else weight.shape
         return _Value(self.emit("linear", {"in": int(in_f), "out": int(out_f)}, [self.materialise(live)]), (), None)
 
-    def _gather(self, node, attrs, ins, live: str) -> _Value:
-        """Step 2b: rows or columns of a feature map gathered by constant indices (Keras' and Flax's nearest and
-        bilinear resizing, PyTorch's rules): a pending map of that axis, composed with the value's own."""
+    def _resample(self, node, matrix: np.ndarray, live: str) -> _Value:
+        """Step 2b: a constant (out, in) matrix (or one per batch row, all the same) times a reshaped feature
+        map whose next-to-last axis is its H or W: a pending map of that axis, composed with the value's own."""
         value = self.values[live]
-        axis = int(attrs.get("axis", 0))
-        shape = self.shapes.get(live)
-        if value.layout is None or not shape or value.layout[axis % len(shape)] not in ("H", "W"):
-            raise ValueError(f"Gather {node.name!r} picks from a computed tensor along no spatial axis: "
-                             "no canonical form")
-        name = value.layout[axis % len(shape)]
-        indices = np.reshape(self.constants[ins[1]], -1).astype(int)
-        select = np.eye(shape[axis % len(shape)])[indices]
+        matrices = matrix.reshape(-1, *matrix.shape[-2:])
+        layout, shape = value.flat or (None, None)
+        axis = _regrouped_axis(shape, self.shapes.get(live)) if shape else None
+        if axis is None or layout[axis] not in ("H", "W") or (matrices != matrices[:1]).any():
+            raise ValueError(f"MatMul {node.name!r} multiplies a computed tensor by a constant along no spatial "
+                             "axis: no canonical form")
+        name, matrix = layout[axis], matrices[0].astype(np.float64)
+        flat = (layout, shape[:axis] + (matrix.shape[0],) + shape[axis + 1:])
         if value.spatial and not value.fn and value.scale is None:
             maps = dict(value.spatial)
-            maps[name] = select @ maps[name] if name in maps else select
-            return _Value(value.source, (), value.layout, value.pads, spatial=maps)
-        return _Value(self.materialise(live), (), value.layout, value.pads, spatial={name: select})
-
-    def _blend(self, node, op, ins, live: list[str]) -> _Value:
-        """Step 2b: a pending resampling weighted per row (or column) by a constant, or the sum of two
-        such of one tensor whose maps differ on one axis: a bilinear blend."""
-        if op == "Mul" and len(live) == 1:
-            value = self.values[live[0]]
-            (weight,) = [self.constants[i] for i in ins if i in self.constants]
-            rank = len(value.layout or ())
-            dims = [i for i, n in enumerate((1,) * (rank - weight.ndim) + weight.shape) if n > 1]
-            if len(dims) == 1 and value.layout[dims[0]] in value.spatial:
-                name = value.layout[dims[0]]
-                maps = {**value.spatial, name: np.reshape(weight, -1)[:, None] * value.spatial[name]}
-                return _Value(value.source, (), value.layout, value.pads, spatial=maps)
-        a, b = (self.values[i] for i in live) if len(live) == 2 else (None, None)
-        if op == "Add" and a is not None and a.spatial and b.spatial and a.source == b.source:
-            differing = [n for n in {*a.spatial, *b.spatial}
-                         if n not in a.spatial or n not in b.spatial or not np.array_equal(a.spatial[n], b.spatial[n])]
-            if len(differing) == 1 and differing[0] in a.spatial and differing[0] in b.spatial:
-                name = differing[0]
-                maps = {**a.spatial, name: a.spatial[name] + b.spatial[name]}
-                return _Value(a.source, (), a.layout, a.pads, spatial=maps)
-        # anything else reads the resampled tensor itself
-        for name in live:
-            value = self.values[name]
-            if value.spatial:
-                self.values[name] = _Value(self.materialise(name), (), value.layout, value.pads)
-        return _elementwise(node, op, {}, ins, live, self)
+            maps[name] = matrix @ maps[name] if name in maps else matrix
+            return _Value(value.source, (), None, value.pads, spatial=maps, flat=flat)
+        return _Value(self.materialise(live), (), None, value.pads, spatial={name: matrix}, flat=flat)
 
     def _resize(self, node, attrs, live: str, out: str) -> _Value:
         """PyTorch's export of F.interpolate: a Resize node. Its modes as PyTorch's: nearest picks floor(i *
@@ -673,24 +669,34 @@ def _text(value) -> str:
 
 
 def _resize_attrs(spatial: dict) -> dict:
-    """A pending resampling's canonical attributes: per axis, PyTorch's nearest picks (spec/resolve.py
-    nearest_sources) or bilinear blend (bilinear_taps, the weights within float32 rounding), else
-    `unknown`; an axis kept at its size (an identity map) is either mode's."""
+    """A pending resampling's canonical attributes: per axis, PyTorch's nearest picks or bilinear blend
+    (spec/resolve.py resampling_matrix; the weights within float32 rounding), else `unknown`; an axis kept
+    at its size (an identity map) is either mode's."""
     modes, size = set(), {}
     for axis, matrix in spatial.items():
         out, n = matrix.shape
         size[axis] = out
         if out == n and np.array_equal(matrix, np.eye(n)):
             continue  # an axis kept at its size: either mode's
-        nearest = np.eye(n)[nearest_sources(n, out)]
-        bilinear = np.zeros((out, n))
-        for i, (lower, upper, weight) in enumerate(bilinear_taps(n, out)):
-            bilinear[i, lower] += 1.0 - weight
-            bilinear[i, upper] += weight
+        nearest, bilinear = (np.array(resampling_matrix(n, out, mode)) for mode in ("nearest", "bilinear"))
         modes.add("nearest" if np.array_equal(matrix, nearest) else
                   "bilinear" if np.allclose(matrix, bilinear, rtol=0.0, atol=1e-6) else "unknown")
     mode = modes.pop() if len(modes) == 1 else "unknown" if modes else "identity"
     return {"mode": mode, "size": (size.get("H"), size.get("W"))}
+
+
+def _regrouped_axis(shape, grouped) -> int | None:
+    """The axis of a 4-D `shape` that a reshape of it to `grouped` (..., n, k) left alone as its next-to-last
+    axis, the axes before it merged into the leading ones and those after it into the last (a size None, the
+    dynamic batch, in either product makes it None); else None."""
+    def product(sizes):
+        return None if None in sizes else int(np.prod(sizes, dtype=np.int64))
+
+    if not grouped or len(grouped) < 2:
+        return None
+    *leading, n, k = grouped
+    return next((axis for axis in range(len(shape)) if shape[axis] == n and product(shape[:axis]) == product(leading)
+                 and product(shape[axis + 1:]) == k), None)
 
 
 def _moved_ones(layout, before, after):

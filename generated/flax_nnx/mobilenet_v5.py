@@ -179,6 +179,21 @@ def bilinear_taps(in_size: int, out_size: int) -> list[tuple[int, int, float]]:
     return taps
 
 
+def resampling_matrix(in_size: int, out_size: int, mode: str) -> list[list[float]]:
+    """PyTorch's `nearest` or `bilinear` resize along one axis as an (out_size, in_size) matrix: row i holds
+    what output index i takes of each input index, a 1 at nearest_sources' index, or 1 - w and w at
+    bilinear_taps' two (their sum where the two are one index)."""
+    matrix = [[0.0] * in_size for _ in range(out_size)]
+    if mode == "nearest":
+        for row, source in zip(matrix, nearest_sources(in_size, out_size)):
+            row[source] = 1.0
+        return matrix
+    for row, (lower, upper, weight) in zip(matrix, bilinear_taps(in_size, out_size)):
+        row[lower] += 1.0 - weight
+        row[upper] += weight
+    return matrix
+
+
 # Architectures by variant; a flavor whose width rules give other widths has its own table, named by
 # the flavors it serves. Block columns: the fields of each block's NamedTuple above, in order.
 # fmt: off
@@ -640,21 +655,19 @@ class MobileMQA(nnx.Module):
 
 def resample(x: jax.Array, size: tuple[int, int], mode: str) -> jax.Array:
     """PyTorch's F.interpolate to `size` (height, width) on NHWC input, mode "nearest" or "bilinear"
-    (align_corners=False), by the rules above: jax.image.resize samples at other points. Rows, then columns:
-    a gather for nearest, two gathers and a blend for bilinear."""
-    for axis, out in ((1, size[0]), (2, size[1])):
-        if mode == "nearest":
-            x = jnp.take(x, jnp.asarray(nearest_sources(x.shape[axis], out)), axis=axis)
-            continue
-        lower, upper, weight = zip(*bilinear_taps(x.shape[axis], out))
-        shape = [1, 1, 1, 1]
-        shape[axis] = out
-        weight = jnp.asarray(weight, x.dtype).reshape(shape)
-        x = (
-            jnp.take(x, jnp.asarray(lower), axis=axis) * (1 - weight)
-            + jnp.take(x, jnp.asarray(upper), axis=axis) * weight
-        )
-    return x
+    (align_corners=False), by the rules above: jax.image.resize samples at other points. Rows, then columns,
+    each a product with that axis' resampling matrix: LiteRT runs it as BATCH_MATMUL, where picking rows by
+    index would be a GATHER_ND."""
+    batch, height, width, channels = x.shape
+
+    def along(matrix: list[list[float]], y: jax.Array) -> jax.Array:
+        # one matrix per batch row: jax turns a product with one shared matrix into another product and a
+        # transpose, which LiteRT keeps (TRANSPOSE)
+        return jnp.broadcast_to(jnp.asarray(matrix, y.dtype), (y.shape[0], len(matrix), len(matrix[0]))) @ y
+
+    x = along(resampling_matrix(height, size[0], mode), x.reshape(batch, height, width * channels))
+    x = along(resampling_matrix(width, size[1], mode), x.reshape(batch * size[0], width, channels))
+    return x.reshape(batch, *size, channels)
 
 
 class FusionNeck(nnx.Module):

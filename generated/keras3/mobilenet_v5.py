@@ -177,6 +177,21 @@ def bilinear_taps(in_size: int, out_size: int) -> list[tuple[int, int, float]]:
     return taps
 
 
+def resampling_matrix(in_size: int, out_size: int, mode: str) -> list[list[float]]:
+    """PyTorch's `nearest` or `bilinear` resize along one axis as an (out_size, in_size) matrix: row i holds
+    what output index i takes of each input index, a 1 at nearest_sources' index, or 1 - w and w at
+    bilinear_taps' two (their sum where the two are one index)."""
+    matrix = [[0.0] * in_size for _ in range(out_size)]
+    if mode == "nearest":
+        for row, source in zip(matrix, nearest_sources(in_size, out_size)):
+            row[source] = 1.0
+        return matrix
+    for row, (lower, upper, weight) in zip(matrix, bilinear_taps(in_size, out_size)):
+        row[lower] += 1.0 - weight
+        row[upper] += weight
+    return matrix
+
+
 # Architectures by variant; a flavor whose width rules give other widths has its own table, named by
 # the flavors it serves. Block columns: the fields of each block's NamedTuple above, in order.
 # fmt: off
@@ -667,23 +682,22 @@ def mobile_mqa(x, block: MQA, flavor: Flavor, name: str):
 class Resample(layers.Layer):
     """PyTorch's F.interpolate to `size` (height, width) on NHWC input, mode "nearest" or "bilinear"
     (align_corners=False), by the rules above: keras.layers.Resizing samples at other points. Rows, then
-    columns: a gather for nearest, two gathers and a blend for bilinear."""
+    columns, each a product with that axis' resampling matrix: LiteRT runs it as BATCH_MATMUL, where picking
+    rows by index would be a GATHER."""
 
     def __init__(self, size: tuple[int, int], mode: str, **kwargs):
         super().__init__(**kwargs)
         self.size, self.mode = tuple(size), mode
 
     def call(self, x):
-        for axis, out in ((1, self.size[0]), (2, self.size[1])):
-            if self.mode == "nearest":
-                x = ops.take(x, nearest_sources(x.shape[axis], out), axis=axis)
-                continue
-            lower, upper, weight = zip(*bilinear_taps(x.shape[axis], out))
-            shape = [1, 1, 1, 1]
-            shape[axis] = out
-            weight = ops.reshape(ops.convert_to_tensor(weight, dtype=self.compute_dtype), shape)
-            x = ops.take(x, lower, axis=axis) * (1.0 - weight) + ops.take(x, upper, axis=axis) * weight
-        return x
+        _, height, width, channels = x.shape
+        rows, columns = (
+            ops.convert_to_tensor(resampling_matrix(n, out, self.mode), dtype=self.compute_dtype)
+            for n, out in ((height, self.size[0]), (width, self.size[1]))
+        )
+        x = ops.matmul(rows, ops.reshape(x, (-1, height, width * channels)))
+        x = ops.matmul(columns, ops.reshape(x, (-1, width, channels)))  # a row of pixels at a time
+        return ops.reshape(x, (-1, *self.size, channels))
 
     def get_config(self):
         return {**super().get_config(), "size": self.size, "mode": self.mode}
