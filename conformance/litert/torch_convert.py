@@ -80,6 +80,43 @@ def _constant_pad_in_nhwc() -> None:
         node.target = constant_pad_nhwc
 
 
+def _nearest_as_pytorch(model, sample):
+    """`model` exported (torch.export), its `nearest` resizes that litert-torch would get wrong rewritten as
+    row and column picks. litert-torch 0.10 lowers F.interpolate(mode="nearest") to a half-pixel
+    RESIZE_NEAREST_NEIGHBOR, which is PyTorch's "nearest-exact"; PyTorch's "nearest" picks another row
+    where the two differ (at most factors that are not whole: MobileNetV5's fusion neck at 72x40, neck
+    rel. error 0.81, measured). There, each axis becomes SLICE ops of the source rows and a CONCATENATION
+    (no GATHER), the rows being those PyTorch's own resize picks from an index ramp."""
+    import torch
+    import torch.nn.functional as F
+
+    def sources(size: int, out: int, mode: str) -> list[int]:
+        ramp = torch.arange(size, dtype=torch.float32).reshape(1, 1, size, 1)
+        return F.interpolate(ramp, size=(out, 1), mode=mode).flatten().long().tolist()
+
+    aten = torch.ops.aten
+    exported = torch.export.export(model, (sample,)).module()
+    graph = exported.graph
+    for node in list(graph.nodes):
+        if node.target not in (aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default):
+            continue
+        x = node.args[0]
+        axes = [(axis, size, out) for axis, size, out in zip(
+            (2, 3), x.meta["val"].shape[-2:], node.meta["val"].shape[-2:])]
+        if all(sources(size, out, "nearest") == sources(size, out, "nearest-exact") for _, size, out in axes):
+            continue
+        with graph.inserting_before(node):
+            y = x
+            for axis, size, out in axes:
+                picked = sources(size, out, "nearest")
+                rows = {i: graph.call_function(aten.slice.Tensor, (y, axis, i, i + 1)) for i in sorted(set(picked))}
+                y = graph.call_function(aten.cat.default, ([rows[i] for i in picked], axis))
+        node.replace_all_uses_with(y)
+        graph.erase_node(node)
+    exported.recompile()
+    return exported
+
+
 def _dynamic_range(model, sample):
     """`model` through PT2E with litert-torch's dynamic quantizer (int8 weights per output channel), and the
     converter's quantization config. Full-integer int8 is refused before this process starts
@@ -111,6 +148,7 @@ def convert(request: dict) -> float:
     network.load_state_dict(load_file(request["weights"]))
     model = _channels_last(network, request["blocks"], request["output_name"])
     sample = torch.zeros(1, *request["resolution"], 3)
+    model = _nearest_as_pytorch(model, sample)
     quant_config = None
     if request["quantize"] == "dynamic":
         model, quant_config = _dynamic_range(model, sample)
