@@ -345,6 +345,30 @@ def test_cli_exports_from_pytorch_through_the_litert_torch_environment(tmp_path,
     assert list(outputs) == [OUTPUT] and outputs[OUTPUT].shape == (2, 1000)
 
 
+def test_pytorch_dynamic_range_has_int8_weights_and_float_activations(tmp_path, capsys):
+    """--quantize dynamic from PyTorch (PT2E in litert-torch's environment): every convolution's and the
+    classifier's weights int8 per output channel, the input, the output and no DEQUANTIZE in float32."""
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    path = tmp_path / "v1.tflite"
+    assert cli(["litert", "mobilenet_v1_025", "--framework", "torch", "--quantize", "dynamic", "--resolution",
+                "64x48", "-o", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "dynamic-range (int8 weights, float32 activations)" in err and "dynamic vs torch (float32)" in err, err
+    histogram = ops(path)
+    assert not set(histogram) & {*FORBIDDEN, "DEQUANTIZE", "QUANTIZE"}, histogram
+    model = fu.read_model(str(path))
+    (graph,) = model.subgraphs
+    weighted = [op for op in graph.operators
+                if fu.opcode_to_name(model, op.opcodeIndex) in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    assert len(weighted) == 14 + 13 + 1  # stem and 13 pointwise, 13 depthwise, the classifier
+    for op in weighted:
+        weight = graph.tensors[op.inputs[1]]
+        assert weight.type == fu.schema_fb.TensorType.INT8, fu.opcode_to_name(model, op.opcodeIndex)
+        assert len(weight.quantization.scale) == weight.shape[0 if weight.shape[0] > 1 else -1]  # per channel
+    assert all(graph.tensors[i].type == fu.schema_fb.TensorType.FLOAT32 for i in [*graph.inputs, *graph.outputs])
+
+
 def test_pytorch_without_its_environment_says_how_to_make_it(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(torch_env.ENVIRONMENT, str(tmp_path / "no-such-python"))
     assert cli(["litert", "mobilenet_v1_025", "--framework", "torch", "--resolution", "32", "-o",
