@@ -15,6 +15,7 @@ from itertools import combinations
 
 import numpy as np
 
+from conformance.litert.export import FORBIDDEN
 from conformance.results import WorkerResult
 from conformance.runner import REFERENCE, RunResult
 from conformance.weights import is_state
@@ -216,7 +217,7 @@ def _litert_checks(variant: str, run: RunResult, keys: list[str], desc) -> list[
         how = "cached" if info.cached else f"exported in {info.export_s:.1f} s"
         summary = (f"{how}, {sum(info.ops.values())} ops, {len(litert)} block outputs, "
                    + (f"NOT ALLOWED: {', '.join(info.problems)}" if info.problems
-                      else "no TRANSPOSE/GATHER/Flex" + (f", {info.ops['HARD_SWISH']} HARD_SWISH"
+                      else "no " + "/".join(FORBIDDEN) + "/Flex" + (f", {info.ops['HARD_SWISH']} HARD_SWISH"
                                                          if info.ops.get("HARD_SWISH") else ""))
                    + "; " + "; ".join(f"vs {name}: {c.summary}" for name, c in compared.items()))
         figures = {**info.to_json(), **{f"vs_{name}": c.figures for name, c in compared.items()}}

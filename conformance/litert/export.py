@@ -44,9 +44,10 @@ from spec.files import atomic_write
 
 OUTPUT = "logits"  # the one output of a graph exported without `blocks`
 # Ops a float graph must not have: layout transposes (EdgeTPU compilers reject TRANSPOSE; a MobileNet in
-# NHWC needs none), gathers (an index lookup where a slice or resize belongs), and TensorFlow ops run
-# through the Flex delegate (custom ops named Flex...; not in a builtin-only LiteRT runtime).
-FORBIDDEN = ("TRANSPOSE", "GATHER")
+# NHWC needs none), gathers (an index lookup where a slice, resize or matrix product belongs; GATHER_ND is
+# Flax's), and TensorFlow ops run through the Flex delegate (custom ops named Flex...; not in a builtin-only
+# LiteRT runtime).
+FORBIDDEN = ("TRANSPOSE", "GATHER", "GATHER_ND")
 FLEX_PREFIX = "Flex"
 
 
