@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -342,6 +343,15 @@ def _port_or_run(loaded, args) -> int:
 
 
 def _conform(loaded, args) -> int:
+    """`mnforge conform`: in `--work`, or in a temporary folder removed at the end (its weights, inputs and
+    outputs are about 1 GB a run with MobileNetV5)."""
+    if args.work is not None:
+        return _conform_in(loaded, args)
+    with tempfile.TemporaryDirectory(prefix="mnforge-conform-") as work:
+        return _conform_in(loaded, argparse.Namespace(**{**vars(args), "work": Path(work)}))
+
+
+def _conform_in(loaded, args) -> int:
     from conformance.checks import evaluate
     from conformance.report import print_summary, write_reports
     from conformance.runner import HEAVY_PARAMS, LITERT_INT8_RUNS, Options, RunConfig, RunResult, execute

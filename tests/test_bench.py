@@ -121,8 +121,13 @@ def test_conform_device_cpu_is_unchanged(tmp_path, monkeypatch):
     assert Options().device == "cpu"
 
 
-def test_conform_device_cpu_runs_a_variant(capsys):
+def test_conform_device_cpu_runs_a_variant_and_removes_its_temporary_work_folder(capsys, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the run's own folder goes without --work
     assert mnforge(["conform", VARIANT, "--frameworks", "torch", "--device", "cpu"]) == 0
+    assert "checks passed" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
 
 
 def test_conform_device_gpu_without_a_gpu_fails_clearly(capsys, monkeypatch):
