@@ -92,12 +92,28 @@ def _valid_title(title: str) -> str:
     return title
 
 
-def _valid_class_title(title: str) -> str:
-    name = class_name(_valid_title(title))
+def _class_title_problem(title: str) -> str | None:
+    """Why a valid `title` cannot name the model class, or None."""
+    name = class_name(title)
     if name in GENERATED_NAMES or keyword.iskeyword(name) or hasattr(builtins, name):
         what = "a Python keyword" if keyword.iskeyword(name) else "a Python builtin" if hasattr(builtins, name) \
             else "a name the generated code defines"
-        raise ValueError(f"title {title!r} gives the model class name {name!r}, which is {what}; choose another title")
+        return f"title {title!r} gives the model class name {name!r}, which is {what}; choose another title"
+    return None
+
+
+def valid_class_title(title: str) -> bool:
+    """Whether a family may have `title` (the fuzzer draws only these)."""
+    try:
+        return _class_title_problem(_valid_title(title)) is None
+    except ValueError:
+        return False
+
+
+def _valid_class_title(title: str) -> str:
+    problem = _class_title_problem(_valid_title(title))
+    if problem:
+        raise ValueError(problem)
     return title
 
 
