@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,13 +122,14 @@ def test_conform_device_cpu_is_unchanged(tmp_path, monkeypatch):
     assert Options().device == "cpu"
 
 
-def test_conform_device_cpu_runs_a_variant_and_removes_its_temporary_work_folder(capsys, tmp_path, monkeypatch):
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the run's own folder goes without --work
-    assert mnforge(["conform", VARIANT, "--frameworks", "torch", "--device", "cpu"]) == 0
-    assert "checks passed" in capsys.readouterr().out
-    assert not list(tmp_path.iterdir())
+def test_conform_device_cpu_runs_a_variant_and_removes_its_temporary_work_folder(tmp_path):
+    # as a user runs it, in a process of its own: in this one, a conform run changed what the fuzzer's seeded
+    # draw gives later (tests/test_fuzz.py's shrinker test; why is not understood yet)
+    result = subprocess.run([str(Path(sys.executable).with_name("mnforge")), "conform", VARIANT, "--frameworks",
+                             "torch", "--device", "cpu"], capture_output=True, text=True, timeout=600, check=False,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})  # the run's own folder goes there
+    assert result.returncode == 0 and "checks passed" in result.stdout, result.stderr[-2000:]
+    assert not list(tmp_path.glob("mnforge-*"))  # (PyTorch keeps its own cache there: torchinductor_root)
 
 
 def test_conform_device_gpu_without_a_gpu_fails_clearly(capsys, monkeypatch):
