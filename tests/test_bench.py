@@ -123,8 +123,7 @@ def test_conform_device_cpu_is_unchanged(tmp_path, monkeypatch):
 
 
 def test_conform_device_cpu_runs_a_variant_and_removes_its_temporary_work_folder(tmp_path):
-    # as a user runs it, in a process of its own: in this one, a conform run changed what the fuzzer's seeded
-    # draw gives later (tests/test_fuzz.py's shrinker test; why is not understood yet)
+    # as a user runs it, in a process of its own
     result = subprocess.run([str(Path(sys.executable).with_name("mnforge")), "conform", VARIANT, "--frameworks",
                              "torch", "--device", "cpu"], capture_output=True, text=True, timeout=600, check=False,
                             env={**os.environ, "TMPDIR": str(tmp_path)})  # the run's own folder goes there
