@@ -14,8 +14,9 @@ before litert_torch, TensorFlow crashes the process (SIGSEGV, through torchao).
 The graph's interface is NHWC, as the Keras and Flax exports': the model is wrapped so that it takes an
 NHWC image and gives NHWC maps, and litert-torch's layout pass then runs the network in NHWC, with no
 TRANSPOSE where every op has an NHWC form (a zero pad gets one here: _constant_pad_in_nhwc).
-Quantization is PT2E (torch.export, then litert-torch's quantizer), `dynamic` only: int8 weights per output channel; full-integer int8 is refused
-(export.NOT_QUANTIZED: measured, its graph's input and outputs become int8).
+Quantization is PT2E (torch.export, then litert-torch's quantizer), `dynamic` only: int8 weights per
+output channel; full-integer int8 is refused (export.NOT_QUANTIZED: measured, its graph's input and
+outputs become int8).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _constant_pad_in_nhwc() -> None:
 
 def _nearest_as_pytorch(model, sample):
     """`model` exported (torch.export), its `nearest` resizes that litert-torch would get wrong rewritten as
-    row and column picks. litert-torch 0.10 lowers F.interpolate(mode="nearest") to a half-pixel
+    row and column picks; `model` itself where it has none. litert-torch 0.10 lowers F.interpolate(mode="nearest") to a half-pixel
     RESIZE_NEAREST_NEIGHBOR, which is PyTorch's "nearest-exact"; PyTorch's "nearest" picks other rows
     where the two differ (factors that are not whole, mostly: MobileNetV5's fusion neck at 72x40, neck
     rel. error 0.81, measured). There, each axis becomes SLICE ops of the source rows and a CONCATENATION
@@ -96,7 +97,7 @@ def _nearest_as_pytorch(model, sample):
 
     aten = torch.ops.aten
     exported = torch.export.export(model, (sample,)).module()
-    graph = exported.graph
+    graph, rewritten = exported.graph, False
     for node in list(graph.nodes):
         if node.target not in (aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default):
             continue
@@ -113,6 +114,9 @@ def _nearest_as_pytorch(model, sample):
                 y = graph.call_function(aten.cat.default, ([rows[i] for i in picked], axis))
         node.replace_all_uses_with(y)
         graph.erase_node(node)
+        rewritten = True
+    if not rewritten:
+        return model  # the module itself: litert-torch exports it once more anyway
     exported.recompile()
     return exported
 
