@@ -196,7 +196,8 @@ def test_found_specs_conform_now(name, capsys, tmp_path):
     code = mnforge(["--spec", str(path), "conform", *_rerun_options(path.read_text()), "--json",
                     "--work", str(tmp_path)])
     report = json.loads(capsys.readouterr().out)
-    assert code == 0, [c for c in report["checks"] if not c["ok"]]
+    failed = [f"{c['name']} ({c['subject']}): {c['summary']}" for c in report["checks"] if not c["ok"]]
+    assert code == 0, "\n".join(failed)  # a string: pytest prints it whole (a list of dicts it shortens)
 
 
 def test_features_name_what_a_case_uses():

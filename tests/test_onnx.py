@@ -319,10 +319,14 @@ NCHW, NHWC = ("N", "C", "H", "W"), ("N", "H", "W", "C")
     (NHWC, (2, 5, 1, 3), (2, 3, 5, 1), None),   # one of H, W is 1: still moves C past the other
     (NHWC, (2, 5, 7, 1), (2, 35, 1, 1), None),  # sizes of no Transpose
     (NHWC, (2, 5, 7, 1), (2, 35), None),        # a flatten
+    (NCHW, (2, 1, 5, 7), (2, 1, 5, 7), NCHW),   # its own shape: nothing moves (tf2onnx's cancelled pair)
+    (NHWC, (2, 5, 7, 3), (2, 5, 7, 3), NHWC),
+    (NCHW, (2, 1, 1, 1), (2, 1, 1, 1), NHWC),   # one value: tf2onnx's Reshape for a Transpose, read as one
+    (NCHW, (2, None, 5, 7), (2, None, 5, 7), None),  # an unknown size proves nothing
     (NHWC, (2, None, 7, 1), (2, 1, 5, 7), None),  # an unknown size proves nothing
     (None, (2, 5, 7, 1), (2, 1, 5, 7), None),   # no layout to move
 ])
-def test_a_reshape_reads_as_a_transpose_only_where_it_moves_axes_of_size_one(layout, before, after, moved):
+def test_a_reshape_reads_as_a_transpose_only_where_it_moves_axes_of_size_one_or_none(layout, before, after, moved):
     from conformance.onnx.from_onnx import _moved_ones
 
     assert _moved_ones(layout, before, after) == moved
