@@ -123,7 +123,8 @@ def test_shrinker_reduces_a_broken_condition_to_a_minimal_spec(tmp_path):
     everything else; the file it writes must load and still fail. In a process of its own: hypothesis
     (6.13x) draws some values from the literals of the modules loaded in the process, so a seeded draw
     depends on what ran before it in this one (measured: an earlier in-process conform run changed it)."""
-    code = "import sys; from pathlib import Path; import test_fuzz; test_fuzz.shrink_a_broken_condition(Path(sys.argv[1]))"
+    code = ("import sys; from pathlib import Path; import test_fuzz; "
+            "test_fuzz.shrink_a_broken_condition(Path(sys.argv[1]))")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=Path(__file__).parent,
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]

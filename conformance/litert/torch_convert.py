@@ -83,11 +83,12 @@ def _constant_pad_in_nhwc() -> None:
 
 def _nearest_as_pytorch(model, sample):
     """`model` exported (torch.export), its `nearest` resizes that litert-torch would get wrong rewritten as
-    row and column picks; `model` itself where it has none. litert-torch 0.10 lowers F.interpolate(mode="nearest") to a half-pixel
-    RESIZE_NEAREST_NEIGHBOR, which is PyTorch's "nearest-exact"; PyTorch's "nearest" picks other rows
-    where the two differ (factors that are not whole, mostly: MobileNetV5's fusion neck at 72x40, neck
-    rel. error 0.81, measured). There, each axis becomes SLICE ops of the source rows and a CONCATENATION
-    (no GATHER), the rows being those PyTorch's own resize picks from an index ramp."""
+    row and column picks; `model` itself where it has none. litert-torch 0.10 lowers
+    F.interpolate(mode="nearest") to a half-pixel RESIZE_NEAREST_NEIGHBOR, which is PyTorch's
+    "nearest-exact"; PyTorch's "nearest" picks other rows where the two differ (factors that are not
+    whole, mostly: MobileNetV5's fusion neck at 72x40, neck rel. error 0.81, measured). There, each axis
+    becomes SLICE ops of the source rows and a CONCATENATION (no GATHER), the rows being those PyTorch's
+    own resize picks from an index ramp."""
     import torch
     import torch.nn.functional as F
 
